@@ -1,1 +1,5 @@
+pub mod engine;
+pub mod error;
 pub mod protocol;
+
+pub use error::{Error, Result};

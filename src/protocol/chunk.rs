@@ -43,6 +43,7 @@ pub struct ChunkFrame<'a> {
     pub sender: i64,
     pub receiver: i64,
     pub message_id: i64,
+    /// Sent on 1041 only.
     pub token: &'a str,
 }
 
@@ -67,10 +68,18 @@ impl ChunkFrame<'_> {
         let _ = write!(out, ",\"seq\":{}", self.seq);
         match sizes {
             SizeEncoding::String => {
-                let _ = write!(out, ",\"trans_size\":\"{}\",\"total_size\":\"{}\"", self.trans_size, self.total_size);
+                let _ = write!(
+                    out,
+                    ",\"trans_size\":\"{}\",\"total_size\":\"{}\"",
+                    self.trans_size, self.total_size
+                );
             }
             SizeEncoding::Int => {
-                let _ = write!(out, ",\"trans_size\":{},\"total_size\":{}", self.trans_size, self.total_size);
+                let _ = write!(
+                    out,
+                    ",\"trans_size\":{},\"total_size\":{}",
+                    self.trans_size, self.total_size
+                );
             }
         }
         let _ = write!(out, ",\"last\":{}", u8::from(self.last));
@@ -82,8 +91,14 @@ impl ChunkFrame<'_> {
             ",\"uid\":{},\"sender\":{},\"receiver\":{},\"message_id\":{}",
             self.uid, self.sender, self.receiver, self.message_id
         );
-        out.extend_from_slice(b",\"token\":");
-        let _ = serde_json::to_writer(&mut *out, self.token);
+        if self.id == MsgId::FILE_INFO_SYNC_REQ {
+            // Only the first chunk carries the token (and the client's
+            // `unique_id`, which the server ignores), as the deployed client.
+            out.extend_from_slice(b",\"token\":");
+            let _ = serde_json::to_writer(&mut *out, self.token);
+            out.extend_from_slice(b",\"unique_id\":");
+            let _ = serde_json::to_writer(&mut *out, self.name);
+        }
         out.extend_from_slice(b",\"data\":\"");
         let b64_start = out.len();
         out.resize(b64_start + base64_len(data.len()), 0);
@@ -143,10 +158,17 @@ mod tests {
             assert_eq!(v["total_size"].is_string(), string_sizes, "id {id}");
             assert_eq!(v["seq"], 2);
             assert_eq!(v["last"], 0);
-            assert_eq!(v.get("last_seq").is_some(), id != 1041, "last_seq only on 1037/1043");
+            assert_eq!(
+                v.get("last_seq").is_some(),
+                id != 1041,
+                "last_seq only on 1037/1043"
+            );
+            assert_eq!(v.get("token").is_some(), id == 1041, "token only on 1041");
             let req = UploadChunkReq::decode(got_id, body).unwrap();
             assert_eq!(req.name, "vid\"eo.mp4");
-            let raw = base64::engine::general_purpose::STANDARD.decode(req.data.as_bytes()).unwrap();
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(req.data.as_bytes())
+                .unwrap();
             assert_eq!(raw, data);
         }
     }

@@ -4,8 +4,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 ///
 /// Unknown codes are kept verbatim in [`ErrorCode::Other`] so that a newer
 /// server's code reaches the user instead of being flattened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ErrorCode {
+    #[default]
     Success,
     ErrorJson,
     TokenInvalid,
@@ -121,10 +122,15 @@ mod tests {
 
     #[test]
     fn codes_round_trip_and_unknown_codes_survive() {
-        for code in [0, 1001, 1010, 1011, 1012, 1013, 1014, 1015, 1016, 1017, 1018, 1019, 1020, 1021, 1022] {
+        for code in [
+            0, 1001, 1010, 1011, 1012, 1013, 1014, 1015, 1016, 1017, 1018, 1019, 1020, 1021, 1022,
+        ] {
             let e = ErrorCode::from_code(code);
             assert_eq!(e.code(), code);
-            assert!(!matches!(e, ErrorCode::Other(_)), "{code} must be a known code");
+            assert!(
+                !matches!(e, ErrorCode::Other(_)),
+                "{code} must be a known code"
+            );
         }
         assert_eq!(ErrorCode::from_code(4242), ErrorCode::Other(4242));
         assert_eq!(ErrorCode::from_code(-7).code(), -7);

@@ -57,12 +57,15 @@ pub fn parse_header(header: &[u8; HEADER_LEN]) -> (MsgId, u32) {
     (MsgId(id), len)
 }
 
+/// A frame borrowed from a buffer: id, body, bytes consumed.
+pub type SplitFrame<'a> = (MsgId, &'a [u8], usize);
+
 /// Splits one frame off the front of `buf` without copying the body.
 ///
 /// `Ok(None)` means more bytes are needed; `Ok(Some((id, body, consumed)))`
 /// a whole frame. An announced length over `limit` is an error at once, before
 /// the body arrives.
-pub fn split_frame(buf: &[u8], limit: usize) -> Result<Option<(MsgId, &[u8], usize)>, FrameError> {
+pub fn split_frame(buf: &[u8], limit: usize) -> Result<Option<SplitFrame<'_>>, FrameError> {
     let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
         return Ok(None);
     };
@@ -162,14 +165,21 @@ mod tests {
         ok.extend_from_slice(&(MAX_BODY_LEN as u32).to_be_bytes());
         ok.resize(HEADER_LEN + MAX_BODY_LEN, b' ');
         let (id, body, used) = split_frame(&ok, MAX_BODY_LEN).unwrap().unwrap();
-        assert_eq!((id, body.len(), used), (MsgId(1041), MAX_BODY_LEN, ok.len()));
+        assert_eq!(
+            (id, body.len(), used),
+            (MsgId(1041), MAX_BODY_LEN, ok.len())
+        );
 
         // One byte over: rejected from the header alone.
         let mut over = vec![0x04, 0x11];
         over.extend_from_slice(&(MAX_BODY_LEN as u32 + 1).to_be_bytes());
         assert_eq!(
             split_frame(&over, MAX_BODY_LEN),
-            Err(FrameError::TooLong { id: 1041, len: 51_201, limit: MAX_BODY_LEN })
+            Err(FrameError::TooLong {
+                id: 1041,
+                len: 51_201,
+                limit: MAX_BODY_LEN
+            })
         );
         let mut huge = vec![0x04, 0x11, 0xff, 0xff, 0xff, 0xff];
         huge.push(b'{');

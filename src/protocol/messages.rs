@@ -41,13 +41,17 @@ impl<'de> Deserialize<'de> for StrU64 {
                 if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(E::invalid_value(de::Unexpected::Str(v), &self));
                 }
-                v.parse().map(StrU64).map_err(|_| E::invalid_value(de::Unexpected::Str(v), &self))
+                v.parse()
+                    .map(StrU64)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Str(v), &self))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<StrU64, E> {
                 Ok(StrU64(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<StrU64, E> {
-                u64::try_from(v).map(StrU64).map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+                u64::try_from(v)
+                    .map(StrU64)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
             }
         }
         d.deserialize_any(V)
@@ -114,7 +118,11 @@ pub struct UploadChunkReq<'a> {
 
 impl<'a> UploadChunkReq<'a> {
     pub fn decode(id: MsgId, body: &'a [u8]) -> Result<Self, ProtocolError> {
-        expect_id(id, &[1037, 1041, 1043], "an upload chunk request (1041/1037/1043)")?;
+        expect_id(
+            id,
+            &[1037, 1041, 1043],
+            "an upload chunk request (1041/1037/1043)",
+        )?;
         if id == MsgId::IMG_CHAT_CONTINUE_UPLOAD_REQ {
             // 1043 sizes must be JSON ints no larger than i32::MAX (asInt).
             #[derive(Deserialize)]
@@ -123,7 +131,10 @@ impl<'a> UploadChunkReq<'a> {
                 total_size: serde_json::Number,
             }
             let ints: Ints = decode(id, body)?;
-            for (field, n) in [("trans_size", ints.trans_size), ("total_size", ints.total_size)] {
+            for (field, n) in [
+                ("trans_size", ints.trans_size),
+                ("total_size", ints.total_size),
+            ] {
                 match n.as_u64() {
                     Some(v) if v <= super::MAX_1043_SIZE => {}
                     _ => {
@@ -165,12 +176,6 @@ pub struct UploadRsp {
     pub total_size: Option<AnyU64>,
     #[serde(default)]
     pub trans_size: Option<AnyU64>,
-}
-
-impl Default for ErrorCode {
-    fn default() -> Self {
-        ErrorCode::Success
-    }
 }
 
 impl UploadRsp {
@@ -412,14 +417,19 @@ mod tests {
 
     #[test]
     fn strict_1043_sizes() {
-        let ok = br#"{"name":"a","seq":2,"trans_size":65536,"total_size":70000,"last":0,"data":""}"#;
+        let ok =
+            br#"{"name":"a","seq":2,"trans_size":65536,"total_size":70000,"last":0,"data":""}"#;
         assert!(UploadChunkReq::decode(MsgId(1043), ok).is_ok());
-        let string = br#"{"name":"a","seq":2,"trans_size":"65536","total_size":70000,"last":0,"data":""}"#;
+        let string =
+            br#"{"name":"a","seq":2,"trans_size":"65536","total_size":70000,"last":0,"data":""}"#;
         assert!(UploadChunkReq::decode(MsgId(1043), string).is_err());
         let big = br#"{"name":"a","seq":2,"trans_size":65536,"total_size":2147483648,"last":0,"data":""}"#;
         assert!(matches!(
             UploadChunkReq::decode(MsgId(1043), big),
-            Err(ProtocolError::Field { field: "total_size", .. })
+            Err(ProtocolError::Field {
+                field: "total_size",
+                ..
+            })
         ));
         // 1037 accepts both spellings, as std::stoll on the deployed server does.
         let s = br#"{"name":"a","seq":2,"trans_size":"65536","total_size":70000,"data":""}"#;
@@ -475,9 +485,14 @@ mod tests {
             "[a-z0-9./\\\\]{0,8}".prop_map(Value::from),
         ];
         let keys = prop_oneof![
-            Just("name".to_string()), Just("seq".to_string()), Just("error".to_string()),
-            Just("trans_size".to_string()), Just("total_size".to_string()), Just("data".to_string()),
-            Just("last".to_string()), "[a-z]{1,6}",
+            Just("name".to_string()),
+            Just("seq".to_string()),
+            Just("error".to_string()),
+            Just("trans_size".to_string()),
+            Just("total_size".to_string()),
+            Just("data".to_string()),
+            Just("last".to_string()),
+            "[a-z]{1,6}",
         ];
         leaf.prop_recursive(3, 24, 6, move |inner| {
             prop_oneof![

@@ -1,0 +1,330 @@
+//! A deterministic simulation of the link and of a ResourceServer, for the
+//! engine's tests and benchmarks (in the manner of quinn-proto's test `Pair`).
+//!
+//! A virtual clock jumps from event to event. Client-to-server frames are
+//! serialised on a link of the given bandwidth and delayed; the server's
+//! "logic worker" answers errors at once (so they overtake earlier successes,
+//! as on the deployed server) and hands chunks to one "file worker" per name
+//! that takes `service_time` per chunk; replies travel back with the delay,
+//! optionally with seeded jitter that keeps replies of one name in order.
+//! The server stores like the deployed one (appending, with a record per name
+//! and 1012 without it) or like the reference one (positional).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use super::{Engine, Event, ServerStorage};
+use crate::protocol::messages::{UploadChunkReq, UploadRsp};
+use crate::protocol::{frame, ErrorCode, MsgId, MAX_BODY_LEN};
+
+/// Link and server behaviour.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub one_way_delay: Duration,
+    /// Client-to-server bytes per second; `None` for unlimited.
+    pub bandwidth: Option<f64>,
+    /// Time the server's file worker spends per chunk.
+    pub service_time: Duration,
+    pub storage: ServerStorage,
+    /// Error replies carry `name` and `seq` (reference server) or only `error` (deployed).
+    pub named_errors: bool,
+    /// Maximum extra reply delay (per-name order kept), from `seed`.
+    pub jitter: Duration,
+    pub seed: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            one_way_delay: Duration::from_millis(5),
+            bandwidth: None,
+            service_time: Duration::from_micros(50),
+            storage: ServerStorage::Appending,
+            named_errors: false,
+            jitter: Duration::ZERO,
+            seed: 1,
+        }
+    }
+}
+
+/// What the simulated server stored for one name.
+#[derive(Debug, Default, Clone)]
+pub struct SimFile {
+    /// Appending storage: the file as the deployed server would hold it.
+    pub appended: Vec<u8>,
+    /// Positional storage: chunks by seq.
+    pub chunks: BTreeMap<u32, Vec<u8>>,
+    pub record: bool,
+    /// The seq an appending server must see next for the file to stay exact.
+    pub expected_seq: u32,
+    pub last_seen: bool,
+}
+
+/// Decides an error reply for `(id, name, seq)` before storage; `None` to go on.
+pub type ErrorRule = Box<dyn FnMut(MsgId, &str, u32) -> Option<ErrorCode>>;
+
+#[derive(Default)]
+pub struct SimServer {
+    pub files: HashMap<String, SimFile>,
+    /// Chunks an appending server received out of order or twice (each corrupts the file).
+    pub append_violations: u64,
+    /// Chunks a positional server received twice (harmless there).
+    pub duplicate_chunks: u64,
+    /// Every chunk request received: (id, name, seq).
+    pub log: Vec<(MsgId, String, u32)>,
+    pub error_rule: Option<ErrorRule>,
+    /// Requests that get no reply at all (a server that stops answering).
+    pub silent: bool,
+}
+
+impl SimServer {
+    /// The stored bytes of `name`, if the server holds the whole file as a unit.
+    pub fn stored(&self, name: &str, storage: ServerStorage) -> Option<Vec<u8>> {
+        let f = self.files.get(name)?;
+        Some(match storage {
+            ServerStorage::Appending => f.appended.clone(),
+            ServerStorage::Positional => f.chunks.values().flatten().copied().collect(),
+        })
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    ToServer(u16, Vec<u8>),
+    ToClient(u16, Vec<u8>),
+}
+
+pub struct Sim {
+    pub engine: Engine,
+    pub server: SimServer,
+    pub cfg: SimConfig,
+    pub now: Instant,
+    pub start: Instant,
+    /// Client-to-server bytes put on the link.
+    pub wire_bytes: u64,
+    pub events: Vec<Event>,
+    /// Largest number of unanswered requests seen.
+    pub max_in_flight: usize,
+    /// Sends that left more requests unanswered than the window allowed.
+    pub window_violations: u64,
+    queue: BinaryHeap<Reverse<(Instant, u64, Ev)>>,
+    order: u64,
+    link_free_at: Instant,
+    worker_free_at: HashMap<String, Instant>,
+    reply_floor: HashMap<String, Instant>,
+    rng: u64,
+    buf: Vec<u8>,
+}
+
+impl Sim {
+    pub fn new(mut engine: Engine, cfg: SimConfig) -> Sim {
+        let start = Instant::now();
+        engine.connected(start);
+        Sim {
+            engine,
+            server: SimServer::default(),
+            rng: cfg.seed | 1,
+            cfg,
+            now: start,
+            start,
+            wire_bytes: 0,
+            events: Vec::new(),
+            max_in_flight: 0,
+            window_violations: 0,
+            queue: BinaryHeap::new(),
+            order: 0,
+            link_free_at: start,
+            worker_free_at: HashMap::new(),
+            reply_floor: HashMap::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    fn rand(&mut self) -> u64 {
+        // xorshift64*: deterministic, good enough for jitter.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn schedule(&mut self, at: Instant, ev: Ev) {
+        self.order += 1;
+        self.queue.push(Reverse((at, self.order, ev)));
+    }
+
+    /// Sends what the engine will send now.
+    pub fn transmit(&mut self) {
+        loop {
+            self.buf.clear();
+            let Some(_t) = self.engine.poll_transmit(self.now, &mut self.buf) else {
+                break;
+            };
+            self.max_in_flight = self.max_in_flight.max(self.engine.in_flight());
+            if self.engine.in_flight() > self.engine.window().cwnd() as usize {
+                self.window_violations += 1;
+            }
+            let (id, body, _) = frame::split_frame(&self.buf, MAX_BODY_LEN)
+                .expect("engine frames fit the limit")
+                .expect("engine frames are whole");
+            let (id, body) = (id.0, body.to_vec());
+            let len = self.buf.len();
+            self.wire_bytes += len as u64;
+            let depart = self.link_free_at.max(self.now)
+                + self.cfg.bandwidth.map_or(Duration::ZERO, |bw| {
+                    Duration::from_secs_f64(len as f64 / bw)
+                });
+            self.link_free_at = depart;
+            self.schedule(depart + self.cfg.one_way_delay, Ev::ToServer(id, body));
+        }
+        while let Some(e) = self.engine.poll_event() {
+            self.events.push(e);
+        }
+    }
+
+    /// One step: send, then advance the clock to the next event and handle
+    /// everything due. False when nothing is left to happen.
+    pub fn step(&mut self) -> bool {
+        self.transmit();
+        let next_ev = self.queue.peek().map(|Reverse((t, _, _))| *t);
+        let next_timer = self.engine.poll_timeout();
+        let next = match (next_ev, next_timer) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(t) => t,
+                None => return false,
+            },
+        };
+        self.now = self.now.max(next);
+        while let Some(Reverse((t, _, _))) = self.queue.peek() {
+            if *t > self.now {
+                break;
+            }
+            let Reverse((_, _, ev)) = self.queue.pop().expect("peeked");
+            match ev {
+                Ev::ToServer(id, body) => self.server_receive(MsgId(id), &body),
+                Ev::ToClient(id, body) => self.engine.handle_frame(self.now, MsgId(id), &body),
+            }
+        }
+        if self.engine.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.engine.handle_timeout(self.now);
+        }
+        self.transmit();
+        true
+    }
+
+    /// Steps until the engine is idle, nothing is in transit, or `limit` of
+    /// virtual time has passed. Returns the virtual time taken.
+    pub fn run(&mut self, limit: Duration) -> Duration {
+        let deadline = self.now + limit;
+        while self.now < deadline {
+            if self.engine.is_idle() && self.queue.is_empty() {
+                break;
+            }
+            if !self.step() {
+                break;
+            }
+        }
+        while let Some(e) = self.engine.poll_event() {
+            self.events.push(e);
+        }
+        self.now - self.start
+    }
+
+    /// Cuts the connection: everything in transit is lost (what reached the
+    /// server stays stored), the engine is told, and a new connection comes up.
+    pub fn cut(&mut self) {
+        self.queue.clear();
+        self.link_free_at = self.now;
+        self.worker_free_at.clear();
+        self.reply_floor.clear();
+        self.engine.connection_lost(self.now);
+        self.engine.connected(self.now);
+    }
+
+    fn reply(&mut self, at: Instant, name: &str, id: MsgId, body: Vec<u8>) {
+        if self.server.silent {
+            return;
+        }
+        let jitter = if self.cfg.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            let r = self.rand();
+            self.cfg.jitter.mul_f64((r % 1000) as f64 / 1000.0)
+        };
+        let mut t = at + self.cfg.one_way_delay + jitter;
+        let floor = self.reply_floor.entry(name.to_string()).or_insert(t);
+        t = t.max(*floor);
+        *floor = t;
+        self.schedule(t, Ev::ToClient(id.0, body));
+    }
+
+    fn server_receive(&mut self, id: MsgId, body: &[u8]) {
+        let Ok(req) = UploadChunkReq::decode(id, body) else {
+            return; // the deployed server reports nothing for bad JSON
+        };
+        let name = req.name.to_string();
+        let seq = req.seq;
+        self.server.log.push((id, name.clone(), seq));
+        let rsp_id = id.reply();
+        let error_reply = |code: ErrorCode, named: bool| {
+            if named {
+                UploadRsp::encode_error(code, Some(&name), Some(seq))
+            } else {
+                UploadRsp::encode_error(code, None, None)
+            }
+        };
+        let named = self.cfg.named_errors;
+        if let Some(rule) = self.server.error_rule.as_mut() {
+            if let Some(code) = rule(id, &name, seq) {
+                let body = error_reply(code, named);
+                return self.reply(self.now, &name, rsp_id, body);
+            }
+        }
+        let file = self.server.files.entry(name.clone()).or_default();
+        if seq == 1 {
+            file.record = true;
+            file.appended.clear();
+            file.expected_seq = 1;
+        } else if !file.record {
+            let body = error_reply(ErrorCode::FileNotExists, named);
+            return self.reply(self.now, &name, rsp_id, body);
+        }
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(req.data.as_bytes())
+            .expect("the engine sends valid base64");
+        if seq != file.expected_seq {
+            self.server.append_violations += 1;
+        }
+        file.expected_seq = file.expected_seq.max(seq) + 1;
+        file.appended.extend_from_slice(&data);
+        if file.chunks.insert(seq, data).is_some() {
+            self.server.duplicate_chunks += 1;
+        }
+        file.last_seen |= req.last == 1;
+        let start = self
+            .worker_free_at
+            .get(&name)
+            .copied()
+            .unwrap_or(self.now)
+            .max(self.now);
+        let done = start + self.cfg.service_time;
+        self.worker_free_at.insert(name.clone(), done);
+        let body = UploadRsp::encode_success(
+            rsp_id,
+            &name,
+            seq,
+            req.last,
+            &req.md5,
+            req.uid,
+            req.sender,
+            req.receiver,
+            req.trans_size.0,
+            req.total_size.0,
+        );
+        self.reply(done, &name, rsp_id, body);
+    }
+}

@@ -1,0 +1,242 @@
+//! The engine's public value types: configuration, file specs, states, events.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::WindowPolicy;
+use crate::protocol::{ErrorCode, DEFAULT_CHUNK_SIZE, MAX_BODY_LEN};
+
+/// How the server stores chunks; decides what is safe after a lost connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServerStorage {
+    /// The deployed ResourceServer: seq 1 truncates, every other chunk is
+    /// appended. A chunk sent twice corrupts the file, so after a lost
+    /// connection with unanswered chunks a file restarts from seq 1.
+    #[default]
+    Appending,
+    /// This project's reference server: every chunk is written at
+    /// `(seq-1)*chunk`, so re-sending one is harmless and a lost connection
+    /// resumes from the first unacknowledged chunk.
+    Positional,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub window: WindowPolicy,
+    /// Raw bytes per chunk unless a file says otherwise.
+    pub chunk_size: u32,
+    /// The server's frame body limit; a chunk size whose frames exceed it is refused.
+    pub max_body_len: usize,
+    /// Files sending at once; the rest wait in the queue by priority.
+    pub max_active_files: usize,
+    /// Least time between two progress events of one file (the final 100 % is always sent).
+    pub progress_interval: Duration,
+    /// A request unanswered this long means the server stopped answering.
+    pub ack_timeout: Duration,
+    pub server_storage: ServerStorage,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            window: WindowPolicy::default(),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            max_body_len: MAX_BODY_LEN,
+            max_active_files: 32,
+            progress_interval: Duration::from_millis(100),
+            ack_timeout: Duration::from_secs(30),
+            server_storage: ServerStorage::default(),
+        }
+    }
+}
+
+/// An upload as `AddTransFile` registers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSpec {
+    /// Unique file name: the server's key and stored file name.
+    pub name: String,
+    /// Where the bytes come from (for messages; the engine reads through its source).
+    pub path: PathBuf,
+    /// The uploading user. The deployed server stores under `<out>/<uid>/`
+    /// and its receiver notification expects `uid == sender`.
+    pub uid: i64,
+    pub sender: i64,
+    pub receiver: i64,
+    pub message_id: i64,
+    /// Login token, sent on the first chunk (uploads never check it).
+    pub token: String,
+    /// Hex md5 of the whole file if known; computed streaming otherwise.
+    pub md5: Option<String>,
+    /// Raw bytes per chunk; the engine's default when `None`.
+    pub chunk_size: Option<u32>,
+    /// Higher goes first from the queue and gets a larger share of the window.
+    pub priority: u8,
+}
+
+impl FileSpec {
+    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> FileSpec {
+        FileSpec {
+            name: name.into(),
+            path: path.into(),
+            uid: 0,
+            sender: 0,
+            receiver: 0,
+            message_id: 0,
+            token: String::new(),
+            md5: None,
+            chunk_size: None,
+            priority: 0,
+        }
+    }
+}
+
+/// Where a transfer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileState {
+    /// Registered, waiting for a free sending slot or a connection.
+    Queued,
+    Sending,
+    /// Sends nothing new; chunks already in flight still get their replies.
+    Paused,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl FileState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            FileState::Completed | FileState::Failed | FileState::Cancelled
+        )
+    }
+}
+
+/// Why a transfer failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The server answered a chunk with an error code.
+    Server { code: ErrorCode, seq: u32 },
+    /// The source could not be read or changed while uploading.
+    Source { message: String },
+    /// Every chunk was sent but the server never confirmed `seq`; against an
+    /// appending server sending it again could corrupt the file, so the
+    /// library stops and says so.
+    Unconfirmed { seq: u32, waited: Duration },
+}
+
+/// Library failure codes, outside the server's range.
+pub const CODE_SOURCE: i64 = 2001;
+pub const CODE_UNCONFIRMED: i64 = 2002;
+
+impl Failure {
+    /// A numeric code: the server's, or one of the library's 2xxx codes.
+    pub fn code(&self) -> i64 {
+        match self {
+            Failure::Server { code, .. } => code.code(),
+            Failure::Source { .. } => CODE_SOURCE,
+            Failure::Unconfirmed { .. } => CODE_UNCONFIRMED,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Server { code, seq } => write!(f, "server answered chunk {seq} with error {code}"),
+            Failure::Source { message } => write!(f, "source: {message}"),
+            Failure::Unconfirmed { seq, waited } => write!(
+                f,
+                "every chunk was sent, but the server did not confirm chunk {seq} within {waited:?}; \
+                 not re-sent because the server appends"
+            ),
+        }
+    }
+}
+
+/// What the engine tells the application.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    StateChanged {
+        name: String,
+        state: FileState,
+    },
+    /// Acknowledged bytes; coalesced to one per `progress_interval` per file,
+    /// the final one (`acked == total`) always delivered.
+    Progress {
+        name: String,
+        acked: u64,
+        total: u64,
+        /// Recent acknowledged bytes per second.
+        rate: f64,
+    },
+    Completed {
+        name: String,
+        md5: String,
+        bytes: u64,
+    },
+    Failed {
+        name: String,
+        failure: Failure,
+    },
+    /// No reply for `waited`: the server or the path stopped answering.
+    /// The connection should be recycled (drop it, call `connection_lost`).
+    ConnectionStalled {
+        waited: Duration,
+    },
+    /// The server sent a reply that cannot be attributed to any request; the
+    /// one-reply-per-request accounting is lost, so the connection should be recycled.
+    ProtocolViolation {
+        reason: String,
+    },
+}
+
+/// Counters for tests, logs and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub requests_sent: u64,
+    pub bytes_sent: u64,
+    pub acks: u64,
+    /// Success replies for a seq that was not in flight (duplicates, or after a reset).
+    pub duplicate_acks: u64,
+    /// Replies naming a file the engine does not know.
+    pub unknown_replies: u64,
+    pub malformed_replies: u64,
+    /// Frames of message ids the upload engine does not consume.
+    pub ignored_frames: u64,
+    pub error_replies: u64,
+    /// Files that restarted from seq 1 (appending server after an uncertain cut, or a lost server record).
+    pub restarts: u64,
+}
+
+/// A frame `poll_transmit` appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    pub file: FileId,
+    pub id: crate::protocol::MsgId,
+    pub seq: u32,
+    pub last: bool,
+    /// Bytes appended to the buffer (header included).
+    pub len: usize,
+}
+
+/// A transfer's handle inside one engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId(pub u64);
+
+/// A snapshot of one transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStatus {
+    pub name: String,
+    pub state: FileState,
+    pub total: u64,
+    pub acked: u64,
+    pub max_seq: u32,
+    /// Every seq up to this one is acknowledged.
+    pub acked_prefix: u32,
+    /// The next seq to send.
+    pub next_seq: u32,
+    pub in_flight: usize,
+    pub md5: String,
+}

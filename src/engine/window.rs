@@ -1,0 +1,280 @@
+//! The congestion window: how many chunk requests may be unanswered at once,
+//! counted across every file on the connection.
+//!
+//! * [`WindowPolicy::Fixed`]`(n)`: always `n`. `Fixed(5)` is today's client
+//!   (`MAX_CWND_SIZE`), `Fixed(1)` the article's stop-and-wait.
+//! * [`WindowPolicy::Adaptive`] (default): a delay-based controller in the
+//!   manner of TCP Vegas. Chunks are acknowledged by the server only after it
+//!   wrote them, so the round-trip time of a chunk is the path delay plus
+//!   whatever queue sits in front of it (the link's bottleneck, the server's
+//!   disk). With `base` the smallest round trip seen (the empty path) and
+//!   `rtt` the smallest round trip of the last round (one window's worth of
+//!   acknowledgements), `queued = cwnd * (1 - base/rtt)` estimates how many of
+//!   our chunks are waiting in a queue rather than moving.
+//!   - Slow start: while `queued < alpha` the window doubles every round;
+//!     the first round with `queued >= alpha` ends slow start.
+//!   - Then, once per round: `queued < alpha` → `cwnd += 1` (the path has
+//!     room); `queued > beta` → `cwnd -= ceil((queued - beta) / 2)` (a queue is
+//!     building, at the link or behind a slow disk); otherwise hold.
+//!   - The window only grows in rounds where it was actually full, so an idle
+//!     or app-limited sender does not inflate it.
+//!   - `base` is re-learned every [`BASE_RTT_LIFETIME`] so that a path whose
+//!     delay really grew is not mistaken for a queue forever.
+//!
+//!   The result keeps between `alpha` and `beta` chunks queued: enough to keep
+//!   the bottleneck busy (full bandwidth), few enough that a slow disk on the
+//!   server does not get hundreds of chunks piled up in front of it. Bounded
+//!   by `[min, max]`; it starts at `initial` (5, today's window) and resets
+//!   on every new connection.
+//!
+//! Invariant: `cwnd()` is always within `[min, max]` (or exactly `n` for
+//! `Fixed(n)`); the engine never has more requests unanswered than `cwnd()`
+//! allows at the moment it sends.
+
+use std::time::{Duration, Instant};
+
+/// How the window is sized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowPolicy {
+    Fixed(u32),
+    Adaptive { initial: u32, min: u32, max: u32 },
+}
+
+impl Default for WindowPolicy {
+    fn default() -> Self {
+        WindowPolicy::adaptive()
+    }
+}
+
+impl WindowPolicy {
+    /// The default adaptive window: starts at 5, between 4 and 512 chunks.
+    pub fn adaptive() -> WindowPolicy {
+        WindowPolicy::Adaptive {
+            initial: 5,
+            min: 4,
+            max: 512,
+        }
+    }
+
+    /// Parses `adaptive`, `adaptive:MAX` or `fixed:N`.
+    pub fn parse(s: &str) -> Result<WindowPolicy, String> {
+        let bad = || {
+            format!("window {s:?}: expected `adaptive`, `adaptive:MAX` or `fixed:N` with N >= 1")
+        };
+        match s.split_once(':') {
+            None if s == "adaptive" => Ok(WindowPolicy::adaptive()),
+            Some(("adaptive", max)) => {
+                let max: u32 = max.parse().map_err(|_| bad())?;
+                if max < 1 {
+                    return Err(bad());
+                }
+                Ok(WindowPolicy::Adaptive {
+                    initial: 5.min(max),
+                    min: 4.min(max),
+                    max,
+                })
+            }
+            Some(("fixed", n)) => match n.parse::<u32>() {
+                Ok(n) if n >= 1 => Ok(WindowPolicy::Fixed(n)),
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for WindowPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WindowPolicy::Fixed(n) => write!(f, "fixed:{n}"),
+            WindowPolicy::Adaptive { .. } => write!(f, "adaptive"),
+        }
+    }
+}
+
+/// Below this many estimated queued chunks the adaptive window grows.
+const ALPHA: f64 = 3.0;
+/// Above this many estimated queued chunks the adaptive window shrinks.
+const BETA: f64 = 8.0;
+/// How long a measured minimum round trip stays the reference.
+pub const BASE_RTT_LIFETIME: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct Window {
+    policy: WindowPolicy,
+    cwnd: u32,
+    slow_start: bool,
+    base_rtt: Option<Duration>,
+    base_rtt_at: Option<Instant>,
+    round_min_rtt: Option<Duration>,
+    /// The round ends when a request numbered at least this is acknowledged.
+    round_end_req: u64,
+    /// The window was full at some point in this round.
+    round_was_full: bool,
+}
+
+impl Window {
+    pub fn new(policy: WindowPolicy) -> Window {
+        let mut w = Window {
+            policy,
+            cwnd: 0,
+            slow_start: true,
+            base_rtt: None,
+            base_rtt_at: None,
+            round_min_rtt: None,
+            round_end_req: 0,
+            round_was_full: false,
+        };
+        w.reset();
+        w
+    }
+
+    pub fn policy(&self) -> WindowPolicy {
+        self.policy
+    }
+
+    /// The number of requests that may be unanswered now.
+    pub fn cwnd(&self) -> u32 {
+        self.cwnd
+    }
+
+    /// The smallest round trip measured on this connection.
+    pub fn base_rtt(&self) -> Option<Duration> {
+        self.base_rtt
+    }
+
+    /// A new connection: start again from the initial window.
+    pub fn reset(&mut self) {
+        self.cwnd = match self.policy {
+            WindowPolicy::Fixed(n) => n.max(1),
+            WindowPolicy::Adaptive { initial, min, max } => initial.clamp(min.max(1), max.max(1)),
+        };
+        self.slow_start = true;
+        self.base_rtt = None;
+        self.base_rtt_at = None;
+        self.round_min_rtt = None;
+        self.round_end_req = 0;
+        self.round_was_full = false;
+    }
+
+    /// Called when a request goes out; `in_flight` counts it.
+    pub fn on_send(&mut self, in_flight: u32) {
+        if in_flight >= self.cwnd {
+            self.round_was_full = true;
+        }
+    }
+
+    /// Called for every success reply: `req` is the request's number,
+    /// `next_req` the number the next request will get.
+    pub fn on_ack(&mut self, now: Instant, rtt: Duration, req: u64, next_req: u64) {
+        let WindowPolicy::Adaptive { min, max, .. } = self.policy else {
+            return;
+        };
+        let expired = self
+            .base_rtt_at
+            .is_some_and(|at| now.saturating_duration_since(at) > BASE_RTT_LIFETIME);
+        if self.base_rtt.is_none_or(|b| rtt < b) || expired {
+            self.base_rtt = Some(rtt);
+            self.base_rtt_at = Some(now);
+        }
+        self.round_min_rtt = Some(self.round_min_rtt.map_or(rtt, |r| r.min(rtt)));
+        if req < self.round_end_req {
+            return;
+        }
+        // End of a round: adjust once.
+        let (Some(base), Some(round_rtt)) = (self.base_rtt, self.round_min_rtt) else {
+            return;
+        };
+        let round_rtt = round_rtt.max(Duration::from_nanos(1));
+        let queued = self.cwnd as f64 * (1.0 - base.as_secs_f64() / round_rtt.as_secs_f64());
+        let lo = min.max(1);
+        let hi = max.max(lo);
+        if queued < ALPHA {
+            if self.round_was_full {
+                self.cwnd = if self.slow_start {
+                    self.cwnd.saturating_mul(2)
+                } else {
+                    self.cwnd + 1
+                };
+            }
+        } else {
+            self.slow_start = false;
+            if queued > BETA {
+                let cut = ((queued - BETA) / 2.0).ceil() as u32;
+                self.cwnd = self.cwnd.saturating_sub(cut.max(1));
+            }
+        }
+        self.cwnd = self.cwnd.clamp(lo, hi);
+        self.round_min_rtt = None;
+        self.round_was_full = false;
+        self.round_end_req = next_req;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_policies() {
+        assert_eq!(WindowPolicy::parse("fixed:5"), Ok(WindowPolicy::Fixed(5)));
+        assert_eq!(
+            WindowPolicy::parse("adaptive"),
+            Ok(WindowPolicy::adaptive())
+        );
+        assert!(matches!(
+            WindowPolicy::parse("adaptive:64"),
+            Ok(WindowPolicy::Adaptive { max: 64, .. })
+        ));
+        assert!(WindowPolicy::parse("fixed:0").is_err());
+        assert!(WindowPolicy::parse("fast").is_err());
+    }
+
+    /// Drives the controller with a model: a path of `base` delay and a
+    /// bottleneck that serves one chunk per `service`; a round trip is the
+    /// delay plus the queue the window builds.
+    fn converge(base: Duration, service: Duration, rounds: usize) -> u32 {
+        let mut w = Window::new(WindowPolicy::adaptive());
+        let t0 = Instant::now();
+        let mut req = 0u64;
+        let mut now = t0;
+        for _ in 0..rounds {
+            let cwnd = w.cwnd() as u64;
+            let bdp = base.as_secs_f64() / service.as_secs_f64();
+            let queue = (cwnd as f64 - bdp).max(0.0);
+            let rtt = base + service.mul_f64(queue + 1.0);
+            for _ in 0..cwnd {
+                w.on_send(cwnd as u32);
+            }
+            let first = req;
+            req += cwnd;
+            for r in first..req {
+                w.on_ack(now, rtt, r, req);
+            }
+            now += rtt;
+        }
+        w.cwnd()
+    }
+
+    #[test]
+    fn adaptive_fills_a_long_fat_path_and_stays_small_on_a_short_one() {
+        // 40 ms round trip, 1.75 ms per chunk at 200 Mbit/s: about 23 chunks fill it.
+        let long = converge(Duration::from_millis(40), Duration::from_micros(1750), 60);
+        assert!((23..=23 + 2 * BETA as u32).contains(&long), "cwnd {long}");
+        // A slow disk (2 ms per chunk) behind a 0.1 ms path: one chunk fills
+        // it; the window stays near its minimum plus the tolerated queue.
+        let short = converge(Duration::from_micros(100), Duration::from_millis(2), 60);
+        assert!(short <= 16, "cwnd {short}");
+    }
+
+    #[test]
+    fn fixed_never_moves() {
+        let mut w = Window::new(WindowPolicy::Fixed(5));
+        let now = Instant::now();
+        for r in 0..100 {
+            w.on_send(5);
+            w.on_ack(now, Duration::from_millis(1), r, r + 1);
+        }
+        assert_eq!(w.cwnd(), 5);
+    }
+}
