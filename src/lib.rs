@@ -1,5 +1,6 @@
 pub mod engine;
 pub mod error;
 pub mod protocol;
+pub mod runtime;
 
 pub use error::{Error, Result};

@@ -8,7 +8,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use chatxfer::engine::{Engine, EngineConfig, Event, FileSource, FileSpec, FileState, WindowPolicy};
+use chatxfer::engine::{
+    Engine, EngineConfig, Event, FileSource, FileSpec, FileState, WindowPolicy,
+};
 use chatxfer::protocol::messages::UploadRsp;
 use chatxfer::protocol::{frame, MsgId, MAX_BODY_LEN};
 
@@ -41,7 +43,12 @@ fn seq_of(body: &[u8]) -> u32 {
     let head = &body[..body.len().min(400)];
     let text = String::from_utf8_lossy(head);
     let at = text.find("\"seq\":").expect("seq field") + 6;
-    text[at..].chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().unwrap()
+    text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .unwrap()
 }
 
 /// Uploads a sparse file of `size` bytes; returns the peak heap growth in bytes.
@@ -72,7 +79,8 @@ fn upload_peak(size: u64) -> usize {
         let mut rest = &out[..];
         while let Some((id, body, used)) = frame::split_frame(rest, MAX_BODY_LEN).unwrap() {
             let seq = seq_of(body);
-            let body = UploadRsp::encode_success(id.reply(), "sparse.bin", seq, 0, "", 0, 0, 0, 0, size);
+            let body =
+                UploadRsp::encode_success(id.reply(), "sparse.bin", seq, 0, "", 0, 0, 0, 0, size);
             replies.push((id.reply(), body));
             rest = &rest[used..];
         }
@@ -88,7 +96,10 @@ fn upload_peak(size: u64) -> usize {
             }
         }
     }
-    assert_eq!(engine.file_status("sparse.bin").unwrap().state, FileState::Completed);
+    assert_eq!(
+        engine.file_status("sparse.bin").unwrap().state,
+        FileState::Completed
+    );
     PEAK.load(Ordering::Relaxed) - base
 }
 
@@ -97,6 +108,12 @@ fn upload_memory_does_not_grow_with_file_size() {
     let small = upload_peak(64 << 20);
     let large = upload_peak(3 << 30);
     eprintln!("peak heap growth: 64 MiB file {small} bytes, 3 GiB file {large} bytes");
-    assert!(large < 4 << 20, "3 GiB upload peaked at {large} bytes of heap");
-    assert!(large <= small + (256 << 10), "heap grew with the file: {small} -> {large} bytes");
+    assert!(
+        large < 4 << 20,
+        "3 GiB upload peaked at {large} bytes of heap"
+    );
+    assert!(
+        large <= small + (256 << 10),
+        "heap grew with the file: {small} -> {large} bytes"
+    );
 }

@@ -225,6 +225,8 @@ pub struct Engine {
     /// (a later seq of the same name was acknowledged; replies per name are ordered).
     known_errored: BTreeSet<u64>,
     stall_reported: bool,
+    /// Send nothing new (a graceful shutdown waits for in-flight replies).
+    draining: bool,
     events: VecDeque<Event>,
     stats: Stats,
     scratch: Vec<u8>,
@@ -246,6 +248,7 @@ impl Engine {
             pending_errors: VecDeque::new(),
             known_errored: BTreeSet::new(),
             stall_reported: false,
+            draining: false,
             events: VecDeque::new(),
             stats: Stats::default(),
             scratch: Vec::new(),
@@ -302,7 +305,42 @@ impl Engine {
     pub fn add_file(
         &mut self,
         spec: FileSpec,
+        source: Box<dyn ChunkSource>,
+        now: Instant,
+    ) -> Result<FileId> {
+        self.add_inner(spec, source, None, now)
+    }
+
+    /// Registers an upload that an earlier process left unfinished, with the
+    /// chunks the server acknowledged then (from a journal). It continues
+    /// with 1043 from the first unacknowledged seq (1037 for files of 2 GiB or
+    /// more), or from seq 1 if seq 1 was never acknowledged. The caller
+    /// decides whether the record is safe to trust (see the runtime's journal).
+    pub fn add_resumed(
+        &mut self,
+        spec: FileSpec,
+        source: Box<dyn ChunkSource>,
+        acked: &AckRecord,
+        now: Instant,
+    ) -> Result<FileId> {
+        self.add_inner(spec, source, Some(acked), now)
+    }
+
+    /// The acknowledged record of a transfer (for a journal).
+    pub fn ack_record(&self, name: &str) -> Option<AckRecord> {
+        let f = &self.files[self.names.get(name)?];
+        Some(AckRecord {
+            acked_prefix: f.acked_prefix,
+            acked_beyond: f.acked_beyond.iter().copied().collect(),
+            in_flight: f.in_flight.len(),
+        })
+    }
+
+    fn add_inner(
+        &mut self,
+        spec: FileSpec,
         mut source: Box<dyn ChunkSource>,
+        resume: Option<&AckRecord>,
         now: Instant,
     ) -> Result<FileId> {
         validate_name(&spec.name)?;
@@ -403,6 +441,17 @@ impl Engine {
                 started_at: None,
             },
         );
+        if let Some(rec) = resume.filter(|r| r.acked_prefix >= 1) {
+            let f = self.files.get_mut(&id).expect("just inserted");
+            for seq in (1..=rec.acked_prefix.min(max_seq)).chain(rec.acked_beyond.iter().copied()) {
+                if seq <= max_seq {
+                    f.record_ack(seq);
+                }
+            }
+            f.next_seq = f.acked_prefix + 1;
+            f.resume_pending = true;
+            f.resumed = true;
+        }
         self.names.insert(name.clone(), id);
         self.queue.push(id);
         self.events.push_back(Event::StateChanged {
@@ -487,6 +536,13 @@ impl Engine {
         Ok(())
     }
 
+    /// Stops (or restarts) issuing new chunks for every file, without
+    /// changing their states; in-flight chunks still get their replies. A
+    /// graceful shutdown drains this way so that the acknowledged record is exact.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+    }
+
     // ------------------------------------------------------------ connection
 
     /// A connection to the server is up: sending may start.
@@ -539,7 +595,7 @@ impl Engine {
     /// `BatchSend`: appends the next frame to `out` if the window and the
     /// files allow; `None` when nothing may go now. Call it until `None`.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> Option<Transmit> {
-        if !self.connected {
+        if !self.connected || self.draining {
             return None;
         }
         let files = &self.files;

@@ -942,3 +942,37 @@ fn decoded_chunk_frames_carry_the_exact_field_types() {
     );
     assert_eq!(req.token.as_deref(), Some("tok"));
 }
+
+#[test]
+fn resumed_upload_continues_with_1043_after_the_acknowledged_prefix() {
+    let bytes = pattern(10 * CHUNK as usize + 3, 2);
+    let mut s = sim(WindowPolicy::Fixed(5), ServerStorage::Positional);
+    // A previous process uploaded seqs 1..=4 (the server holds them).
+    add(&mut s, "v", &bytes[..]);
+    while s.engine.file_status("v").unwrap().acked_prefix < 4 {
+        s.step();
+    }
+    let server = std::mem::take(&mut s.server);
+    let mut s2 = sim(WindowPolicy::Fixed(5), ServerStorage::Positional);
+    s2.server = server;
+    let record = AckRecord {
+        acked_prefix: 4,
+        acked_beyond: vec![],
+        in_flight: 0,
+    };
+    let log_before = s2.server.log.len();
+    s2.engine
+        .add_resumed(
+            spec("v"),
+            Box::new(MemorySource::new(bytes.clone())),
+            &record,
+            s2.now,
+        )
+        .unwrap();
+    assert_eq!(s2.engine.file_status("v").unwrap().acked, 4 * CHUNK as u64);
+    s2.run(Duration::from_secs(60));
+    assert_eq!(state(&s2, "v"), FileState::Completed);
+    assert_stored(&s2, "v", &bytes);
+    assert_eq!(s2.server.log[log_before].0, MsgId(1043));
+    assert_eq!(s2.server.log[log_before].2, 5);
+}

@@ -190,6 +190,16 @@ pub enum Event {
     ProtocolViolation {
         reason: String,
     },
+    /// (From the runtime, not the engine.) A connection to the server is up.
+    Connected {
+        server: String,
+    },
+    /// (From the runtime.) The connection went down or could not be made;
+    /// unfinished transfers continue after a reconnect in `retry_in`.
+    Disconnected {
+        reason: String,
+        retry_in: Option<Duration>,
+    },
 }
 
 /// Counters for tests, logs and benchmarks.
@@ -224,6 +234,18 @@ pub struct Transmit {
 /// A transfer's handle inside one engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileId(pub u64);
+
+/// Which chunks of a transfer the server acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AckRecord {
+    /// Every seq up to this one is acknowledged.
+    pub acked_prefix: u32,
+    /// Acknowledged seqs above the prefix (a positional server only).
+    pub acked_beyond: Vec<u32>,
+    /// Requests sent and unanswered when the record was taken: if not 0, an
+    /// appending server may hold more than the record says.
+    pub in_flight: usize,
+}
 
 /// A snapshot of one transfer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,501 @@
+//! A client connection to a ResourceServer: the engine driven over TCP.
+//!
+//! One driver task owns the connection. It connects (with a timeout), then
+//! loops: feed frames from the reader task to the engine, fire the engine's
+//! timer, and move whatever the engine will send into a buffer handed to the
+//! writer task, which writes each batch with one `write_all` (few syscalls,
+//! buffers recycled, so no per-chunk allocation). When the engine reports a
+//! stalled server or a protocol violation, or the socket fails, the driver
+//! drops the connection, tells the engine (which plans every unfinished file
+//! again), and reconnects after an exponential backoff with jitter.
+//!
+//! API calls ([`Client::add_file`], [`Client::pause`], ...) lock the engine,
+//! change it, and wake the driver.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+
+use crate::engine::{Engine, EngineConfig, Event, FileSource, FileSpec, FileStatus};
+use crate::error::Result;
+use crate::protocol::{Frame, FrameDecoder};
+
+/// Reconnect delays: `initial`, doubling to `max`, each with ±`jitter` (0..1).
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            jitter: 0.3,
+        }
+    }
+}
+
+/// Settings of a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port` of the ResourceServer.
+    pub server: String,
+    pub engine: EngineConfig,
+    pub connect_timeout: Duration,
+    pub backoff: Backoff,
+    /// Bytes of frames handed to the writer at once.
+    pub write_batch: usize,
+}
+
+impl ClientConfig {
+    pub fn new(server: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            server: server.into(),
+            engine: EngineConfig::default(),
+            connect_timeout: Duration::from_secs(10),
+            backoff: Backoff::default(),
+            write_batch: 256 * 1024,
+        }
+    }
+}
+
+/// The receiving end of a client's events.
+pub struct Events(mpsc::UnboundedReceiver<Event>);
+
+impl Events {
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.0.recv().await
+    }
+
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.0.try_recv().ok()
+    }
+
+    /// Blocks the calling thread (not for use inside an async context).
+    pub fn blocking_recv(&mut self) -> Option<Event> {
+        self.0.blocking_recv()
+    }
+}
+
+struct Shared {
+    engine: Mutex<Engine>,
+    wake: Notify,
+    /// Wakes `wait_idle` callers.
+    changed: Notify,
+    shutdown: std::sync::atomic::AtomicBool,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Shared {
+    fn engine(&self) -> MutexGuard<'_, Engine> {
+        // The engine never panics with the lock held in normal operation; a
+        // poisoned lock still holds a consistent engine (every mutation is
+        // a single call), so keep going rather than cascade the panic.
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the engine's events to the application; returns a reason to
+    /// recycle the connection if one of them asks for it.
+    fn forward_events(&self, engine: &mut Engine) -> Option<String> {
+        let mut recycle = None;
+        while let Some(e) = engine.poll_event() {
+            match &e {
+                Event::ConnectionStalled { waited } => {
+                    recycle = Some(format!("server sent no reply for {waited:?}"));
+                }
+                Event::ProtocolViolation { reason } => {
+                    recycle = Some(format!("protocol violation: {reason}"))
+                }
+                _ => {}
+            }
+            let _ = self.events.send(e);
+        }
+        self.changed.notify_waiters();
+        recycle
+    }
+}
+
+/// A connection to one ResourceServer, with its transfers.
+///
+/// Cloning is cheap; the connection closes when [`Client::shutdown`] is called
+/// or the last clone is dropped.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    _guard: Arc<DropGuard>,
+}
+
+struct DropGuard(Arc<Shared>);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        self.0
+            .shutdown
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0.wake.notify_one();
+    }
+}
+
+impl Client {
+    /// Starts the client on the library's runtime; it connects in the background.
+    pub fn start(
+        config: ClientConfig,
+    ) -> std::result::Result<(Client, Events), super::RuntimeError> {
+        let rt = super::handle()?;
+        Ok(Client::start_on(&rt, config))
+    }
+
+    /// Starts the client on a given runtime (tests, or a host with its own).
+    pub fn start_on(rt: &tokio::runtime::Handle, config: ClientConfig) -> (Client, Events) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            engine: Mutex::new(Engine::new(config.engine.clone())),
+            wake: Notify::new(),
+            changed: Notify::new(),
+            shutdown: std::sync::atomic::AtomicBool::new(false),
+            events: tx,
+        });
+        rt.spawn(drive(shared.clone(), config));
+        let guard = Arc::new(DropGuard(shared.clone()));
+        (
+            Client {
+                shared,
+                _guard: guard,
+            },
+            Events(rx),
+        )
+    }
+
+    /// `AddTransFile`: opens `path` and registers its upload. Without
+    /// `spec.md5` the md5 is computed here, streaming (the chat client knows
+    /// it already from announcing the message, so pass it when you can).
+    pub fn add_file(&self, path: impl AsRef<Path>, mut spec: FileSpec) -> Result<()> {
+        let mut source = FileSource::open(path.as_ref())?;
+        spec.path = path.as_ref().to_path_buf();
+        if spec.md5.is_none() {
+            let md5 = crate::engine::md5_hex(&mut source).map_err(|e| crate::Error::Source {
+                path: spec.path.clone(),
+                source: e,
+            })?;
+            spec.md5 = Some(md5);
+        }
+        self.with_engine(|e, now| e.add_file(spec, Box::new(source), now).map(|_| ()))
+    }
+
+    pub fn pause(&self, name: &str) -> Result<()> {
+        self.with_engine(|e, now| e.pause(name, now))
+    }
+
+    pub fn resume(&self, name: &str) -> Result<()> {
+        self.with_engine(|e, now| e.resume(name, now))
+    }
+
+    pub fn cancel(&self, name: &str) -> Result<()> {
+        self.with_engine(|e, now| e.cancel(name, now))
+    }
+
+    pub fn status(&self, name: &str) -> Option<FileStatus> {
+        self.shared.engine().file_status(name)
+    }
+
+    pub fn statuses(&self) -> Vec<FileStatus> {
+        self.shared.engine().statuses()
+    }
+
+    /// Engine counters (requests sent, acks, duplicates, restarts ...).
+    pub fn stats(&self) -> crate::engine::Stats {
+        self.shared.engine().stats().clone()
+    }
+
+    /// Waits until no transfer is queued, sending or paused.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.shared.changed.notified();
+            if self.shared.engine().is_idle() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Closes the connection. With `drain`, first stops sending and waits (at
+    /// most `drain` long) for the replies to chunks already sent, so the
+    /// acknowledged record is exact.
+    pub async fn shutdown(&self, drain: Option<Duration>) {
+        if let Some(limit) = drain {
+            self.shared.engine().set_draining(true);
+            self.shared.wake.notify_one();
+            let deadline = tokio::time::Instant::now() + limit;
+            loop {
+                let notified = self.shared.changed.notified();
+                if self.shared.engine().in_flight() == 0 {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    break;
+                }
+            }
+        }
+        self.shared
+            .shutdown
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.wake.notify_one();
+    }
+
+    fn with_engine<T>(&self, f: impl FnOnce(&mut Engine, Instant) -> Result<T>) -> Result<T> {
+        let mut engine = self.shared.engine();
+        let r = f(&mut engine, Instant::now());
+        self.shared.forward_events(&mut engine);
+        drop(engine);
+        self.shared.wake.notify_one();
+        r
+    }
+}
+
+fn is_shutdown(shared: &Shared) -> bool {
+    shared.shutdown.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// The driver: connect, run, reconnect, until shut down.
+async fn drive(shared: Arc<Shared>, config: ClientConfig) {
+    let mut attempt: u32 = 0;
+    let mut rng = seed();
+    while !is_shutdown(&shared) {
+        let connect =
+            tokio::time::timeout(config.connect_timeout, TcpStream::connect(&config.server)).await;
+        let reason = match connect {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                {
+                    let mut e = shared.engine();
+                    e.connected(Instant::now());
+                    let _ = shared.events.send(Event::Connected {
+                        server: config.server.clone(),
+                    });
+                    shared.forward_events(&mut e);
+                }
+                tracing::debug!(server = %config.server, "connected");
+                let (reason, made_progress) = run_connection(&shared, stream, &config).await;
+                {
+                    let mut e = shared.engine();
+                    e.connection_lost(Instant::now());
+                    shared.forward_events(&mut e);
+                }
+                if made_progress {
+                    attempt = 0;
+                }
+                reason
+            }
+            Ok(Err(e)) => format!("connect to {}: {e}", config.server),
+            Err(_) => format!(
+                "connect to {}: timed out after {:?}",
+                config.server, config.connect_timeout
+            ),
+        };
+        if is_shutdown(&shared) {
+            break;
+        }
+        let delay = backoff_delay(&config.backoff, attempt, &mut rng);
+        attempt = attempt.saturating_add(1);
+        tracing::info!(%reason, retry_in = ?delay, "resource server connection down");
+        let _ = shared.events.send(Event::Disconnected {
+            reason,
+            retry_in: Some(delay),
+        });
+        shared.changed.notify_waiters();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shared.wake.notified() => {
+                // Woken by an API call: keep the backoff unless shutting down.
+                if !is_shutdown(&shared) {
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+    let _ = shared.events.send(Event::Disconnected {
+        reason: "client shut down".into(),
+        retry_in: None,
+    });
+    shared.changed.notify_waiters();
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ 0x9e37_79b9_7f4a_7c15
+}
+
+fn backoff_delay(b: &Backoff, attempt: u32, rng: &mut u64) -> Duration {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    let base = b.initial.saturating_mul(1u32 << attempt.min(20)).min(b.max);
+    let unit = (*rng % 10_000) as f64 / 10_000.0; // 0..1
+    base.mul_f64(1.0 + b.jitter * (2.0 * unit - 1.0))
+}
+
+/// Runs one connection until it fails or the client shuts down. Returns the
+/// reason, and whether any reply arrived (which resets the backoff).
+async fn run_connection(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    config: &ClientConfig,
+) -> (String, bool) {
+    let (mut rd, mut wr) = stream.into_split();
+    let limit = shared.engine().config().max_body_len;
+
+    // Reader task: bytes → frames, to the driver.
+    let (frame_tx, mut frame_rx) = mpsc::channel::<std::result::Result<Frame, String>>(1024);
+    let reader = tokio::spawn(async move {
+        let mut decoder = FrameDecoder::new(limit);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match rd.read(&mut buf).await {
+                Ok(0) => {
+                    let _ = frame_tx
+                        .send(Err("server closed the connection".into()))
+                        .await;
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = frame_tx.send(Err(format!("read: {e}"))).await;
+                    return;
+                }
+            };
+            decoder.extend(&buf[..n]);
+            loop {
+                match decoder.next_frame() {
+                    Ok(Some(f)) => {
+                        if frame_tx.send(Ok(f)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = frame_tx
+                            .send(Err(format!("bad frame from server: {e}")))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        }
+    });
+
+    // Writer task: one write_all per batch; buffers come back for reuse.
+    let (batch_tx, mut batch_rx) = mpsc::channel::<Vec<u8>>(2);
+    let (spare_tx, mut spare_rx) = mpsc::channel::<Vec<u8>>(4);
+    let (werr_tx, mut werr_rx) = mpsc::channel::<String>(1);
+    let writer = tokio::spawn(async move {
+        while let Some(mut batch) = batch_rx.recv().await {
+            if let Err(e) = wr.write_all(&batch).await {
+                let _ = werr_tx.send(format!("write: {e}")).await;
+                return;
+            }
+            batch.clear();
+            let _ = spare_tx.try_send(batch);
+        }
+        let _ = wr.shutdown().await;
+    });
+
+    let mut made_progress = false;
+    let mut spares: VecDeque<Vec<u8>> = VecDeque::new();
+    let reason = loop {
+        if is_shutdown(shared) {
+            break "client shut down".to_string();
+        }
+        // Move what the engine will send now into batches for the writer.
+        let mut recycle = None;
+        loop {
+            while let Ok(b) = spare_rx.try_recv() {
+                spares.push_back(b);
+            }
+            let Ok(permit) = batch_tx.try_reserve() else {
+                break;
+            };
+            let mut buf = spares
+                .pop_front()
+                .unwrap_or_else(|| Vec::with_capacity(config.write_batch + 64 * 1024));
+            {
+                let mut e = shared.engine();
+                let now = Instant::now();
+                while buf.len() < config.write_batch && e.poll_transmit(now, &mut buf).is_some() {}
+                recycle = shared.forward_events(&mut e);
+            }
+            if buf.is_empty() {
+                spares.push_back(buf);
+                drop(permit);
+                break;
+            }
+            permit.send(buf);
+            if recycle.is_some() {
+                break;
+            }
+        }
+        if let Some(r) = recycle {
+            break r;
+        }
+        let timeout = shared
+            .engine()
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std);
+        let sleep = async {
+            match timeout {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            frame = frame_rx.recv() => match frame {
+                Some(Ok(f)) => {
+                    made_progress = true;
+                    let mut e = shared.engine();
+                    let now = Instant::now();
+                    e.handle_frame(now, f.id, &f.body);
+                    // Take whatever else already arrived under the same lock.
+                    let mut failed = None;
+                    while let Ok(next) = frame_rx.try_recv() {
+                        match next {
+                            Ok(f) => e.handle_frame(now, f.id, &f.body),
+                            Err(reason) => {
+                                failed = Some(reason);
+                                break;
+                            }
+                        }
+                    }
+                    let recycle = shared.forward_events(&mut e);
+                    if let Some(r) = failed.or(recycle) {
+                        break r;
+                    }
+                }
+                Some(Err(reason)) => break reason,
+                None => break "reader stopped".to_string(),
+            },
+            _ = sleep => {
+                let mut e = shared.engine();
+                e.handle_timeout(Instant::now());
+                if let Some(r) = shared.forward_events(&mut e) {
+                    break r;
+                }
+            }
+            _ = shared.wake.notified() => {}
+            Some(b) = spare_rx.recv() => spares.push_back(b),
+            Some(err) = werr_rx.recv() => break err,
+        }
+    };
+    reader.abort();
+    drop(batch_tx);
+    writer.abort();
+    (reason, made_progress)
+}
