@@ -1,0 +1,394 @@
+//! The reference ResourceServer, upload side: the server half of
+//! `shared/PROTOCOL.md`, wire-compatible with the deployed C++ server
+//! (replies carry the same fields with the same JSON types), with the
+//! storage the design article proposes, done so that order, duplicates,
+//! restarts and hostile input do no harm.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use chatxfer::server::{start, ServerConfig};
+//! let server = start("127.0.0.1:0", ServerConfig::new("/srv/chat-files")).await?;
+//! println!("listening on {}", server.local_addr());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Connections
+//! One task per connection reads frames through a buffered reader. The
+//! header's length is checked against [`ServerConfig::max_body_len`] before
+//! the (reused) body buffer grows: a longer body closes the connection
+//! without a reply, as deployed, and costs nothing. Requests are handled one
+//! at a time in arrival order (storage work runs on tokio's blocking pool), so
+//! replies for one name come back in order. Replies go through one writer task
+//! per connection, which writes everything queued in one go.
+//! Only 1041/1037/1043 are served; other ids are dropped silently, like the
+//! deployed server. Downloads (1045/1047) get their handlers in
+//! `conn::Conn::handle_frame`, where they are dropped for now.
+//!
+//! # Storage ([`Storage::Positional`], the default)
+//! * Seq 1 fixes the upload's geometry: chunk size = chunk 1's length (the
+//!   whole size for a one-chunk file), `max_seq = ceil(total / chunk)`. It
+//!   creates `<dir>/<uid>/.<name>.part`, truncated and preallocated to
+//!   `total_size` (sparse where the file system allows).
+//! * Chunk `seq` is written at `(seq-1)*chunk` with a positional write, so
+//!   order and duplicates do no harm. One mutex per record: one writer per file.
+//! * A seq 1 with the same sizes and md5 as the known upload is a duplicate
+//!   (or a client restarting the same file): chunk 1 is rewritten and the
+//!   chunks already received are kept. Any other seq 1 starts afresh.
+//! * When every seq `1..=max_seq` is in, the md5 of the file is compared with
+//!   the announced one (the in-order prefix is hashed as it arrives; only
+//!   out-of-order parts are read back). A match is fsynced and renamed to
+//!   `<dir>/<uid>/<name>`; a mismatch deletes the `.part` and publishes nothing.
+//! * A late chunk of a published upload (same md5, consistent sizes) is
+//!   acknowledged without a write while the record is in memory.
+//!
+//! Resume state, `<dir>/<uid>/.<name>.state` (JSON: sizes, chunk, md5,
+//! received seq ranges), **exists only while it is exact**: it is written
+//! (data fsynced first, then a temporary file renamed over it) when the last
+//! connection using the upload closes and at [`ServerHandle::shutdown`], and
+//! it is deleted (durably) before the next chunk of that upload is written.
+//! So after a clean shutdown a restarted server continues the upload (1043
+//! from the next seq works), and after a crash it never claims a chunk it did
+//! not write, nor misses one it acknowledged: with no state it has no record,
+//! answers 1012, and the client's engine restarts from seq 1.
+//! Leftover `.part` files of abandoned uploads stay on disk (the deployed
+//! server keeps a half-written file too); a new seq 1 truncates them.
+//!
+//! # Invariants
+//! * A file appears under its final name only complete and md5-verified
+//!   (Positional), by one rename.
+//! * Nothing is written outside `<dir>/<uid>/`: names are one path component
+//!   (see [`name_problem`]), uids are non-negative integers.
+//! * No request panics the server or stops it serving other connections;
+//!   every upload request gets exactly one reply (unless the server is
+//!   [silent](ServerHandle::set_silent)), or the connection closes.
+//!
+//! # [`Storage::AppendStrict`]
+//! Test support for the deployed server's behaviour: `<dir>/<uid>/<name>`
+//! is written directly, seq 1 truncates, every other chunk is appended with
+//! no checks; a chunk whose seq is not the previous one plus one is counted in
+//! [`ServerHandle::violations`] (each would corrupt the deployed server's file).
+//! The record lives in memory only, across connections (like the deployed
+//! Redis key). On `last = 1` the file counts as completed and its md5 is
+//! computed for [`ServerHandle::completed`], not checked.
+//!
+//! # Error codes
+//! Error replies go under the request's reply id: `{"error":N}`, plus
+//! `name` and `seq` (when known) if [`ServerConfig::named_errors`].
+//!
+//! | case | reply |
+//! | --- | --- |
+//! | body not JSON, a required field (`name`, `seq`, `trans_size`, `total_size`, `data`) missing, a field of the wrong type, 1043 sizes as strings or above `i32::MAX` | 1001 (the deployed server sends nothing, or crashes; a reply keeps "one reply per request") |
+//! | `data` not valid base64; seq 1 with an `md5` that is not 32 hex digits | 1001 |
+//! | name empty, over 200 bytes, with `/`, `\`, NUL, `..`, or a leading `.` | 1014 (this path cannot be created) |
+//! | `uid` negative | 1011 |
+//! | seq 0, or above `max_seq` | 1017 |
+//! | seq ≠ 1 and no record of `(uid, name)` (in memory or on disk), or the record has another md5 | 1012 (as deployed; makes the engine restart from seq 1) |
+//! | `total_size` unlike the record's, `trans_size ≠ (seq-1)*chunk + len`, a chunk not exactly its expected length (longer than the chunk, say), `last` not 1 exactly on `max_seq`, seq 1 longer than `total_size` or empty with `total_size > 0`, more than `u32::MAX` chunks, `total_size` over [`ServerConfig::max_file_size`] | 1018 |
+//! | the `.part` file or its directory cannot be created, written or renamed | 1014 (directory), 1015 (file) |
+//! | the state file of a record cannot be removed | 1013 |
+//! | the md5 check cannot read the file back | 1019 |
+//! | md5 of the complete file differs from the announced one | [`MD5_MISMATCH`] = 1023, new: reported for the chunk that completed the file and for later chunks of it |
+//! | header announces more than `max_body_len` bytes | connection closed, no reply (as deployed) |
+//!
+//! Deviation from the deployed server, on purpose: write failures are
+//! reported (it overwrites them with success).
+
+mod conn;
+mod store;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::{JoinError, JoinHandle, JoinSet};
+
+use crate::protocol::{ErrorCode, MAX_BODY_LEN};
+use store::Store;
+pub use store::{name_problem, MAX_NAME_LEN};
+
+/// The error code for an upload whose bytes do not match its announced md5.
+/// Not in the deployed server's table: clients keep unknown codes as they are.
+pub const MD5_MISMATCH: ErrorCode = ErrorCode::Md5Mismatch;
+
+/// How uploads are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// Preallocated hidden file, positional writes, md5-verified publish.
+    #[default]
+    Positional,
+    /// The deployed server's truncate-then-append, with violations counted.
+    AppendStrict,
+}
+
+/// Settings of a [`start`]ed server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Root storage directory; files go to `<dir>/<uid>/<name>`. Created if missing.
+    pub dir: PathBuf,
+    /// Largest accepted frame body (inclusive), default [`MAX_BODY_LEN`].
+    pub max_body_len: usize,
+    pub storage: Storage,
+    /// Error replies add `name` and `seq` (default); false sends the
+    /// deployed server's `{"error":N}` only.
+    pub named_errors: bool,
+    /// Largest accepted `total_size` (Positional), default 1 TiB: a file is
+    /// preallocated at its announced size, so this bounds what one request
+    /// can claim.
+    pub max_file_size: u64,
+}
+
+impl ServerConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> ServerConfig {
+        ServerConfig {
+            dir: dir.into(),
+            max_body_len: MAX_BODY_LEN,
+            storage: Storage::default(),
+            named_errors: true,
+            max_file_size: 1 << 40,
+        }
+    }
+}
+
+/// Counters since [`start`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Connections accepted.
+    pub connections: u64,
+    /// Connections open now.
+    pub open_connections: u64,
+    /// Upload chunk requests (1041/1037/1043) received, well-formed or not.
+    pub chunks_received: u64,
+    /// Chunk bytes written to files.
+    pub bytes_written: u64,
+    pub files_completed: u64,
+    /// Complete uploads refused (md5 mismatch).
+    pub files_failed: u64,
+    /// Replies queued, errors included.
+    pub replies_sent: u64,
+    pub errors_sent: u64,
+    /// Replies dropped while silent.
+    pub replies_dropped: u64,
+    /// Frames with ids the server does not serve.
+    pub ignored_frames: u64,
+    /// Connections closed because of an over-long frame.
+    pub closed_bad_input: u64,
+    /// AppendStrict order violations (as [`ServerHandle::violations`]).
+    pub violations: u64,
+    /// Tasks that panicked (a bug; tests assert 0).
+    pub panics: u64,
+}
+
+/// A file the server completed (Positional: published after the md5
+/// check; AppendStrict: `last = 1` seen).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedFile {
+    pub uid: i64,
+    pub name: String,
+    pub size: u64,
+    /// md5 of the stored bytes.
+    pub md5: String,
+    /// md5 the client announced.
+    pub announced_md5: String,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    connections: AtomicU64,
+    open_connections: AtomicU64,
+    chunks_received: AtomicU64,
+    bytes_written: AtomicU64,
+    files_completed: AtomicU64,
+    files_failed: AtomicU64,
+    replies_sent: AtomicU64,
+    errors_sent: AtomicU64,
+    replies_dropped: AtomicU64,
+    ignored_frames: AtomicU64,
+    closed_bad_input: AtomicU64,
+    violations: AtomicU64,
+    panics: AtomicU64,
+}
+
+/// State shared by the handle and every task.
+pub(crate) struct Shared {
+    max_body_len: usize,
+    named_errors: bool,
+    silent: AtomicBool,
+    injected: Mutex<HashMap<String, ErrorCode>>,
+    counters: Arc<Counters>,
+    store: Arc<Store>,
+}
+
+impl Shared {
+    fn injected(&self, name: &str) -> Option<ErrorCode> {
+        lock(&self.injected).get(name).copied()
+    }
+
+    fn count_join_error(&self, e: &JoinError) {
+        if e.is_panic() {
+            self.counters.panics.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "server task panicked");
+        }
+    }
+}
+
+/// A mutex guard even if a holder panicked: every record stays usable (a
+/// panic is a bug, counted in [`ServerStats::panics`], not a reason to stop).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Resolves once shutdown is requested (or the handle is gone).
+pub(crate) async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// A running server. Dropping it asks the server to stop without waiting;
+/// [`ServerHandle::shutdown`] waits until everything has stopped.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop answering: requests are still processed, replies are dropped.
+    pub fn set_silent(&self, silent: bool) {
+        self.shared.silent.store(silent, Ordering::Relaxed);
+    }
+
+    /// Every chunk request for `name` gets this error reply from now on,
+    /// before any storage (as the deployed logic worker's errors).
+    pub fn inject_error(&self, name: &str, code: ErrorCode) {
+        lock(&self.shared.injected).insert(name.to_owned(), code);
+    }
+
+    pub fn clear_injected_error(&self, name: &str) {
+        lock(&self.shared.injected).remove(name);
+    }
+
+    /// AppendStrict: chunks that arrived out of order or twice.
+    pub fn violations(&self) -> u64 {
+        self.shared.counters.violations.load(Ordering::Relaxed)
+    }
+
+    pub fn stats(&self) -> ServerStats {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ServerStats {
+            connections: get(&c.connections),
+            open_connections: get(&c.open_connections),
+            chunks_received: get(&c.chunks_received),
+            bytes_written: get(&c.bytes_written),
+            files_completed: get(&c.files_completed),
+            files_failed: get(&c.files_failed),
+            replies_sent: get(&c.replies_sent),
+            errors_sent: get(&c.errors_sent),
+            replies_dropped: get(&c.replies_dropped),
+            ignored_frames: get(&c.ignored_frames),
+            closed_bad_input: get(&c.closed_bad_input),
+            violations: get(&c.violations),
+            panics: get(&c.panics),
+        }
+    }
+
+    /// The last files completed (up to 1024), oldest first.
+    pub fn completed(&self) -> Vec<CompletedFile> {
+        self.shared.store.completed()
+    }
+
+    /// Stops accepting, closes every connection (each finishes the request
+    /// it is handling and flushes its replies, for at most a short grace
+    /// period if the peer does not read), writes the resume state of every
+    /// unfinished upload, and returns when no task of the server is left.
+    pub async fn shutdown(mut self) {
+        self.stop.send_replace(true);
+        if let Some(accept) = self.accept.take() {
+            if let Err(e) = accept.await {
+                self.shared.count_join_error(&e);
+            }
+        }
+        let store = self.shared.store.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || store.persist_all()).await {
+            self.shared.count_join_error(&e);
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// Binds `listen` (e.g. `"127.0.0.1:0"`) and serves on the current tokio runtime.
+pub async fn start(listen: &str, config: ServerConfig) -> std::io::Result<ServerHandle> {
+    std::fs::create_dir_all(&config.dir)?;
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let counters = Arc::new(Counters::default());
+    let shared = Arc::new(Shared {
+        max_body_len: config.max_body_len,
+        named_errors: config.named_errors,
+        silent: AtomicBool::new(false),
+        injected: Mutex::new(HashMap::new()),
+        counters: counters.clone(),
+        store: Arc::new(Store::new(
+            config.dir,
+            config.storage,
+            config.max_file_size,
+            counters,
+        )),
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let accept = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+    tracing::info!(%addr, storage = ?config.storage, "resource server listening");
+    Ok(ServerHandle {
+        addr,
+        shared,
+        stop,
+        accept: Some(accept),
+    })
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown_requested(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    shared.counters.connections.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "connection accepted");
+                    conns.spawn(conn::serve(stream, shared.clone(), stop.clone()));
+                }
+                Err(e) => {
+                    // Out of descriptors, say: wait a little instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            Some(done) = conns.join_next(), if !conns.is_empty() => {
+                if let Err(e) = done {
+                    shared.count_join_error(&e);
+                }
+            }
+        }
+    }
+    drop(listener);
+    while let Some(done) = conns.join_next().await {
+        if let Err(e) = done {
+            shared.count_join_error(&e);
+        }
+    }
+}

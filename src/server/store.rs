@@ -1,0 +1,902 @@
+//! Upload storage: [`Storage::Positional`] (a preallocated hidden `.part`
+//! file, positional writes, a resume state written only when exact, publish
+//! after a verified md5) and [`Storage::AppendStrict`] (the deployed server's
+//! truncate-then-append, with a count of the chunks that would corrupt it).
+//!
+//! Everything here is blocking file IO; the connection tasks call it on
+//! tokio's blocking pool. One mutex per upload record makes its file
+//! single-writer; the map lock is only held to find or drop a record.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+
+use super::{lock, CompletedFile, Counters, Storage, MD5_MISMATCH};
+use crate::protocol::ErrorCode;
+
+/// Longest accepted file name in bytes: with the `.` prefix and the
+/// `.state.tmp` suffix of the server's own files it stays under the usual
+/// 255-byte limit of a path component.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// How many completed files [`super::ServerHandle::completed`] remembers.
+const COMPLETED_KEPT: usize = 1024;
+
+const STATE_VERSION: u32 = 1;
+
+/// Why a name cannot be stored, or `None` if it can.
+///
+/// Names become one path component under `<dir>/<uid>/`: anything that could
+/// leave that directory or collide with the server's hidden `.part`/`.state`
+/// files is refused.
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Some("longer than 200 bytes");
+    }
+    if name.contains(['/', '\\', '\0']) {
+        return Some("contains a path separator or NUL");
+    }
+    if name.contains("..") {
+        return Some("contains `..`");
+    }
+    if name.starts_with('.') {
+        return Some("starts with `.` (reserved for the server's own files)");
+    }
+    // `C:x` would be a drive-relative path there.
+    if cfg!(windows) && name.contains(':') {
+        return Some("contains `:`");
+    }
+    None
+}
+
+/// One upload chunk, validated for safety (name, uid, base64) by the caller.
+#[derive(Debug)]
+pub struct Chunk {
+    pub uid: i64,
+    pub name: String,
+    pub md5: String,
+    pub seq: u32,
+    pub trans_size: u64,
+    pub total_size: u64,
+    pub last: i64,
+    pub data: Vec<u8>,
+}
+
+/// A record's key. Positional records are per `(uid, name)` because the
+/// file lives under its uid; AppendStrict keys on the name alone, as the
+/// deployed server's Redis key `file_upload_<name>` does.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    uid: Option<i64>,
+    name: String,
+}
+
+/// Sizes of an upload, fixed by its first chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Geometry {
+    total: u64,
+    /// Chunk 1's length; for a one-chunk file the whole size (0 for an empty file).
+    chunk: u64,
+    max_seq: u32,
+}
+
+impl Geometry {
+    /// From the first chunk: its length is the chunk size unless it is the whole file.
+    fn from_first(len: u64, total: u64) -> Option<Geometry> {
+        if len > total {
+            return None;
+        }
+        if len == total {
+            return Some(Geometry {
+                total,
+                chunk: len,
+                max_seq: 1,
+            });
+        }
+        if len == 0 {
+            return None;
+        }
+        let max_seq = u32::try_from(total.div_ceil(len)).ok()?;
+        Some(Geometry {
+            total,
+            chunk: len,
+            max_seq,
+        })
+    }
+
+    /// True if the numbers are what `from_first` could have produced (for a loaded state).
+    fn is_consistent(&self) -> bool {
+        Geometry::from_first(self.chunk.min(self.total), self.total) == Some(*self)
+    }
+
+    fn offset(&self, seq: u32) -> u64 {
+        u64::from(seq - 1) * self.chunk
+    }
+
+    fn len_of(&self, seq: u32) -> u64 {
+        (self.total - self.offset(seq)).min(self.chunk)
+    }
+
+    /// Checks a chunk against the geometry: the same total, a seq in range,
+    /// exactly the expected length, a `trans_size` that ends it, and `last`
+    /// on the last seq only.
+    fn check(&self, c: &Chunk) -> Result<(), ErrorCode> {
+        if c.total_size != self.total {
+            return Err(ErrorCode::FileOffsetInvalid);
+        }
+        if c.seq == 0 || c.seq > self.max_seq {
+            return Err(ErrorCode::FileSeqInvalid);
+        }
+        let len = c.data.len() as u64;
+        if len != self.len_of(c.seq) || c.trans_size != self.offset(c.seq) + len {
+            return Err(ErrorCode::FileOffsetInvalid);
+        }
+        if c.last != i64::from(c.seq == self.max_seq) {
+            return Err(ErrorCode::FileOffsetInvalid);
+        }
+        Ok(())
+    }
+}
+
+/// Received seqs as disjoint inclusive ranges, `start -> end`: compact for
+/// the usual nearly-in-order upload, whatever the number of chunks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Ranges(BTreeMap<u32, u32>);
+
+impl Ranges {
+    fn contains(&self, seq: u32) -> bool {
+        self.0
+            .range(..=seq)
+            .next_back()
+            .is_some_and(|(_, &end)| end >= seq)
+    }
+
+    /// Adds `seq`; false if it was already there.
+    fn insert(&mut self, seq: u32) -> bool {
+        if self.contains(seq) {
+            return false;
+        }
+        let mut start = seq;
+        let mut end = seq;
+        if let Some((&s, &e)) = self.0.range(..seq).next_back() {
+            if e.checked_add(1) == Some(seq) {
+                start = s;
+            }
+        }
+        if let Some(e) = seq.checked_add(1).and_then(|next| self.0.remove(&next)) {
+            end = e;
+        }
+        self.0.insert(start, end);
+        true
+    }
+
+    fn covers(&self, max_seq: u32) -> bool {
+        self.0.len() == 1 && self.0.get(&1) == Some(&max_seq)
+    }
+
+    fn to_vec(&self) -> Vec<(u32, u32)> {
+        self.0.iter().map(|(&s, &e)| (s, e)).collect()
+    }
+
+    /// From a state file: sorted, disjoint, within `1..=max_seq`, or `None`.
+    fn from_vec(v: &[(u32, u32)], max_seq: u32) -> Option<Ranges> {
+        let mut out = Ranges::default();
+        let mut prev_end = 0u32;
+        for &(s, e) in v {
+            if s == 0 || s > e || e > max_seq || (prev_end > 0 && s <= prev_end) {
+                return None;
+            }
+            match out.0.iter_mut().next_back() {
+                Some((_, end)) if end.checked_add(1) == Some(s) => *end = e,
+                _ => {
+                    out.0.insert(s, e);
+                }
+            }
+            prev_end = e;
+        }
+        Some(out)
+    }
+}
+
+/// The resume state on disk, `<dir>/<uid>/.<name>.state`. It exists only
+/// while it is exact (see the module doc of `server`).
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    uid: i64,
+    name: String,
+    total_size: u64,
+    chunk: u64,
+    max_seq: u32,
+    md5: String,
+    received: Vec<(u32, u32)>,
+}
+
+/// A positional upload in progress.
+struct Upload {
+    uid: i64,
+    name: String,
+    geo: Geometry,
+    md5: String,
+    received: Ranges,
+    file: File,
+    /// md5 of the file's first `hashed` bytes, advanced while chunks arrive
+    /// in order, so an in-order upload is never read back.
+    hasher: Md5,
+    hashed: u64,
+    /// A state file on disk describes this record exactly.
+    persisted: bool,
+    started: Instant,
+    /// Bytes written since this process took the record (for the log line).
+    written: u64,
+}
+
+/// What remains of a finished positional upload, to answer late duplicates.
+#[derive(Debug, Clone)]
+struct Summary {
+    geo: Geometry,
+    md5: String,
+}
+
+/// An AppendStrict record: the deployed server's `file_upload_<name>`.
+struct Appending {
+    prev_seq: u32,
+    hasher: Md5,
+    bytes: u64,
+    started: Instant,
+}
+
+#[derive(Default)]
+enum Rec {
+    #[default]
+    None,
+    Active(Box<Upload>),
+    /// Published; chunks of the same upload are acknowledged without a write.
+    Done(Summary),
+    /// md5 mismatch; nothing published, later chunks of it get the same error.
+    Failed(Summary),
+    Append(Box<Appending>),
+}
+
+#[derive(Default)]
+struct Slot {
+    /// The disk was consulted for this key (positional records load lazily).
+    loaded: bool,
+    rec: Rec,
+}
+
+type SlotRef = Arc<Mutex<Slot>>;
+
+pub struct Store {
+    root: PathBuf,
+    mode: Storage,
+    max_file_size: u64,
+    counters: Arc<Counters>,
+    slots: Mutex<HashMap<Key, SlotRef>>,
+    completed: Mutex<VecDeque<CompletedFile>>,
+}
+
+fn md5_eq(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+fn is_md5_hex(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Makes a rename or unlink in `dir` durable (a no-op where directories
+/// cannot be opened).
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+#[cfg(unix)]
+fn write_at(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(data, offset)
+}
+
+#[cfg(windows)]
+fn write_at(file: &File, mut data: &[u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !data.is_empty() {
+        match file.seek_write(data, offset) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                data = &data[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(any(unix, windows)))]
+fn write_at(mut file: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    file.seek(SeekFrom::Start(offset))?;
+    file.write_all(data)
+}
+
+impl Store {
+    pub fn new(root: PathBuf, mode: Storage, max_file_size: u64, counters: Arc<Counters>) -> Store {
+        Store {
+            root,
+            mode,
+            max_file_size,
+            counters,
+            slots: Mutex::new(HashMap::new()),
+            completed: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub fn key(&self, uid: i64, name: &str) -> Key {
+        Key {
+            uid: (self.mode == Storage::Positional).then_some(uid),
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn completed(&self) -> Vec<CompletedFile> {
+        lock(&self.completed).iter().cloned().collect()
+    }
+
+    fn dir_of(&self, uid: i64) -> PathBuf {
+        // `uid` is non-negative here (the caller answers 1011 otherwise), so
+        // this is one component of digits.
+        self.root.join(uid.to_string())
+    }
+
+    fn part_path(&self, uid: i64, name: &str) -> PathBuf {
+        self.dir_of(uid).join(format!(".{name}.part"))
+    }
+
+    fn state_path(&self, uid: i64, name: &str) -> PathBuf {
+        self.dir_of(uid).join(format!(".{name}.state"))
+    }
+
+    fn slot(&self, key: &Key) -> SlotRef {
+        lock(&self.slots).entry(key.clone()).or_default().clone()
+    }
+
+    /// Stores one chunk. `Ok` means the bytes are in the file (or already
+    /// were, for a published upload); `Err` is the code to reply. The flag
+    /// says a record of the key is kept in memory (the caller releases it
+    /// when its connection closes).
+    pub fn put(&self, c: &Chunk) -> (Result<(), ErrorCode>, bool) {
+        let key = self.key(c.uid, &c.name);
+        let slot = self.slot(&key);
+        let mut guard = lock(&slot);
+        let result = match self.mode {
+            Storage::Positional => self.put_positional(&mut guard, c),
+            Storage::AppendStrict => self.put_append(&mut guard, c),
+        };
+        let kept = !matches!(guard.rec, Rec::None);
+        drop(guard);
+        if !kept {
+            // No record: forget the key at once, so requests for ever new
+            // names cost no memory.
+            let mut slots = lock(&self.slots);
+            if Arc::strong_count(&slot) == 2 {
+                slots.remove(&key);
+            }
+        }
+        (result, kept)
+    }
+
+    // ------------------------------------------------------------ positional
+
+    fn put_positional(&self, slot: &mut Slot, c: &Chunk) -> Result<(), ErrorCode> {
+        if c.seq == 0 {
+            return Err(ErrorCode::FileSeqInvalid);
+        }
+        if !slot.loaded {
+            slot.rec = self.load(c.uid, &c.name);
+            slot.loaded = true;
+        }
+        if c.seq == 1 {
+            self.first_chunk(&mut slot.rec, c)?;
+        } else {
+            match &mut slot.rec {
+                Rec::None | Rec::Append(_) => return Err(ErrorCode::FileNotExists),
+                Rec::Failed(s) if md5_eq(&s.md5, &c.md5) => return Err(MD5_MISMATCH),
+                Rec::Failed(_) => return Err(ErrorCode::FileNotExists),
+                // A late duplicate of a published upload: its bytes are there.
+                Rec::Done(s) if md5_eq(&s.md5, &c.md5) => return s.geo.check(c),
+                Rec::Done(_) => return Err(ErrorCode::FileNotExists),
+                // A different md5 is a different upload under the same name;
+                // 1012 makes a resuming client start it again from seq 1.
+                Rec::Active(u) if !md5_eq(&u.md5, &c.md5) => return Err(ErrorCode::FileNotExists),
+                Rec::Active(u) => {
+                    u.geo.check(c)?;
+                    self.write_chunk(u, c)?;
+                }
+            }
+        }
+        let Rec::Active(u) = &mut slot.rec else {
+            return Ok(()); // seq 1 of an already published identical file
+        };
+        if !u.received.covers(u.geo.max_seq) {
+            return Ok(());
+        }
+        let summary = Summary {
+            geo: u.geo,
+            md5: u.md5.clone(),
+        };
+        match self.finalize(u) {
+            Ok(()) => {
+                slot.rec = Rec::Done(summary);
+                Ok(())
+            }
+            Err(code) => {
+                if code == MD5_MISMATCH {
+                    slot.rec = Rec::Failed(summary);
+                }
+                // Other failures keep the record: a re-sent chunk retries the publish.
+                Err(code)
+            }
+        }
+    }
+
+    /// Seq 1 (as 1041, 1037 or 1043): fixes the geometry and starts the
+    /// upload, unless the same upload (same sizes and md5) is already known.
+    fn first_chunk(&self, rec: &mut Rec, c: &Chunk) -> Result<(), ErrorCode> {
+        if !is_md5_hex(&c.md5) {
+            // It is checked at the end; refusing it now saves a useless upload.
+            return Err(ErrorCode::ErrorJson);
+        }
+        let geo = Geometry::from_first(c.data.len() as u64, c.total_size)
+            .filter(|g| g.total <= self.max_file_size)
+            .ok_or(ErrorCode::FileOffsetInvalid)?;
+        geo.check(c)?;
+        match rec {
+            // A duplicate seq 1, or a client restarting the same file: keep
+            // what was received, positional writes make it harmless.
+            Rec::Active(u) if u.geo == geo && md5_eq(&u.md5, &c.md5) => {
+                return self.write_chunk(u, c)
+            }
+            Rec::Done(s) if s.geo == geo && md5_eq(&s.md5, &c.md5) => return Ok(()),
+            _ => {}
+        }
+        *rec = Rec::None; // closes an old upload's file before it is truncated
+        let mut u = self.fresh(c, geo)?;
+        self.write_chunk(&mut u, c)?;
+        *rec = Rec::Active(Box::new(u));
+        Ok(())
+    }
+
+    fn fresh(&self, c: &Chunk, geo: Geometry) -> Result<Upload, ErrorCode> {
+        let dir = self.dir_of(c.uid);
+        fs::create_dir_all(&dir).map_err(|e| {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot create upload directory");
+            ErrorCode::CreateDirFailed
+        })?;
+        // An older upload's state must go before its .part is truncated, or
+        // a crash in between would leave a state claiming zeroed chunks.
+        let state = self.state_path(c.uid, &c.name);
+        if state.exists() {
+            remove_if_exists(&state)
+                .and_then(|()| sync_dir(&dir))
+                .map_err(|e| {
+                    tracing::warn!(path = %state.display(), error = %e, "cannot remove old upload state");
+                    ErrorCode::FileSaveError
+                })?;
+        }
+        let part = self.part_path(c.uid, &c.name);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&part)
+            .and_then(|f| f.set_len(geo.total).map(|()| f))
+            .map_err(|e| {
+                tracing::warn!(path = %part.display(), error = %e, "cannot create upload file");
+                ErrorCode::FileWritePermissionFailed
+            })?;
+        Ok(Upload {
+            uid: c.uid,
+            name: c.name.clone(),
+            geo,
+            md5: c.md5.to_ascii_lowercase(),
+            received: Ranges::default(),
+            file,
+            hasher: Md5::new(),
+            hashed: 0,
+            persisted: false,
+            started: Instant::now(),
+            written: 0,
+        })
+    }
+
+    fn write_chunk(&self, u: &mut Upload, c: &Chunk) -> Result<(), ErrorCode> {
+        if u.persisted {
+            // From now on the state would be stale: it goes first, so a
+            // crash can never leave a state that misses an acknowledged chunk.
+            let dir = self.dir_of(u.uid);
+            remove_if_exists(&self.state_path(u.uid, &u.name))
+                .and_then(|()| sync_dir(&dir))
+                .map_err(|e| {
+                    tracing::warn!(name = %u.name, error = %e, "cannot remove upload state");
+                    ErrorCode::FileSaveError
+                })?;
+            u.persisted = false;
+        }
+        let offset = u.geo.offset(c.seq);
+        write_at(&u.file, &c.data, offset).map_err(|e| {
+            tracing::warn!(name = %u.name, seq = c.seq, error = %e, "chunk write failed");
+            ErrorCode::FileWritePermissionFailed
+        })?;
+        let len = c.data.len() as u64;
+        if offset == u.hashed {
+            u.hasher.update(&c.data);
+            u.hashed += len;
+        } else if offset < u.hashed {
+            // Bytes already hashed were rewritten (and may differ): hash the
+            // whole file again at the end.
+            u.hasher = Md5::new();
+            u.hashed = 0;
+        }
+        u.received.insert(c.seq);
+        u.written += len;
+        self.counters
+            .bytes_written
+            .fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Every chunk is in: verify the md5, then make the file durable and
+    /// visible under its name in one rename.
+    fn finalize(&self, u: &mut Upload) -> Result<(), ErrorCode> {
+        let secs = u.started.elapsed().as_secs_f64();
+        let md5 = self.file_md5(u).map_err(|e| {
+            tracing::warn!(name = %u.name, error = %e, "cannot read back the upload for its md5");
+            ErrorCode::FileReadFailed
+        })?;
+        let part = self.part_path(u.uid, &u.name);
+        if !md5_eq(&md5, &u.md5) {
+            if let Err(e) = remove_if_exists(&part) {
+                tracing::warn!(path = %part.display(), error = %e, "cannot remove rejected upload");
+            }
+            self.counters.files_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(uid = u.uid, name = %u.name, bytes = u.geo.total, secs, md5 = %md5,
+                expected = %u.md5, "upload failed: md5 mismatch, not published");
+            return Err(MD5_MISMATCH);
+        }
+        let dir = self.dir_of(u.uid);
+        let target = dir.join(&u.name);
+        u.file
+            .sync_all()
+            .and_then(|()| fs::rename(&part, &target))
+            .map_err(|e| {
+                tracing::warn!(name = %u.name, error = %e, "cannot publish upload");
+                ErrorCode::FileWritePermissionFailed
+            })?;
+        if let Err(e) = sync_dir(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot sync directory");
+        }
+        self.counters
+            .files_completed
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(uid = u.uid, name = %u.name, bytes = u.geo.total, written = u.written, secs,
+            md5 = %md5, "upload complete");
+        self.remember(CompletedFile {
+            uid: u.uid,
+            name: u.name.clone(),
+            size: u.geo.total,
+            md5: md5.clone(),
+            announced_md5: u.md5.clone(),
+            path: target,
+        });
+        Ok(())
+    }
+
+    /// The md5 of the whole file: the in-order prefix from memory, the rest
+    /// read back.
+    fn file_md5(&self, u: &mut Upload) -> io::Result<String> {
+        let mut hasher = u.hasher.clone();
+        let mut file = &u.file;
+        file.seek(SeekFrom::Start(u.hashed))?;
+        let mut left = u.geo.total - u.hashed;
+        let mut buf = vec![0u8; (256 * 1024).min(left as usize)];
+        while left > 0 {
+            let n = (left as usize).min(buf.len());
+            file.read_exact(&mut buf[..n])?;
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        Ok(hex(&hasher.finalize()))
+    }
+
+    /// Writes the exact state of `u` (data synced first, then the state
+    /// through a temporary file and a rename).
+    fn persist(&self, u: &mut Upload) -> io::Result<()> {
+        if u.persisted {
+            return Ok(());
+        }
+        u.file.sync_data()?;
+        let state = StateFile {
+            version: STATE_VERSION,
+            uid: u.uid,
+            name: u.name.clone(),
+            total_size: u.geo.total,
+            chunk: u.geo.chunk,
+            max_seq: u.geo.max_seq,
+            md5: u.md5.clone(),
+            received: u.received.to_vec(),
+        };
+        let json = serde_json::to_vec(&state).map_err(io::Error::other)?;
+        let dir = self.dir_of(u.uid);
+        let tmp = dir.join(format!(".{}.state.tmp", u.name));
+        let mut f = File::create(&tmp)?;
+        f.write_all(&json)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, self.state_path(u.uid, &u.name))?;
+        sync_dir(&dir)?;
+        u.persisted = true;
+        Ok(())
+    }
+
+    /// The record of `(uid, name)` from its state file, if there is a valid one.
+    fn load(&self, uid: i64, name: &str) -> Rec {
+        let path = self.state_path(uid, name);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Rec::None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read upload state");
+                return Rec::None;
+            }
+        };
+        match self.parse_state(uid, name, &bytes) {
+            Some(u) => {
+                tracing::debug!(uid, name, received = ?u.received.to_vec(), "resuming upload from its state");
+                Rec::Active(Box::new(u))
+            }
+            None => {
+                tracing::warn!(path = %path.display(), "discarding an invalid upload state");
+                let _ = fs::remove_file(&path);
+                Rec::None
+            }
+        }
+    }
+
+    fn parse_state(&self, uid: i64, name: &str, bytes: &[u8]) -> Option<Upload> {
+        let s: StateFile = serde_json::from_slice(bytes).ok()?;
+        let geo = Geometry {
+            total: s.total_size,
+            chunk: s.chunk,
+            max_seq: s.max_seq,
+        };
+        if s.version != STATE_VERSION
+            || s.uid != uid
+            || s.name != name
+            || !geo.is_consistent()
+            || !is_md5_hex(&s.md5)
+        {
+            return None;
+        }
+        let received = Ranges::from_vec(&s.received, geo.max_seq)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.part_path(uid, name))
+            .ok()?;
+        if file.metadata().ok()?.len() != geo.total {
+            return None;
+        }
+        Some(Upload {
+            uid,
+            name: name.to_owned(),
+            geo,
+            md5: s.md5,
+            received,
+            file,
+            hasher: Md5::new(),
+            hashed: 0,
+            persisted: true,
+            started: Instant::now(),
+            written: 0,
+        })
+    }
+
+    /// A connection that used `key` closed: if nobody else holds the record,
+    /// persist it (if in progress) and drop it from memory, closing its file.
+    /// AppendStrict records stay: like the deployed Redis key, they outlive
+    /// connections (and have no state to persist).
+    pub fn release(&self, key: &Key) {
+        let Some(slot) = lock(&self.slots).get(key).cloned() else {
+            return;
+        };
+        self.persist_slot(&slot);
+        let mut slots = lock(&self.slots);
+        // Only the map and this function hold it: nobody can be using it,
+        // and nobody can pick it up before it is gone.
+        if Arc::strong_count(&slot) == 2 {
+            let removable = match &lock(&slot).rec {
+                Rec::Active(u) => u.persisted,
+                Rec::Append(_) => false,
+                _ => true,
+            };
+            if removable {
+                slots.remove(key);
+            }
+        }
+    }
+
+    fn persist_slot(&self, slot: &SlotRef) {
+        if let Rec::Active(u) = &mut lock(slot).rec {
+            if let Err(e) = self.persist(u) {
+                tracing::warn!(name = %u.name, error = %e, "cannot save upload state");
+            }
+        }
+    }
+
+    /// Shutdown: every upload in progress gets its exact state on disk.
+    pub fn persist_all(&self) {
+        let slots: Vec<SlotRef> = lock(&self.slots).drain().map(|(_, s)| s).collect();
+        for slot in slots {
+            self.persist_slot(&slot);
+        }
+    }
+
+    fn remember(&self, f: CompletedFile) {
+        let mut done = lock(&self.completed);
+        if done.len() == COMPLETED_KEPT {
+            done.pop_front();
+        }
+        done.push_back(f);
+    }
+
+    // ----------------------------------------------------------- append-strict
+
+    /// The deployed server's storage: seq 1 truncates, anything else is
+    /// appended, unchecked. A seq other than the previous one plus one is
+    /// counted: on the deployed server it corrupts the file.
+    fn put_append(&self, slot: &mut Slot, c: &Chunk) -> Result<(), ErrorCode> {
+        let dir = self.dir_of(c.uid);
+        let path = dir.join(&c.name);
+        let write_err = |e: io::Error| {
+            tracing::warn!(path = %path.display(), error = %e, "append-mode write failed");
+            ErrorCode::FileWritePermissionFailed
+        };
+        if c.seq == 1 {
+            fs::create_dir_all(&dir).map_err(|_| ErrorCode::CreateDirFailed)?;
+            File::create(&path)
+                .and_then(|mut f| f.write_all(&c.data))
+                .map_err(write_err)?;
+            let mut hasher = Md5::new();
+            hasher.update(&c.data);
+            slot.rec = Rec::Append(Box::new(Appending {
+                prev_seq: 1,
+                hasher,
+                bytes: c.data.len() as u64,
+                started: Instant::now(),
+            }));
+        } else {
+            let Rec::Append(a) = &mut slot.rec else {
+                return Err(ErrorCode::FileNotExists);
+            };
+            if Some(c.seq) != a.prev_seq.checked_add(1) {
+                self.counters.violations.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(name = %c.name, seq = c.seq, prev = a.prev_seq, "append-mode order violation");
+            }
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(&c.data))
+                .map_err(write_err)?;
+            a.prev_seq = c.seq;
+            a.hasher.update(&c.data);
+            a.bytes += c.data.len() as u64;
+        }
+        self.counters
+            .bytes_written
+            .fetch_add(c.data.len() as u64, Ordering::Relaxed);
+        if c.last == 1 {
+            if let Rec::Append(a) = &slot.rec {
+                let md5 = hex(&a.hasher.clone().finalize());
+                self.counters
+                    .files_completed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(uid = c.uid, name = %c.name, bytes = a.bytes,
+                    secs = a.started.elapsed().as_secs_f64(), md5 = %md5,
+                    verified = md5_eq(&md5, &c.md5), "upload complete (append mode)");
+                self.remember(CompletedFile {
+                    uid: c.uid,
+                    name: c.name.clone(),
+                    size: a.bytes,
+                    md5,
+                    announced_md5: c.md5.clone(),
+                    path,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge_and_cover() {
+        let mut r = Ranges::default();
+        for s in [3, 1, 5, 2] {
+            assert!(r.insert(s));
+        }
+        assert!(!r.insert(2));
+        assert_eq!(r.to_vec(), vec![(1, 3), (5, 5)]);
+        assert!(!r.covers(5));
+        assert!(r.insert(4));
+        assert!(r.covers(5));
+        assert_eq!(
+            Ranges::from_vec(&[(1, 3), (4, 5)], 5).unwrap().to_vec(),
+            vec![(1, 5)]
+        );
+        assert!(Ranges::from_vec(&[(1, 3), (3, 5)], 5).is_none());
+        assert!(Ranges::from_vec(&[(0, 3)], 5).is_none());
+        assert!(Ranges::from_vec(&[(1, 6)], 5).is_none());
+        assert!(r.insert(u32::MAX) && r.contains(u32::MAX));
+    }
+
+    #[test]
+    fn geometry_from_first_chunk() {
+        let g = Geometry::from_first(32_768, 32_769).unwrap();
+        assert_eq!((g.chunk, g.max_seq, g.len_of(2)), (32_768, 2, 1));
+        assert_eq!(Geometry::from_first(0, 0).unwrap().max_seq, 1);
+        assert_eq!(Geometry::from_first(7, 7).unwrap().max_seq, 1);
+        assert!(Geometry::from_first(0, 1).is_none());
+        assert!(Geometry::from_first(8, 7).is_none());
+        assert!(Geometry::from_first(1, u64::MAX).is_none());
+        assert!(g.is_consistent());
+    }
+
+    #[test]
+    fn names_that_could_escape_are_refused() {
+        for bad in [
+            "",
+            "a/b",
+            "a\\b",
+            "..",
+            "a..b",
+            "x\0",
+            ".hidden",
+            &"n".repeat(201),
+        ] {
+            assert!(name_problem(bad).is_some(), "{bad:?}");
+        }
+        for good in ["a.png", "3f2a-1.mp4", "名字.txt", &"n".repeat(200)] {
+            assert!(name_problem(good).is_none(), "{good:?}");
+        }
+    }
+}
