@@ -8,14 +8,16 @@ use crate::engine::FileState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: cannot upload: {source}")]
+    #[error("{}: cannot upload: {source}", path.display())]
     Source {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: not a regular file")]
+    #[error("{}: not a regular file", path.display())]
     NotAFile { path: PathBuf },
+    #[error("{}: changed since the upload started ({detail}); not resumed", path.display())]
+    SourceChanged { path: PathBuf, detail: String },
     #[error("file name {name:?} is already being transferred")]
     DuplicateName { name: String },
     #[error("file name {name:?} is not acceptable: {reason}")]

@@ -1,6 +1,8 @@
 pub mod engine;
 pub mod error;
+pub mod linkemu;
 pub mod protocol;
 pub mod runtime;
+pub mod server;
 
 pub use error::{Error, Result};

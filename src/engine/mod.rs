@@ -14,7 +14,7 @@
 //! [`Engine::poll_event`]. [`Engine::poll_timeout`] says when to call
 //! [`Engine::handle_timeout`]. File bytes are read through a [`ChunkSource`]
 //! one chunk at a time, when that chunk is sent; opening and hashing files
-//! stay at the edge (see [`source`]).
+//! stay at the edge (see [`FileSource`], [`md5_hex`]).
 //!
 //! # Invariants
 //! * At most `window.cwnd()` chunk requests are unanswered at any time, counted
@@ -66,6 +66,10 @@ use crate::error::{Error, Result};
 use crate::protocol::messages::UploadRsp;
 use crate::protocol::{ChunkFrame, ErrorCode, MsgId, MAX_1043_SIZE};
 
+/// How often one file may start again from seq 1 after the server answered
+/// 1012 (no record); past that the 1012 fails it.
+const MAX_LOST_RECORD_RESTARTS: u8 = 3;
+
 /// One request on the wire that has not been answered.
 #[derive(Debug, Clone, Copy)]
 struct Request {
@@ -113,10 +117,8 @@ struct Upload {
     resume_pending: bool,
     /// Start again from seq 1 once nothing is in flight.
     restart_pending: bool,
-    /// Resumed past seq 1 since the last 1041 (a 1012 then means the server
-    /// lost its record, and one restart from seq 1 fixes it).
-    resumed: bool,
-    restarted_for_lost_record: bool,
+    /// Restarts from seq 1 because the server had lost its record (1012).
+    lost_record_restarts: u8,
     burst: u32,
     progress: ProgressState,
     started_at: Option<Instant>,
@@ -187,7 +189,6 @@ impl Upload {
         self.acked_beyond.clear();
         self.acked_bytes = 0;
         self.resume_pending = false;
-        self.resumed = false;
         self.progress.dirty = true;
     }
 
@@ -434,8 +435,7 @@ impl Engine {
                 in_flight: BTreeMap::new(),
                 resume_pending: false,
                 restart_pending: false,
-                resumed: false,
-                restarted_for_lost_record: false,
+                lost_record_restarts: 0,
                 burst: 0,
                 progress: ProgressState::default(),
                 started_at: None,
@@ -450,7 +450,6 @@ impl Engine {
             }
             f.next_seq = f.acked_prefix + 1;
             f.resume_pending = true;
-            f.resumed = true;
         }
         self.names.insert(name.clone(), id);
         self.queue.push(id);
@@ -500,7 +499,6 @@ impl Engine {
         }
         if f.next_seq > 1 {
             f.resume_pending = true;
-            f.resumed = true;
         }
         self.queue.push(id);
         self.set_state(id, FileState::Queued);
@@ -583,7 +581,6 @@ impl Engine {
             } else {
                 f.next_seq = f.acked_prefix + 1;
                 f.resume_pending = true;
-                f.resumed = true;
             }
         }
         self.stats.restarts += restarted;
@@ -671,8 +668,6 @@ impl Engine {
         };
         if seq > 1 {
             f.resume_pending = false;
-        } else {
-            f.resumed = false;
         }
         let frame = ChunkFrame {
             id: msg_id,
@@ -939,15 +934,15 @@ impl Engine {
         }
         if code == ErrorCode::FileNotExists
             && r.seq != 1
-            && f.resumed
-            && !f.restarted_for_lost_record
+            && f.lost_record_restarts < MAX_LOST_RECORD_RESTARTS
         {
-            // The server lost (or expired) its record of this upload while we
-            // were away: start again from seq 1, once.
-            f.restarted_for_lost_record = true;
+            // The server has no record of this upload (expired, lost in a
+            // restart, or never seen on this path): what it holds is orphaned,
+            // and a 1041 (which truncates) starts it cleanly again.
+            f.lost_record_restarts += 1;
             f.restart_pending = true;
             self.stats.restarts += 1;
-            tracing::info!(name = %f.spec.name, seq = r.seq, "server lost the upload record; restarting from seq 1");
+            tracing::info!(name = %f.spec.name, seq = r.seq, "server has no record of the upload; restarting from seq 1");
             return;
         }
         self.fail(r.file, Failure::Server { code, seq: r.seq }, now);

@@ -313,18 +313,7 @@ impl Sim {
             .max(self.now);
         let done = start + self.cfg.service_time;
         self.worker_free_at.insert(name.clone(), done);
-        let body = UploadRsp::encode_success(
-            rsp_id,
-            &name,
-            seq,
-            req.last,
-            &req.md5,
-            req.uid,
-            req.sender,
-            req.receiver,
-            req.trans_size.0,
-            req.total_size.0,
-        );
+        let body = UploadRsp::encode_success_for(rsp_id, &req);
         self.reply(done, &name, rsp_id, body);
     }
 }

@@ -22,6 +22,9 @@ pub enum ErrorCode {
     RedisReadErr,
     ServerIpErr,
     MsgIdInvalid,
+    /// 1023, sent by this project's reference server only: the complete
+    /// file's md5 differs from the announced one (nothing was published).
+    Md5Mismatch,
     Other(i64),
 }
 
@@ -44,6 +47,7 @@ impl ErrorCode {
             1020 => RedisReadErr,
             1021 => ServerIpErr,
             1022 => MsgIdInvalid,
+            1023 => Md5Mismatch,
             other => Other(other),
         }
     }
@@ -66,6 +70,7 @@ impl ErrorCode {
             RedisReadErr => 1020,
             ServerIpErr => 1021,
             MsgIdInvalid => 1022,
+            Md5Mismatch => 1023,
             Other(c) => c,
         }
     }
@@ -93,6 +98,7 @@ impl ErrorCode {
             RedisReadErr => "server state read failed",
             ServerIpErr => "server ip error",
             MsgIdInvalid => "message id invalid",
+            Md5Mismatch => "md5 of the stored file differs from the announced one",
             Other(_) => "unknown server error code",
         }
     }

@@ -216,6 +216,22 @@ impl UploadRsp {
         serde_json::to_vec(&v).expect("a JSON value always serializes")
     }
 
+    /// The success reply to `req`, echoing its fields as the server does.
+    pub fn encode_success_for(id: MsgId, req: &UploadChunkReq<'_>) -> Vec<u8> {
+        UploadRsp::encode_success(
+            id,
+            &req.name,
+            req.seq,
+            req.last,
+            &req.md5,
+            req.uid,
+            req.sender,
+            req.receiver,
+            req.trans_size.0,
+            req.total_size.0,
+        )
+    }
+
     /// An error reply. The deployed server sends `error` alone; `name`/`seq`
     /// are the reference server's addition, ignored by the deployed client.
     pub fn encode_error(code: ErrorCode, name: Option<&str>, seq: Option<u32>) -> Vec<u8> {

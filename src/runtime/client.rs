@@ -12,8 +12,8 @@
 //! API calls ([`Client::add_file`], [`Client::pause`], ...) lock the engine,
 //! change it, and wake the driver.
 
-use std::collections::VecDeque;
-use std::path::Path;
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
-use crate::engine::{Engine, EngineConfig, Event, FileSource, FileSpec, FileStatus};
+use super::journal::{self, JournalEntry};
+use crate::engine::{
+    AckRecord, Engine, EngineConfig, Event, FileSource, FileSpec, FileStatus, ServerStorage,
+};
 use crate::error::Result;
 use crate::protocol::{Frame, FrameDecoder};
 
@@ -53,6 +56,11 @@ pub struct ClientConfig {
     pub backoff: Backoff,
     /// Bytes of frames handed to the writer at once.
     pub write_batch: usize,
+    /// Where journals of unfinished uploads live (see [`super::journal`]);
+    /// `None` keeps nothing across restarts.
+    pub state_dir: Option<PathBuf>,
+    /// Least time between two journal writes.
+    pub journal_interval: Duration,
 }
 
 impl ClientConfig {
@@ -63,6 +71,8 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             backoff: Backoff::default(),
             write_batch: 256 * 1024,
+            state_dir: None,
+            journal_interval: Duration::from_millis(250),
         }
     }
 }
@@ -92,6 +102,19 @@ struct Shared {
     changed: Notify,
     shutdown: std::sync::atomic::AtomicBool,
     events: mpsc::UnboundedSender<Event>,
+    journal: Mutex<JournalState>,
+}
+
+#[derive(Default)]
+struct JournalState {
+    dir: Option<PathBuf>,
+    interval: Duration,
+    last_write: Option<Instant>,
+    dirty: bool,
+    /// What a journal says of each upload besides its acknowledged record.
+    templates: HashMap<String, JournalEntry>,
+    /// Journals found at start and not yet resumed.
+    offers: HashMap<String, JournalEntry>,
 }
 
 impl Shared {
@@ -106,8 +129,16 @@ impl Shared {
     /// recycle the connection if one of them asks for it.
     fn forward_events(&self, engine: &mut Engine) -> Option<String> {
         let mut recycle = None;
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(e) = engine.poll_event() {
             match &e {
+                Event::StateChanged { name, state } if state.is_terminal() => {
+                    if let Some(dir) = &journal.dir {
+                        journal::remove(dir, name);
+                    }
+                    journal.templates.remove(name);
+                }
+                Event::Progress { .. } => journal.dirty = true,
                 Event::ConnectionStalled { waited } => {
                     recycle = Some(format!("server sent no reply for {waited:?}"));
                 }
@@ -118,8 +149,41 @@ impl Shared {
             }
             let _ = self.events.send(e);
         }
+        let due = journal
+            .last_write
+            .is_none_or(|t| t.elapsed() >= journal.interval);
+        if journal.dir.is_some() && journal.dirty && due {
+            journal.write_all(engine, false);
+        }
+        drop(journal);
         self.changed.notify_waiters();
         recycle
+    }
+}
+
+impl JournalState {
+    /// Writes the journal of every unfinished upload; `exact` only when
+    /// nothing is in flight (a drained, graceful shutdown).
+    fn write_all(&mut self, engine: &Engine, exact: bool) {
+        let Some(dir) = self.dir.clone() else { return };
+        self.last_write = Some(Instant::now());
+        self.dirty = false;
+        for (name, template) in &self.templates {
+            let (Some(status), Some(rec)) = (engine.file_status(name), engine.ack_record(name))
+            else {
+                continue;
+            };
+            if status.state.is_terminal() {
+                continue;
+            }
+            let mut entry = template.clone();
+            entry.acked_prefix = rec.acked_prefix;
+            entry.acked_beyond = rec.acked_beyond;
+            entry.exact = exact && rec.in_flight == 0;
+            if let Err(e) = journal::write(&dir, &entry) {
+                tracing::warn!(name, dir = %dir.display(), "cannot write upload journal: {e}");
+            }
+        }
     }
 }
 
@@ -156,7 +220,30 @@ impl Client {
     /// Starts the client on a given runtime (tests, or a host with its own).
     pub fn start_on(rt: &tokio::runtime::Handle, config: ClientConfig) -> (Client, Events) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let mut journal_state = JournalState {
+            dir: config.state_dir.clone(),
+            interval: config.journal_interval,
+            ..JournalState::default()
+        };
+        if let Some(dir) = &config.state_dir {
+            let (found, bad) = journal::scan(dir);
+            for (path, reason) in bad {
+                tracing::warn!(path = %path.display(), %reason, "ignoring upload journal");
+                let _ = tx.send(Event::JournalIgnored { path, reason });
+            }
+            for entry in found {
+                let acked = (entry.acked_prefix as u64 * entry.chunk_size as u64).min(entry.size);
+                let _ = tx.send(Event::ResumeOffered {
+                    name: entry.name.clone(),
+                    path: entry.path.clone(),
+                    acked,
+                    total: entry.size,
+                });
+                journal_state.offers.insert(entry.name.clone(), entry);
+            }
+        }
         let shared = Arc::new(Shared {
+            journal: Mutex::new(journal_state),
             engine: Mutex::new(Engine::new(config.engine.clone())),
             wake: Notify::new(),
             changed: Notify::new(),
@@ -187,7 +274,144 @@ impl Client {
             })?;
             spec.md5 = Some(md5);
         }
-        self.with_engine(|e, now| e.add_file(spec, Box::new(source), now).map(|_| ()))
+        let template = self.template(&spec, &source);
+        self.with_engine(|e, now| e.add_file(spec, Box::new(source), now).map(|_| ()))?;
+        self.remember(template);
+        Ok(())
+    }
+
+    /// Uploads found unfinished in the state directory at start.
+    pub fn offered(&self) -> Vec<JournalEntry> {
+        let j = self
+            .shared
+            .journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = j.offers.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Continues an upload an earlier process left unfinished, after checking
+    /// its source is unchanged (same size and modification time); if it
+    /// changed, the upload fails with a clear error and its journal is removed.
+    pub fn resume_offered(&self, name: &str) -> Result<()> {
+        let (entry, dir) = {
+            let mut j = self
+                .shared
+                .journal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            (j.offers.remove(name), j.dir.clone())
+        };
+        let entry = entry.ok_or_else(|| crate::Error::UnknownName { name: name.into() })?;
+        let fail = |e: crate::Error| {
+            if let Some(dir) = &dir {
+                journal::remove(dir, name);
+            }
+            let _ = self.shared.events.send(Event::Failed {
+                name: name.into(),
+                failure: crate::engine::Failure::Source {
+                    message: e.to_string(),
+                },
+            });
+            e
+        };
+        let source = FileSource::open(&entry.path).map_err(fail)?;
+        let mtime = journal::mtime_of(source.modified());
+        if crate::engine::ChunkSource::len(&source) != entry.size || mtime != entry.mtime {
+            return Err(fail(crate::Error::SourceChanged {
+                path: entry.path.clone(),
+                detail: format!(
+                    "was {} bytes, now {}; modification time {}",
+                    entry.size,
+                    crate::engine::ChunkSource::len(&source),
+                    if mtime == entry.mtime {
+                        "unchanged"
+                    } else {
+                        "changed"
+                    }
+                ),
+            }));
+        }
+        let storage = self.shared.engine().config().server_storage;
+        // See the journal module: only a drained journal is exact enough for
+        // an appending server; otherwise it gets the file again from seq 1.
+        let trusted = storage == ServerStorage::Positional || entry.exact;
+        let record = if trusted {
+            AckRecord {
+                acked_prefix: entry.acked_prefix,
+                acked_beyond: entry.acked_beyond.clone(),
+                in_flight: 0,
+            }
+        } else {
+            AckRecord::default()
+        };
+        let mut template = entry.clone();
+        template.exact = false;
+        if let Some(dir) = &dir {
+            // From the first chunk on, the server may hold more than this says.
+            let _ = journal::write(dir, &template);
+        }
+        let spec = FileSpec {
+            name: entry.name.clone(),
+            path: entry.path.clone(),
+            uid: entry.uid,
+            sender: entry.sender,
+            receiver: entry.receiver,
+            message_id: entry.message_id,
+            token: String::new(),
+            md5: Some(entry.md5.clone()),
+            chunk_size: Some(entry.chunk_size),
+            priority: entry.priority,
+        };
+        tracing::info!(
+            name,
+            acked_prefix = record.acked_prefix,
+            exact = entry.exact,
+            "resuming upload from journal"
+        );
+        self.with_engine(|e, now| {
+            e.add_resumed(spec, Box::new(source), &record, now)
+                .map(|_| ())
+        })?;
+        self.remember(template);
+        Ok(())
+    }
+
+    fn template(&self, spec: &FileSpec, source: &FileSource) -> JournalEntry {
+        let chunk = spec
+            .chunk_size
+            .unwrap_or(self.shared.engine().config().chunk_size);
+        JournalEntry {
+            version: journal::JOURNAL_VERSION,
+            name: spec.name.clone(),
+            path: std::path::absolute(&spec.path).unwrap_or_else(|_| spec.path.clone()),
+            size: crate::engine::ChunkSource::len(source),
+            mtime: journal::mtime_of(source.modified()),
+            md5: spec.md5.clone().unwrap_or_default(),
+            chunk_size: chunk,
+            uid: spec.uid,
+            sender: spec.sender,
+            receiver: spec.receiver,
+            message_id: spec.message_id,
+            priority: spec.priority,
+            acked_prefix: 0,
+            acked_beyond: Vec::new(),
+            exact: false,
+        }
+    }
+
+    fn remember(&self, template: JournalEntry) {
+        let mut j = self
+            .shared
+            .journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if j.dir.is_some() {
+            j.templates.insert(template.name.clone(), template);
+            j.dirty = true;
+        }
     }
 
     pub fn pause(&self, name: &str) -> Result<()> {
@@ -243,6 +467,15 @@ impl Client {
                     break;
                 }
             }
+        }
+        {
+            let engine = self.shared.engine();
+            let mut j = self
+                .shared
+                .journal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            j.write_all(&engine, drain.is_some());
         }
         self.shared
             .shutdown

@@ -1,0 +1,176 @@
+//! Journals of unfinished uploads, so an upload survives an app restart.
+//!
+//! One small JSON file per unfinished upload in the state directory
+//! (`<name>.journal.json`; names cannot contain separators), written
+//! atomically (temporary file, then rename) by the client's driver at most
+//! a few times a second, never per chunk. A completed, cancelled or failed
+//! upload's journal is removed.
+//!
+//! Exactness: while chunks are in flight the journal may lag behind what the
+//! server holds, so it is written with `exact: false`. Only a graceful
+//! shutdown, which first drains every in-flight chunk, writes `exact: true`.
+//! On resume, a positional server (the reference server) continues from the
+//! first unacknowledged seq whatever `exact` says; an appending server (the
+//! deployed one) does so only for an exact journal and otherwise gets the file
+//! again from seq 1, whose 1041 truncates (re-sending to an appending server
+//! after lost acknowledgements would duplicate bytes). A resumed upload's
+//! journal is rewritten as inexact before its first chunk goes out.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped when the format changes; other versions are reported and ignored.
+pub const JOURNAL_VERSION: u32 = 1;
+const SUFFIX: &str = ".journal.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub version: u32,
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    /// Source modification time, seconds and nanoseconds since the epoch.
+    pub mtime: Option<(u64, u32)>,
+    pub md5: String,
+    pub chunk_size: u32,
+    pub uid: i64,
+    pub sender: i64,
+    pub receiver: i64,
+    pub message_id: i64,
+    pub priority: u8,
+    pub acked_prefix: u32,
+    pub acked_beyond: Vec<u32>,
+    /// Written after every in-flight chunk was answered (graceful shutdown).
+    pub exact: bool,
+}
+
+pub fn mtime_of(t: Option<SystemTime>) -> Option<(u64, u32)> {
+    let d = t?.duration_since(UNIX_EPOCH).ok()?;
+    Some((d.as_secs(), d.subsec_nanos()))
+}
+
+pub fn mtime_to_system(m: (u64, u32)) -> SystemTime {
+    UNIX_EPOCH + Duration::new(m.0, m.1)
+}
+
+fn path_for(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}{SUFFIX}"))
+}
+
+/// Writes `entry` atomically.
+pub fn write(dir: &Path, entry: &JournalEntry) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let final_path = path_for(dir, &entry.name);
+    let tmp = dir.join(format!(".{}{SUFFIX}.tmp", entry.name));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(entry).map_err(std::io::Error::other)?)?;
+        f.sync_data()?;
+    }
+    std::fs::rename(&tmp, &final_path)
+}
+
+pub fn remove(dir: &Path, name: &str) {
+    let _ = std::fs::remove_file(path_for(dir, name));
+}
+
+/// Every journal in `dir`: the valid ones, and `(path, reason)` for each
+/// that is corrupt or from another version.
+pub fn scan(dir: &Path) -> (Vec<JournalEntry>, Vec<(PathBuf, String)>) {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return (ok, bad);
+    };
+    for item in read.flatten() {
+        let path = item.path();
+        let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if file.starts_with('.') || !file.ends_with(SUFFIX) {
+            continue;
+        }
+        match load(&path) {
+            Ok(e) => ok.push(e),
+            Err(reason) => bad.push((path, reason)),
+        }
+    }
+    ok.sort_by(|a, b| a.name.cmp(&b.name));
+    (ok, bad)
+}
+
+fn load(path: &Path) -> Result<JournalEntry, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("unreadable: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("corrupt: {e}"))?;
+    let version = value.get("version").and_then(|v| v.as_u64());
+    if version != Some(JOURNAL_VERSION as u64) {
+        return Err(format!(
+            "journal version {version:?}, this library reads {JOURNAL_VERSION}"
+        ));
+    }
+    let entry: JournalEntry = serde_json::from_value(value).map_err(|e| format!("corrupt: {e}"))?;
+    let expected = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| n.trim_end_matches(SUFFIX));
+    if expected != Some(entry.name.as_str()) {
+        return Err(format!(
+            "names {:?}, but the file is named {expected:?}",
+            entry.name
+        ));
+    }
+    if entry.chunk_size == 0
+        || entry.acked_prefix as u64 > entry.size.div_ceil(entry.chunk_size as u64).max(1)
+    {
+        return Err("corrupt: acknowledged seqs beyond the file".into());
+    }
+    Ok(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str) -> JournalEntry {
+        JournalEntry {
+            version: JOURNAL_VERSION,
+            name: name.into(),
+            path: "/tmp/x".into(),
+            size: 100_000,
+            mtime: Some((1, 2)),
+            md5: "0".repeat(32),
+            chunk_size: 32_768,
+            uid: 1,
+            sender: 1,
+            receiver: 2,
+            message_id: 3,
+            priority: 0,
+            acked_prefix: 2,
+            acked_beyond: vec![],
+            exact: false,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_bad_journals_are_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &entry("a.mp4")).unwrap();
+        std::fs::write(dir.path().join("b.journal.json"), b"{not json").unwrap();
+        let mut old = serde_json::to_value(entry("c")).unwrap();
+        old["version"] = 0.into();
+        std::fs::write(dir.path().join("c.journal.json"), old.to_string()).unwrap();
+        let mut beyond = entry("d");
+        beyond.acked_prefix = 99;
+        write(dir.path(), &beyond).unwrap();
+        let (ok, bad) = scan(dir.path());
+        assert_eq!(ok, vec![entry("a.mp4")]);
+        assert_eq!(bad.len(), 3, "{bad:?}");
+        assert!(bad.iter().any(|(_, r)| r.contains("version")));
+        remove(dir.path(), "a.mp4");
+        assert!(scan(dir.path()).0.is_empty());
+    }
+}
