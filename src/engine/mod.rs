@@ -451,11 +451,20 @@ impl Engine {
             f.next_seq = f.acked_prefix + 1;
             f.resume_pending = true;
         }
+        let hold = self.files[&id].spec.hold;
         self.names.insert(name.clone(), id);
-        self.queue.push(id);
+        if hold {
+            self.files.get_mut(&id).expect("just inserted").state = FileState::Paused;
+        } else {
+            self.queue.push(id);
+        }
         self.events.push_back(Event::StateChanged {
             name,
-            state: FileState::Queued,
+            state: if hold {
+                FileState::Paused
+            } else {
+                FileState::Queued
+            },
         });
         self.promote(now);
         Ok(id)

@@ -976,3 +976,24 @@ fn resumed_upload_continues_with_1043_after_the_acknowledged_prefix() {
     assert_eq!(s2.server.log[log_before].0, MsgId(1043));
     assert_eq!(s2.server.log[log_before].2, 5);
 }
+
+#[test]
+fn a_held_upload_sends_nothing_until_resumed() {
+    let mut e = Engine::new(EngineConfig::default());
+    let now = Instant::now();
+    e.connected(now);
+    let mut sp = spec("held");
+    sp.hold = true;
+    e.add_file(sp, Box::new(MemorySource::new(pattern(100, 1))), now)
+        .unwrap();
+    assert_eq!(e.file_status("held").unwrap().state, FileState::Paused);
+    assert!(drain(&mut e, now).is_empty());
+    e.resume("held", now).unwrap();
+    let frames = drain(&mut e, now);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(
+        frames[0].0,
+        MsgId(1041),
+        "a held file starts with 1041, not 1043"
+    );
+}

@@ -72,6 +72,9 @@ pub struct FileSpec {
     pub chunk_size: Option<u32>,
     /// Higher goes first from the queue and gets a larger share of the window.
     pub priority: u8,
+    /// Register the upload paused: nothing is sent until `resume` (the Qt
+    /// client's `BatchSend`, called once the ChatServer confirmed the message).
+    pub hold: bool,
 }
 
 impl FileSpec {
@@ -87,6 +90,7 @@ impl FileSpec {
             md5: None,
             chunk_size: None,
             priority: 0,
+            hold: false,
         }
     }
 }

@@ -364,6 +364,7 @@ impl Client {
             md5: Some(entry.md5.clone()),
             chunk_size: Some(entry.chunk_size),
             priority: entry.priority,
+            hold: false,
         };
         tracing::info!(
             name,
