@@ -85,12 +85,9 @@ async fn run(
         .unwrap();
     let journal_seen = wait_for_journal(state.path(), 20).await;
     if graceful {
-        let pid = first.id().unwrap().to_string();
-        let status = std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let pid = first.id().unwrap() as libc::pid_t;
+        // SAFETY: a plain syscall on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
     } else {
         first.kill().await.unwrap(); // SIGKILL
     }
