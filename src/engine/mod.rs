@@ -48,6 +48,7 @@
 //!   unacknowledged seq" there could silently duplicate bytes; restarting costs
 //!   time but keeps the stored file exact.
 
+mod download;
 mod source;
 mod types;
 mod window;
@@ -58,12 +59,15 @@ pub mod sim;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
 
+pub use download::{unsafe_name, ChunkSink, DownloadSpec, FileSink, MemorySink, DOWNLOAD_CHUNK};
 pub use source::{md5_hex, md5_of, ChunkSource, FileSource, MemorySource};
 pub use types::*;
 pub use window::{Window, WindowPolicy};
 
 use crate::error::{Error, Result};
-use crate::protocol::messages::UploadRsp;
+use crate::protocol::messages::{
+    DownChunkReq, DownChunkRsp, DownInfoReq, DownInfoRsp, StrU64, UploadRsp,
+};
 use crate::protocol::{ChunkFrame, ErrorCode, MsgId, MAX_1043_SIZE};
 
 /// How often one file may start again from seq 1 after the server answered
@@ -77,6 +81,100 @@ struct Request {
     seq: u32,
     sent_at: Instant,
     last: bool,
+    kind: Kind,
+}
+
+/// What a request was; replies of each kind are attributed separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Upload,
+    DownInfo,
+    DownChunk,
+}
+
+/// What the engine's generic bookkeeping (queue, states, progress) needs of
+/// an upload or a download.
+trait Transfer {
+    fn name(&self) -> &str;
+    fn state(&self) -> FileState;
+    fn state_mut(&mut self) -> &mut FileState;
+    fn priority(&self) -> u8;
+    fn progress(&self) -> &ProgressState;
+    fn progress_mut(&mut self) -> &mut ProgressState;
+    /// Bytes done (acknowledged or received) and the total.
+    fn done_total(&self) -> (u64, u64);
+    fn status(&self) -> FileStatus;
+    fn unanswered(&self) -> usize;
+    /// Closes the file handle; a download also removes its partial file.
+    fn release(&mut self);
+}
+
+impl Transfer for Upload {
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+    fn state(&self) -> FileState {
+        self.state
+    }
+    fn state_mut(&mut self) -> &mut FileState {
+        &mut self.state
+    }
+    fn priority(&self) -> u8 {
+        self.spec.priority
+    }
+    fn progress(&self) -> &ProgressState {
+        &self.progress
+    }
+    fn progress_mut(&mut self) -> &mut ProgressState {
+        &mut self.progress
+    }
+    fn done_total(&self) -> (u64, u64) {
+        (self.acked_bytes, self.size)
+    }
+    fn status(&self) -> FileStatus {
+        Upload::status(self)
+    }
+    fn unanswered(&self) -> usize {
+        self.in_flight.len()
+    }
+    fn release(&mut self) {
+        self.source = None;
+    }
+}
+
+impl Transfer for download::Download {
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+    fn state(&self) -> FileState {
+        self.state
+    }
+    fn state_mut(&mut self) -> &mut FileState {
+        &mut self.state
+    }
+    fn priority(&self) -> u8 {
+        self.spec.priority
+    }
+    fn progress(&self) -> &ProgressState {
+        &self.progress
+    }
+    fn progress_mut(&mut self) -> &mut ProgressState {
+        &mut self.progress
+    }
+    fn done_total(&self) -> (u64, u64) {
+        (self.bytes, self.info.as_ref().map_or(0, |i| i.total))
+    }
+    fn status(&self) -> FileStatus {
+        download::Download::status(self)
+    }
+    fn unanswered(&self) -> usize {
+        self.in_flight.len() + usize::from(self.info_req.is_some())
+    }
+    fn release(&mut self) {
+        if let Some(mut sink) = self.sink.take() {
+            sink.abort();
+        }
+    }
 }
 
 /// An error reply not yet attributed to a request.
@@ -88,7 +186,7 @@ struct PendingError {
 }
 
 #[derive(Debug, Default)]
-struct ProgressState {
+pub(crate) struct ProgressState {
     dirty: bool,
     last_emit_at: Option<Instant>,
     last_emit_bytes: u64,
@@ -135,7 +233,7 @@ impl Upload {
     }
 
     fn weight(&self) -> u32 {
-        1 + (self.spec.priority as u32).min(15)
+        weight(self.spec.priority)
     }
 
     fn is_acked(&self, seq: u32) -> bool {
@@ -211,6 +309,7 @@ impl Upload {
 pub struct Engine {
     config: EngineConfig,
     files: HashMap<FileId, Upload>,
+    downloads: HashMap<FileId, download::Download>,
     names: HashMap<String, FileId>,
     next_file: u64,
     /// Sending files in round-robin order.
@@ -239,6 +338,7 @@ impl Engine {
             window: Window::new(config.window),
             config,
             files: HashMap::new(),
+            downloads: HashMap::new(),
             names: HashMap::new(),
             next_file: 1,
             active: VecDeque::new(),
@@ -280,21 +380,22 @@ impl Engine {
     }
 
     pub fn file_status(&self, name: &str) -> Option<FileStatus> {
-        self.names.get(name).map(|id| self.files[id].status())
+        self.names.get(name).map(|id| self.t(*id).status())
     }
 
     pub fn name_of(&self, file: FileId) -> Option<&str> {
-        self.files.get(&file).map(|f| f.spec.name.as_str())
+        (self.files.contains_key(&file) || self.downloads.contains_key(&file))
+            .then(|| self.t(file).name())
     }
 
     /// Every registered transfer, in no particular order.
     pub fn statuses(&self) -> Vec<FileStatus> {
-        self.files.values().map(Upload::status).collect()
+        self.all().map(|t| t.status()).collect()
     }
 
     /// True when no transfer is waiting, sending or paused.
     pub fn is_idle(&self) -> bool {
-        self.files.values().all(|f| f.state.is_terminal())
+        self.all().all(|t| t.state().is_terminal())
     }
 
     // ------------------------------------------------------------ app mutators
@@ -345,14 +446,7 @@ impl Engine {
         now: Instant,
     ) -> Result<FileId> {
         validate_name(&spec.name)?;
-        if let Some(old) = self.names.get(&spec.name) {
-            let old = &self.files[old];
-            if !old.state.is_terminal() || !old.in_flight.is_empty() {
-                return Err(Error::DuplicateName { name: spec.name });
-            }
-            let old = old.id;
-            self.files.remove(&old);
-        }
+        self.take_name(&spec.name)?;
         let chunk = spec.chunk_size.unwrap_or(self.config.chunk_size);
         if chunk == 0 {
             return Err(Error::ZeroChunk { name: spec.name });
@@ -473,8 +567,7 @@ impl Engine {
     /// Stops issuing new chunks of `name`; chunks in flight drain normally.
     pub fn pause(&mut self, name: &str, now: Instant) -> Result<()> {
         let id = self.lookup(name)?;
-        let f = self.files.get_mut(&id).expect("names and files agree");
-        match f.state {
+        match self.t(id).state() {
             FileState::Paused => return Ok(()),
             FileState::Queued | FileState::Sending => {}
             state => {
@@ -494,8 +587,7 @@ impl Engine {
     /// Continues a paused transfer after the highest chunk already sent.
     pub fn resume(&mut self, name: &str, now: Instant) -> Result<()> {
         let id = self.lookup(name)?;
-        let f = self.files.get_mut(&id).expect("names and files agree");
-        match f.state {
+        match self.t(id).state() {
             FileState::Paused => {}
             FileState::Queued | FileState::Sending => return Ok(()),
             state => {
@@ -506,8 +598,10 @@ impl Engine {
                 })
             }
         }
-        if f.next_seq > 1 {
-            f.resume_pending = true;
+        if let Some(f) = self.files.get_mut(&id) {
+            if f.next_seq > 1 {
+                f.resume_pending = true;
+            }
         }
         self.queue.push(id);
         self.set_state(id, FileState::Queued);
@@ -518,25 +612,21 @@ impl Engine {
     /// Abandons a transfer; its queued chunks are dropped at once.
     pub fn cancel(&mut self, name: &str, now: Instant) -> Result<()> {
         let id = self.lookup(name)?;
-        match self.files[&id].state {
+        match self.t(id).state() {
             FileState::Cancelled => return Ok(()),
-            FileState::Completed | FileState::Failed => {
+            state @ (FileState::Completed | FileState::Failed) => {
                 return Err(Error::WrongState {
                     name: name.into(),
                     action: "cancel",
-                    state: self.files[&id].state,
+                    state,
                 })
             }
             _ => {}
         }
-        let f = self.files.get_mut(&id).expect("names and files agree");
-        f.source = None;
-        tracing::info!(
-            name,
-            acked = f.acked_bytes,
-            total = f.size,
-            "upload cancelled"
-        );
+        let t = self.t_mut(id);
+        t.release();
+        let (done, total) = t.done_total();
+        tracing::info!(name, done, total, "transfer cancelled");
         self.queue.retain(|q| *q != id);
         self.set_state(id, FileState::Cancelled);
         self.promote(now);
@@ -592,6 +682,15 @@ impl Engine {
                 f.resume_pending = true;
             }
         }
+        for d in self.downloads.values_mut() {
+            d.in_flight.clear();
+            d.info_req = None;
+            d.burst = 0;
+            if !d.state.is_terminal() && d.info.is_some() {
+                d.next_seq = d.received + 1;
+                d.resumed = d.received > 0;
+            }
+        }
         self.stats.restarts += restarted;
         self.window.reset();
     }
@@ -604,9 +703,7 @@ impl Engine {
         if !self.connected || self.draining {
             return None;
         }
-        let files = &self.files;
-        self.active
-            .retain(|id| files[id].state == FileState::Sending);
+        self.retain_active();
         let mut tries = self.active.len();
         while tries > 0 {
             if self.unanswered.len() >= self.window.cwnd() as usize {
@@ -614,6 +711,26 @@ impl Engine {
             }
             tries -= 1;
             let id = *self.active.front()?;
+            if self.downloads.contains_key(&id) {
+                match self.download_next(id, now, out) {
+                    Some(t) => {
+                        let d = self.downloads.get_mut(&id).expect("checked");
+                        d.burst += 1;
+                        if d.burst >= weight(d.spec.priority) {
+                            d.burst = 0;
+                            self.active.rotate_left(1);
+                        }
+                        return Some(t);
+                    }
+                    None => {
+                        if let Some(d) = self.downloads.get_mut(&id) {
+                            d.burst = 0;
+                        }
+                        self.active.rotate_left(1);
+                        continue;
+                    }
+                }
+            }
             let held_back_before = self.pending_errors.back().map(|e| e.bound);
             let f = self.files.get_mut(&id).expect("active files exist");
             let seq = match f.next_sendable() {
@@ -707,6 +824,7 @@ impl Engine {
                 seq,
                 sent_at: now,
                 last,
+                kind: Kind::Upload,
             },
         );
         self.window.on_send(self.unanswered.len() as u32);
@@ -734,15 +852,25 @@ impl Engine {
         } else {
             self.unanswered
                 .values()
+                .filter(|r| r.kind != Kind::DownInfo)
                 .map(|r| r.sent_at)
                 .min()
                 .map(|t| t + self.config.ack_timeout)
         };
-        let progress = self
-            .files
+        let info = self
+            .unanswered
             .values()
-            .filter(|f| f.progress.dirty)
-            .filter_map(|f| f.progress.last_emit_at)
+            .filter(|r| r.kind == Kind::DownInfo)
+            .map(|r| r.sent_at + self.config.info_timeout)
+            .min();
+        let ack = match (ack, info) {
+            (Some(a), Some(i)) => Some(a.min(i)),
+            (a, i) => a.or(i),
+        };
+        let progress = self
+            .all()
+            .filter(|f| f.progress().dirty)
+            .filter_map(|f| f.progress().last_emit_at)
             .map(|t| t + self.config.progress_interval)
             .min();
         match (ack, progress) {
@@ -753,24 +881,53 @@ impl Engine {
 
     /// Fires due timers: coalesced progress, and the ack timeout.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let interval = self.config.progress_interval;
         let due: Vec<FileId> = self
             .files
-            .values()
-            .filter(|f| {
-                f.progress.dirty
-                    && f.progress
-                        .last_emit_at
-                        .is_some_and(|t| now >= t + self.config.progress_interval)
+            .keys()
+            .chain(self.downloads.keys())
+            .copied()
+            .filter(|id| {
+                let p = self.t(*id).progress();
+                p.dirty && p.last_emit_at.is_some_and(|t| now >= t + interval)
             })
-            .map(|f| f.id)
             .collect();
         for id in due {
             self.emit_progress(id, now);
         }
+        // A 1045 nobody answers: the deployed server sends nothing for an
+        // unknown message id, so this download fails alone.
+        let info_timeout = self.config.info_timeout;
+        let expired: Vec<(u64, Request)> = self
+            .unanswered
+            .iter()
+            .filter(|(_, r)| {
+                r.kind == Kind::DownInfo && now.saturating_duration_since(r.sent_at) >= info_timeout
+            })
+            .map(|(k, r)| (*k, *r))
+            .collect();
+        for (req, r) in expired {
+            self.unanswered.remove(&req);
+            if let Some(d) = self.downloads.get_mut(&r.file) {
+                d.info_req = None;
+                let message = format!(
+                    "no reply to 1045 for message {} within {:?}: the server knows no file for this message \
+                     (the deployed server answers nothing then)",
+                    d.spec.message_id, info_timeout
+                );
+                self.fail(r.file, Failure::BadReply { seq: 0, message }, now);
+            }
+        }
         if self.stall_reported {
             return;
         }
-        let Some(oldest) = self.unanswered.values().min_by_key(|r| r.sent_at).copied() else {
+        let Some(oldest) = self
+            .unanswered
+            .values()
+            .filter(|r| r.kind != Kind::DownInfo)
+            .min_by_key(|r| r.sent_at)
+            .copied()
+        else {
             return;
         };
         let waited = now.saturating_duration_since(oldest.sent_at);
@@ -786,7 +943,9 @@ impl Engine {
                 .unanswered
                 .values()
                 .filter(|r| {
-                    r.last && now.saturating_duration_since(r.sent_at) >= self.config.ack_timeout
+                    r.kind == Kind::Upload
+                        && r.last
+                        && now.saturating_duration_since(r.sent_at) >= self.config.ack_timeout
                 })
                 .map(|r| (r.file, r.seq))
                 .collect();
@@ -814,6 +973,12 @@ impl Engine {
     /// because a later seq of its file was acknowledged. Until then a candidate
     /// file holds back its last chunk.
     pub fn handle_frame(&mut self, now: Instant, id: MsgId, body: &[u8]) {
+        if id == MsgId::IMG_CHAT_DOWN_INFO_SYNC_RSP {
+            return self.on_down_info(now, body);
+        }
+        if id == MsgId::IMG_CHAT_DOWN_RSP {
+            return self.on_down_chunk(now, body);
+        }
         if !id.is_upload_reply() {
             self.stats.ignored_frames += 1;
             return;
@@ -898,11 +1063,7 @@ impl Engine {
 
     fn resolve_errors(&mut self, now: Instant) {
         while let Some(head) = self.pending_errors.front().copied() {
-            let candidates: Vec<u64> = self
-                .unanswered
-                .range(..head.bound)
-                .map(|(r, _)| *r)
-                .collect();
+            let candidates = self.upload_requests_before(head.bound);
             if candidates.is_empty() {
                 // An error for nothing we have: a misbehaving server.
                 self.pending_errors.pop_front();
@@ -915,7 +1076,7 @@ impl Engine {
                 continue;
             }
             let newest = self.pending_errors.back().expect("non-empty").bound;
-            let all: Vec<u64> = self.unanswered.range(..newest).map(|(r, _)| *r).collect();
+            let all = self.upload_requests_before(newest);
             if all.len() == self.pending_errors.len() {
                 for (req, err) in all
                     .into_iter()
@@ -957,6 +1118,376 @@ impl Engine {
         self.fail(r.file, Failure::Server { code, seq: r.seq }, now);
     }
 
+    // ------------------------------------------------------------ downloads
+
+    /// Registers a download (1045, then pipelined 1047s). The sink receives
+    /// the bytes once the server told the file's name and size.
+    pub fn add_download(
+        &mut self,
+        spec: DownloadSpec,
+        sink: Box<dyn ChunkSink>,
+        now: Instant,
+    ) -> Result<FileId> {
+        validate_name(&spec.name)?;
+        if let Some(m) = &spec.md5 {
+            if m.len() != 32 || !m.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Error::InvalidMd5 {
+                    name: spec.name.clone(),
+                    md5: m.clone(),
+                });
+            }
+        }
+        self.take_name(&spec.name)?;
+        let id = FileId(self.next_file);
+        self.next_file += 1;
+        let name = spec.name.clone();
+        self.downloads
+            .insert(id, download::Download::new(id, spec, sink));
+        self.names.insert(name.clone(), id);
+        self.queue.push(id);
+        self.events.push_back(Event::StateChanged {
+            name,
+            state: FileState::Queued,
+        });
+        self.promote(now);
+        Ok(id)
+    }
+
+    fn download_next(&mut self, id: FileId, now: Instant, out: &mut Vec<u8>) -> Option<Transmit> {
+        let d = self.downloads.get_mut(&id)?;
+        if d.state != FileState::Sending || d.sink.is_none() {
+            return None;
+        }
+        let (msg_id, seq) = match &d.info {
+            None => {
+                if d.info_req.is_some() {
+                    return None;
+                }
+                let body = serde_json::to_vec(&DownInfoReq {
+                    message_id: d.spec.message_id,
+                })
+                .expect("plain struct serializes");
+                crate::protocol::frame::encode(MsgId::IMG_CHAT_DOWN_INFO_SYNC_REQ, &body, out);
+                (MsgId::IMG_CHAT_DOWN_INFO_SYNC_REQ, 0)
+            }
+            Some(info) => {
+                // After a reconnect, one request first: if the server's
+                // expected seq moved on, only that one fails before a restart.
+                if d.next_seq > info.max_seq || (d.resumed && !d.in_flight.is_empty()) {
+                    return None;
+                }
+                let seq = d.next_seq;
+                let req = DownChunkReq {
+                    name: info.server_name.clone(),
+                    seq,
+                    trans_size: StrU64((seq as u64 - 1) * DOWNLOAD_CHUNK),
+                    total_size: StrU64(info.total),
+                    token: d.spec.token.clone(),
+                    sender_id: info.sender_id,
+                    receiver_id: info.receiver_id,
+                    message_id: d.spec.message_id,
+                    uid: d.spec.uid,
+                };
+                let body = serde_json::to_vec(&req).expect("plain struct serializes");
+                crate::protocol::frame::encode(MsgId::IMG_CHAT_DOWN_REQ, &body, out);
+                (MsgId::IMG_CHAT_DOWN_REQ, seq)
+            }
+        };
+        let req = self.next_req;
+        self.next_req += 1;
+        let kind = if seq == 0 {
+            d.info_req = Some(req);
+            Kind::DownInfo
+        } else {
+            d.in_flight.push_back((seq, req));
+            d.next_seq += 1;
+            Kind::DownChunk
+        };
+        d.started_at.get_or_insert(now);
+        self.unanswered.insert(
+            req,
+            Request {
+                file: id,
+                seq,
+                sent_at: now,
+                last: false,
+                kind,
+            },
+        );
+        self.window.on_send(self.unanswered.len() as u32);
+        self.stats.requests_sent += 1;
+        Some(Transmit {
+            file: id,
+            id: msg_id,
+            seq,
+            last: false,
+            len: 0,
+        })
+    }
+
+    fn on_down_info(&mut self, now: Instant, body: &[u8]) {
+        let rsp: DownInfoRsp =
+            match crate::protocol::messages::decode_as(MsgId::IMG_CHAT_DOWN_INFO_SYNC_RSP, body) {
+                Ok(r) => r,
+                Err(e) => return self.violation(format!("undecodable 1046: {e}")),
+            };
+        // By message id; without one, the oldest unanswered 1045.
+        let found = self
+            .downloads
+            .values()
+            .filter(|d| {
+                d.info_req.is_some() && rsp.message_id.is_none_or(|m| m == d.spec.message_id)
+            })
+            .min_by_key(|d| d.info_req)
+            .map(|d| (d.id, d.info_req.expect("filtered")));
+        let Some((id, req)) = found else {
+            self.stats.unknown_replies += 1;
+            return;
+        };
+        let sent = self
+            .unanswered
+            .remove(&req)
+            .expect("info requests are unanswered");
+        self.window.on_ack(
+            now,
+            now.saturating_duration_since(sent.sent_at),
+            req,
+            self.next_req,
+        );
+        let d = self.downloads.get_mut(&id).expect("found");
+        d.info_req = None;
+        if d.state.is_terminal() {
+            return;
+        }
+        if !rsp.error.is_success() {
+            return self.fail(
+                id,
+                Failure::Server {
+                    code: rsp.error,
+                    seq: 0,
+                },
+                now,
+            );
+        }
+        let (Some(name), Some(total)) = (rsp.name.clone(), rsp.total_size) else {
+            let message = "1046 without name or total_size".to_string();
+            return self.fail(id, Failure::BadReply { seq: 0, message }, now);
+        };
+        if let Some(why) = unsafe_name(&name) {
+            let message = format!("server file name {name:?} {why}; refusing it");
+            return self.fail(id, Failure::BadReply { seq: 0, message }, now);
+        }
+        let busy = self.downloads.values().any(|o| {
+            o.id != id
+                && !o.state.is_terminal()
+                && o.info.as_ref().is_some_and(|i| i.server_name == name)
+        });
+        if busy {
+            // The server keeps one expected seq per name: two transfers of
+            // one name would break each other.
+            let message = format!("{name:?} is already being downloaded by another transfer");
+            return self.fail(id, Failure::BadReply { seq: 0, message }, now);
+        }
+        let max_seq = total.0.div_ceil(DOWNLOAD_CHUNK);
+        if max_seq > i32::MAX as u64 {
+            let message = format!("total_size {} is beyond what seqs can address", total.0);
+            return self.fail(id, Failure::BadReply { seq: 0, message }, now);
+        }
+        let d = self.downloads.get_mut(&id).expect("found");
+        let opened = d.sink.as_mut().map(|s| s.open(&name, total.0));
+        d.info = Some(download::Info {
+            server_name: name,
+            sender_id: rsp.sender_id.unwrap_or(0),
+            receiver_id: rsp.recv_id.unwrap_or(0),
+            total: total.0,
+            max_seq: max_seq as u32,
+        });
+        if let Some(Err(e)) = opened {
+            return self.fail(
+                id,
+                Failure::Local {
+                    message: e.to_string(),
+                },
+                now,
+            );
+        }
+        if max_seq == 0 {
+            // A 0-byte file needs no 1047 (the deployed server cannot serve one).
+            self.finish_download(id, now);
+        }
+    }
+
+    fn on_down_chunk(&mut self, now: Instant, body: &[u8]) {
+        let rsp: DownChunkRsp =
+            match crate::protocol::messages::decode_as(MsgId::IMG_CHAT_DOWN_RSP, body) {
+                Ok(r) => r,
+                Err(e) => return self.violation(format!("undecodable 1048: {e}")),
+            };
+        // Replies for one name come in order: the download of that name, its
+        // oldest request. Without a name (token errors), the oldest 1047.
+        let found = match rsp.name.as_deref() {
+            Some(n) => self
+                .downloads
+                .values()
+                .find(|d| {
+                    !d.in_flight.is_empty() && d.info.as_ref().is_some_and(|i| i.server_name == n)
+                })
+                .map(|d| d.id),
+            None => self
+                .unanswered
+                .values()
+                .find(|r| r.kind == Kind::DownChunk)
+                .map(|r| r.file),
+        };
+        let Some(id) = found else {
+            self.stats.unknown_replies += 1;
+            return;
+        };
+        let d = self.downloads.get_mut(&id).expect("found");
+        let (seq, req) = d
+            .in_flight
+            .pop_front()
+            .expect("found with requests in flight");
+        let sent = self
+            .unanswered
+            .remove(&req)
+            .expect("in-flight requests are unanswered");
+        self.window.on_ack(
+            now,
+            now.saturating_duration_since(sent.sent_at),
+            req,
+            self.next_req,
+        );
+        if d.state.is_terminal() {
+            return;
+        }
+        if !rsp.is_chunk() {
+            self.stats.error_replies += 1;
+            if d.resumed && d.restarts == 0 {
+                // The server's expected seq was not ours after the reconnect.
+                d.restarts += 1;
+                d.restart();
+                self.stats.restarts += 1;
+                return;
+            }
+            let failure = if rsp.error.is_success() {
+                Failure::BadReply {
+                    seq,
+                    message: format!(
+                        "chunk {seq}: reply without data (the deployed server reports most download errors as error 0)"
+                    ),
+                }
+            } else {
+                Failure::Server {
+                    code: rsp.error,
+                    seq,
+                }
+            };
+            return self.fail(id, failure, now);
+        }
+        d.resumed = false;
+        let expected_len = d.chunk_len(seq) as usize;
+        let data = rsp.data.as_deref().unwrap_or_default();
+        let bad = |message: String| Failure::BadReply { seq, message };
+        if rsp.seq != Some(seq) {
+            let f = bad(format!("asked for chunk {seq}, got {:?}", rsp.seq));
+            return self.fail(id, f, now);
+        }
+        if data.len() > crate::protocol::chunk::base64_len(DOWNLOAD_CHUNK as usize) {
+            let f = bad(format!(
+                "chunk {seq}: {} bytes of base64, more than a chunk",
+                data.len()
+            ));
+            return self.fail(id, f, now);
+        }
+        self.scratch.resize(data.len() / 4 * 3 + 3, 0);
+        let n = match base64::Engine::decode_slice(
+            &base64::engine::general_purpose::STANDARD,
+            data,
+            &mut self.scratch,
+        ) {
+            Ok(n) => n,
+            Err(e) => {
+                let f = bad(format!("chunk {seq}: invalid base64: {e}"));
+                return self.fail(id, f, now);
+            }
+        };
+        if n != expected_len {
+            let f = bad(format!("chunk {seq}: {n} bytes, expected {expected_len}"));
+            return self.fail(id, f, now);
+        }
+        let offset = (seq as u64 - 1) * DOWNLOAD_CHUNK;
+        let d = self.downloads.get_mut(&id).expect("found");
+        let written = d
+            .sink
+            .as_mut()
+            .map(|s| s.write_at(offset, &self.scratch[..n]));
+        if let Some(Err(e)) = written {
+            return self.fail(
+                id,
+                Failure::Local {
+                    message: e.to_string(),
+                },
+                now,
+            );
+        }
+        md5::Digest::update(&mut d.hasher, &self.scratch[..n]);
+        d.bytes += n as u64;
+        d.received = seq;
+        d.progress.dirty = true;
+        let done = d.info.as_ref().is_some_and(|i| seq == i.max_seq);
+        if done {
+            self.finish_download(id, now);
+        } else if d
+            .progress
+            .last_emit_at
+            .is_none_or(|t| now >= t + self.config.progress_interval)
+        {
+            self.emit_progress(id, now);
+        }
+    }
+
+    fn finish_download(&mut self, id: FileId, now: Instant) {
+        let d = self.downloads.get_mut(&id).expect("caller checked");
+        let md5 = format!("{:x}", md5::Digest::finalize_reset(&mut d.hasher));
+        if let Some(want) = &d.spec.md5 {
+            if !want.eq_ignore_ascii_case(&md5) {
+                let message = format!(
+                    "md5 of the downloaded bytes is {md5}, the message says {want}; removed"
+                );
+                return self.fail(id, Failure::BadReply { seq: 0, message }, now);
+            }
+        }
+        let finished = d.sink.as_mut().map(|s| s.finish());
+        let path = match finished {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                return self.fail(
+                    id,
+                    Failure::Local {
+                        message: e.to_string(),
+                    },
+                    now,
+                )
+            }
+            None => return,
+        };
+        d.sink = None;
+        let (name, bytes) = (d.spec.name.clone(), d.bytes);
+        let secs = d
+            .started_at
+            .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
+        tracing::info!(%name, bytes, secs, %md5, path = %path.display(), "download complete");
+        self.emit_progress(id, now);
+        self.set_state(id, FileState::Completed);
+        self.events.push_back(Event::Saved {
+            name: name.clone(),
+            path,
+        });
+        self.events.push_back(Event::Completed { name, md5, bytes });
+        self.promote(now);
+    }
+
     fn violation(&mut self, reason: String) {
         self.stats.malformed_replies += 1;
         tracing::warn!(%reason, "protocol violation from server");
@@ -973,30 +1504,79 @@ impl Engine {
     }
 
     fn set_state(&mut self, id: FileId, state: FileState) {
-        let f = self.files.get_mut(&id).expect("caller checked");
-        if f.state == state {
+        let t = self.t_mut(id);
+        if t.state() == state {
             return;
         }
-        f.state = state;
-        self.events.push_back(Event::StateChanged {
-            name: f.spec.name.clone(),
-            state,
+        *t.state_mut() = state;
+        let name = t.name().to_string();
+        self.events.push_back(Event::StateChanged { name, state });
+    }
+
+    fn t(&self, id: FileId) -> &dyn Transfer {
+        match self.files.get(&id) {
+            Some(f) => f,
+            None => &self.downloads[&id],
+        }
+    }
+
+    fn t_mut(&mut self, id: FileId) -> &mut dyn Transfer {
+        match self.files.get_mut(&id) {
+            Some(f) => f,
+            None => self
+                .downloads
+                .get_mut(&id)
+                .expect("ids name known transfers"),
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &dyn Transfer> {
+        self.files
+            .values()
+            .map(|f| f as &dyn Transfer)
+            .chain(self.downloads.values().map(|d| d as &dyn Transfer))
+    }
+
+    /// Frees `name` for a new transfer: an error if one by that name is
+    /// still going; a finished one is forgotten.
+    fn take_name(&mut self, name: &str) -> Result<()> {
+        if let Some(&old) = self.names.get(name) {
+            let t = self.t(old);
+            if !t.state().is_terminal() || t.unanswered() > 0 {
+                return Err(Error::DuplicateName { name: name.into() });
+            }
+            self.files.remove(&old);
+            self.downloads.remove(&old);
+            self.names.remove(name);
+        }
+        Ok(())
+    }
+
+    fn retain_active(&mut self) {
+        let (files, downloads) = (&self.files, &self.downloads);
+        self.active.retain(|id| {
+            let state = files
+                .get(id)
+                .map(|f| f.state)
+                .or_else(|| downloads.get(id).map(|d| d.state));
+            state == Some(FileState::Sending)
         });
+    }
+
+    fn upload_requests_before(&self, bound: u64) -> Vec<u64> {
+        self.unanswered
+            .range(..bound)
+            .filter(|(_, r)| r.kind == Kind::Upload)
+            .map(|(k, _)| *k)
+            .collect()
     }
 
     /// Fills free sending slots from the queue, highest priority first.
     fn promote(&mut self, _now: Instant) {
-        let files = &self.files;
-        self.active
-            .retain(|id| files[id].state == FileState::Sending);
+        self.retain_active();
         while self.active.len() < self.config.max_active_files.max(1) && !self.queue.is_empty() {
             let best = (0..self.queue.len())
-                .max_by_key(|&i| {
-                    (
-                        self.files[&self.queue[i]].spec.priority,
-                        std::cmp::Reverse(i),
-                    )
-                })
+                .max_by_key(|&i| (self.t(self.queue[i]).priority(), std::cmp::Reverse(i)))
                 .expect("queue is not empty");
             let id = self.queue.remove(best);
             self.active.push_back(id);
@@ -1005,12 +1585,13 @@ impl Engine {
     }
 
     fn emit_progress(&mut self, id: FileId, now: Instant) {
-        let f = self.files.get_mut(&id).expect("caller checked");
-        let p = &mut f.progress;
-        if let Some(t) = p.last_emit_at {
-            let dt = now.saturating_duration_since(t).as_secs_f64();
+        let t = self.t_mut(id);
+        let (done, total) = t.done_total();
+        let p = t.progress_mut();
+        if let Some(at) = p.last_emit_at {
+            let dt = now.saturating_duration_since(at).as_secs_f64();
             if dt > 0.0 {
-                let inst = f.acked_bytes.saturating_sub(p.last_emit_bytes) as f64 / dt;
+                let inst = done.saturating_sub(p.last_emit_bytes) as f64 / dt;
                 p.rate = if p.rate == 0.0 {
                     inst
                 } else {
@@ -1020,12 +1601,14 @@ impl Engine {
         }
         p.dirty = false;
         p.last_emit_at = Some(now);
-        p.last_emit_bytes = f.acked_bytes;
+        p.last_emit_bytes = done;
+        let rate = p.rate;
+        let name = t.name().to_string();
         self.events.push_back(Event::Progress {
-            name: f.spec.name.clone(),
-            acked: f.acked_bytes,
-            total: f.size,
-            rate: p.rate,
+            name,
+            acked: done,
+            total,
+            rate,
         });
     }
 
@@ -1051,18 +1634,24 @@ impl Engine {
     }
 
     fn fail(&mut self, id: FileId, failure: Failure, now: Instant) {
-        let f = self.files.get_mut(&id).expect("caller checked");
-        if f.state.is_terminal() {
+        let t = self.t_mut(id);
+        if t.state().is_terminal() {
             return;
         }
-        f.source = None;
-        tracing::info!(name = %f.spec.name, acked = f.acked_bytes, total = f.size, %failure, "upload failed");
-        let name = f.spec.name.clone();
+        t.release();
+        let (done, total) = t.done_total();
+        let name = t.name().to_string();
+        tracing::info!(%name, done, total, %failure, "transfer failed");
         self.queue.retain(|q| *q != id);
         self.set_state(id, FileState::Failed);
         self.events.push_back(Event::Failed { name, failure });
         self.promote(now);
     }
+}
+
+/// Chunks a transfer may send in a row on its round-robin turn.
+fn weight(priority: u8) -> u32 {
+    1 + (priority as u32).min(15)
 }
 
 /// Names become server-side file names: refuse what could escape a directory.

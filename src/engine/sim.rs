@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 
 use super::{Engine, Event, ServerStorage};
-use crate::protocol::messages::{UploadChunkReq, UploadRsp};
+use crate::protocol::messages::{
+    decode_as, DownChunkReq, DownChunkRsp, DownInfoReq, DownInfoRsp, StrU64, UploadChunkReq,
+    UploadRsp,
+};
 use crate::protocol::{frame, ErrorCode, MsgId, MAX_BODY_LEN};
 
 /// Link and server behaviour.
@@ -63,6 +66,9 @@ pub struct SimFile {
     pub last_seen: bool,
 }
 
+/// Rewrites a reply before the simulated server sends it.
+pub type Rewrite<T> = Box<dyn FnMut(&mut T)>;
+
 /// Decides an error reply for `(id, name, seq)` before storage; `None` to go on.
 pub type ErrorRule = Box<dyn FnMut(MsgId, &str, u32) -> Option<ErrorCode>>;
 
@@ -78,6 +84,25 @@ pub struct SimServer {
     pub error_rule: Option<ErrorRule>,
     /// Requests that get no reply at all (a server that stops answering).
     pub silent: bool,
+    /// Files that can be downloaded, by message id (1045/1047).
+    pub messages: HashMap<i64, SimMessage>,
+    /// The deployed server's one expected download seq per name.
+    pub expected_down: HashMap<String, u32>,
+    /// Rewrites a 1046 before it is sent (hostile-server tests).
+    pub info_rule: Option<Rewrite<DownInfoRsp>>,
+    /// Rewrites a 1048 before it is sent (hostile-server tests).
+    pub chunk_rule: Option<Rewrite<DownChunkRsp>>,
+    /// Download chunk requests received: (name, seq).
+    pub down_log: Vec<(String, u32)>,
+}
+
+/// A stored chat file the simulated server can serve.
+#[derive(Debug, Clone)]
+pub struct SimMessage {
+    pub name: String,
+    pub sender: i64,
+    pub receiver: i64,
+    pub data: Vec<u8>,
 }
 
 impl SimServer {
@@ -263,6 +288,12 @@ impl Sim {
     }
 
     fn server_receive(&mut self, id: MsgId, body: &[u8]) {
+        if id == MsgId::IMG_CHAT_DOWN_INFO_SYNC_REQ {
+            return self.serve_info(body);
+        }
+        if id == MsgId::IMG_CHAT_DOWN_REQ {
+            return self.serve_chunk(body);
+        }
         let Ok(req) = UploadChunkReq::decode(id, body) else {
             return; // the deployed server reports nothing for bad JSON
         };
@@ -315,5 +346,88 @@ impl Sim {
         self.worker_free_at.insert(name.clone(), done);
         let body = UploadRsp::encode_success_for(rsp_id, &req);
         self.reply(done, &name, rsp_id, body);
+    }
+
+    fn serve_info(&mut self, body: &[u8]) {
+        let Ok(req) = decode_as::<DownInfoReq>(MsgId::IMG_CHAT_DOWN_INFO_SYNC_REQ, body) else {
+            return;
+        };
+        // The deployed server sends nothing for an unknown message id.
+        let Some(m) = self.server.messages.get(&req.message_id) else {
+            return;
+        };
+        let mut rsp = DownInfoRsp {
+            error: ErrorCode::Success,
+            message_id: Some(req.message_id),
+            thread_id: Some(1),
+            sender_id: Some(m.sender),
+            recv_id: Some(m.receiver),
+            name: Some(m.name.clone()),
+            msg_type: Some(2),
+            status: Some(2),
+            total_size: Some(StrU64(m.data.len() as u64)),
+        };
+        let name = m.name.clone();
+        if let Some(rule) = self.server.info_rule.as_mut() {
+            rule(&mut rsp);
+        }
+        let body = serde_json::to_vec(&rsp).expect("serializes");
+        self.reply(self.now, &name, MsgId::IMG_CHAT_DOWN_INFO_SYNC_RSP, body);
+    }
+
+    fn serve_chunk(&mut self, body: &[u8]) {
+        let Ok(req) = decode_as::<DownChunkReq>(MsgId::IMG_CHAT_DOWN_REQ, body) else {
+            return;
+        };
+        self.server.down_log.push((req.name.clone(), req.seq));
+        let m = self
+            .server
+            .messages
+            .values()
+            .find(|m| m.name == req.name && m.sender == req.sender_id)
+            .cloned();
+        let expected = self
+            .server
+            .expected_down
+            .entry(req.name.clone())
+            .or_insert(1);
+        if req.seq == 1 {
+            *expected = 1;
+        }
+        let ok = m.is_some() && req.seq == *expected;
+        let mut rsp = DownChunkRsp {
+            error: ErrorCode::Success,
+            name: Some(req.name.clone()),
+            sender_id: Some(req.sender_id),
+            receiver_id: Some(req.receiver_id),
+            ..DownChunkRsp::default()
+        };
+        if let (true, Some(m)) = (ok, m) {
+            *expected += 1;
+            let start = ((req.seq as u64 - 1) * super::DOWNLOAD_CHUNK) as usize;
+            let end = (start + super::DOWNLOAD_CHUNK as usize).min(m.data.len());
+            rsp.data = Some(
+                base64::engine::general_purpose::STANDARD.encode(&m.data[start.min(end)..end]),
+            );
+            rsp.seq = Some(req.seq);
+            rsp.total_size = Some(StrU64(m.data.len() as u64));
+            rsp.current_size = Some(StrU64(end as u64));
+            rsp.is_last = Some(end == m.data.len());
+        }
+        // else: as deployed, the error is overwritten with 0, no data, no seq.
+        if let Some(rule) = self.server.chunk_rule.as_mut() {
+            rule(&mut rsp);
+        }
+        let body = serde_json::to_vec(&rsp).expect("serializes");
+        let name = req.name.clone();
+        let start = self
+            .worker_free_at
+            .get(&name)
+            .copied()
+            .unwrap_or(self.now)
+            .max(self.now);
+        let done = start + self.cfg.service_time;
+        self.worker_free_at.insert(name.clone(), done);
+        self.reply(done, &name, MsgId::IMG_CHAT_DOWN_RSP, body);
     }
 }

@@ -392,7 +392,7 @@ fn unknown_and_duplicate_replies_are_counted_not_fatal() {
     ack(&mut e, now, MsgId(1041), "a", 1);
     ack(&mut e, now, MsgId(1037), "nobody", 2);
     ack(&mut e, now, MsgId(1037), "a", 99);
-    e.handle_frame(now, MsgId(1046), b"{}");
+    e.handle_frame(now, MsgId(1034), b"{}");
     e.handle_frame(now, MsgId(1038), b"\xff garbage");
     let st = e.stats();
     assert_eq!(
@@ -996,4 +996,208 @@ fn a_held_upload_sends_nothing_until_resumed() {
         MsgId(1041),
         "a held file starts with 1041, not 1043"
     );
+}
+
+mod downloads {
+    use super::*;
+    use crate::engine::sim::SimMessage;
+
+    fn serve(s: &mut Sim, message_id: i64, name: &str, data: &[u8]) {
+        s.server.messages.insert(
+            message_id,
+            SimMessage {
+                name: name.into(),
+                sender: 5,
+                receiver: 7,
+                data: data.to_vec(),
+            },
+        );
+    }
+
+    fn download(s: &mut Sim, name: &str, message_id: i64, md5: Option<String>) -> MemorySink {
+        let sink = MemorySink::default();
+        let spec = DownloadSpec {
+            name: name.into(),
+            message_id,
+            uid: 7,
+            token: "tok".into(),
+            md5,
+            priority: 0,
+        };
+        s.engine
+            .add_download(spec, Box::new(sink.clone()), s.now)
+            .unwrap();
+        sink
+    }
+
+    fn failure(s: &Sim, name: &str) -> Option<Failure> {
+        s.events.iter().find_map(|e| match e {
+            Event::Failed { name: n, failure } if n == name => Some(failure.clone()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn sizes_around_the_chunk_arrive_byte_identical_and_md5_checked() {
+        for (i, len) in [0usize, 1, 32_767, 32_768, 32_769, 10 * 32_768 + 5]
+            .into_iter()
+            .enumerate()
+        {
+            let mut s = sim(WindowPolicy::adaptive(), ServerStorage::Positional);
+            let data = pattern(len, i as u8);
+            serve(&mut s, 40 + i as i64, "pic.png", &data);
+            let sink = download(&mut s, "d", 40 + i as i64, Some(md5_of(&data)));
+            s.run(Duration::from_secs(60));
+            assert_eq!(
+                state(&s, "d"),
+                FileState::Completed,
+                "len {len}: {:?}",
+                failure(&s, "d")
+            );
+            let got = sink.0.lock().unwrap();
+            assert!(got.1 && got.0 == data, "len {len}");
+            if len == 0 {
+                assert!(s.server.down_log.is_empty(), "a 0-byte file needs no 1047");
+            }
+        }
+    }
+
+    /// Pipelined requests fill the window; one request per reply (the
+    /// deployed client) pays a round trip per chunk.
+    #[test]
+    fn pipelined_download_beats_stop_and_wait_by_far() {
+        let run = |window| {
+            let mut s = sim(window, ServerStorage::Positional);
+            s.cfg.one_way_delay = Duration::from_millis(20);
+            s.cfg.bandwidth = Some(25e6);
+            serve(&mut s, 1, "video.mp4", &pattern(8 << 20, 3));
+            download(&mut s, "d", 1, None);
+            let t = s.run(Duration::from_secs(600));
+            assert_eq!(state(&s, "d"), FileState::Completed);
+            t.as_secs_f64()
+        };
+        let pipelined = run(WindowPolicy::adaptive());
+        let stop_and_wait = run(WindowPolicy::Fixed(1));
+        assert!(
+            stop_and_wait / pipelined >= 5.0,
+            "{stop_and_wait:.2}s vs {pipelined:.2}s"
+        );
+    }
+
+    #[test]
+    fn unknown_message_id_times_out_with_a_clear_error() {
+        let mut s = sim(WindowPolicy::adaptive(), ServerStorage::Positional);
+        download(&mut s, "d", 999, None);
+        s.run(Duration::from_secs(60));
+        let f = failure(&s, "d").expect("fails");
+        assert!(f.to_string().contains("1045"), "{f}");
+        assert!(!s
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::ConnectionStalled { .. })));
+    }
+
+    #[test]
+    fn hostile_names_are_refused_before_anything_is_written() {
+        for bad in ["../../etc/passwd", "/etc/passwd", "a\\\\b", ""] {
+            let mut s = sim(WindowPolicy::adaptive(), ServerStorage::Positional);
+            serve(&mut s, 1, "ok.png", &pattern(1000, 1));
+            let bad_name = bad.to_string();
+            s.server.info_rule = Some(Box::new(move |r| r.name = Some(bad_name.clone())));
+            let sink = download(&mut s, "d", 1, None);
+            s.run(Duration::from_secs(60));
+            assert!(
+                matches!(failure(&s, "d"), Some(Failure::BadReply { .. })),
+                "{bad:?}"
+            );
+            assert!(s.server.down_log.is_empty());
+            assert!(sink.0.lock().unwrap().0.is_empty());
+        }
+    }
+
+    #[test]
+    fn bad_chunk_replies_fail_the_download() {
+        type Rule = Box<dyn FnMut(&mut DownChunkRsp)>;
+        let rules: Vec<(&str, Rule)> = vec![
+            (
+                "error 0 without data",
+                Box::new(|r| {
+                    r.data = None;
+                    r.seq = None;
+                }),
+            ),
+            ("wrong seq", Box::new(|r| r.seq = r.seq.map(|s| s + 1))),
+            ("bad base64", Box::new(|r| r.data = Some("@@@@".into()))),
+            (
+                "oversized",
+                Box::new(|r| {
+                    r.data = Some(base64::Engine::encode(
+                        &base64::engine::general_purpose::STANDARD,
+                        vec![0u8; 40_000],
+                    ))
+                }),
+            ),
+            ("short", Box::new(|r| r.data = Some("AAAA".into()))),
+        ];
+        for (what, rule) in rules {
+            let mut s = sim(WindowPolicy::adaptive(), ServerStorage::Positional);
+            serve(&mut s, 1, "v.bin", &pattern(5 * 32_768, 1));
+            s.server.chunk_rule = Some(rule);
+            let sink = download(&mut s, "d", 1, None);
+            s.run(Duration::from_secs(60));
+            assert!(failure(&s, "d").is_some(), "{what}: {:?}", s.events);
+            assert!(!sink.0.lock().unwrap().1, "{what}: must not finish");
+        }
+    }
+
+    #[test]
+    fn md5_mismatch_fails_and_removes_the_partial_file() {
+        let mut s = sim(WindowPolicy::adaptive(), ServerStorage::Positional);
+        serve(&mut s, 1, "v.bin", &pattern(100_000, 1));
+        let sink = download(&mut s, "d", 1, Some("0".repeat(32)));
+        s.run(Duration::from_secs(60));
+        assert!(failure(&s, "d").unwrap().to_string().contains("md5"));
+        let g = sink.0.lock().unwrap();
+        assert!(!g.1 && g.0.is_empty(), "aborted and cleared");
+    }
+
+    /// A cut with requests in flight: the server's expected seq ran ahead of
+    /// what arrived, so the first request after the reconnect fails, and the
+    /// download starts again from seq 1 and completes byte-identical.
+    #[test]
+    fn a_cut_download_resumes_or_restarts_and_completes() {
+        let mut s = sim(WindowPolicy::Fixed(8), ServerStorage::Positional);
+        let data = pattern(40 * 32_768 + 11, 4);
+        serve(&mut s, 1, "v.bin", &data);
+        let sink = download(&mut s, "d", 1, Some(md5_of(&data)));
+        while s.engine.file_status("d").unwrap().acked_prefix < 5 {
+            s.step();
+        }
+        s.cut();
+        s.run(Duration::from_secs(60));
+        assert_eq!(
+            state(&s, "d"),
+            FileState::Completed,
+            "{:?}",
+            failure(&s, "d")
+        );
+        assert!(sink.0.lock().unwrap().0 == data);
+    }
+
+    #[test]
+    fn uploads_and_downloads_share_one_window() {
+        let mut s = sim(WindowPolicy::Fixed(6), ServerStorage::Positional);
+        let data = pattern(20 * 32_768, 9);
+        serve(&mut s, 1, "in.bin", &data);
+        let up = pattern(20 * 32_768, 8);
+        add(&mut s, "out.bin", &up);
+        let sink = download(&mut s, "d", 1, None);
+        s.run(Duration::from_secs(60));
+        assert_eq!(state(&s, "out.bin"), FileState::Completed);
+        assert_eq!(state(&s, "d"), FileState::Completed);
+        assert!(sink.0.lock().unwrap().0 == data);
+        assert_stored(&s, "out.bin", &up);
+        assert!(s.max_in_flight <= 6);
+        assert_eq!(s.window_violations, 0);
+    }
 }

@@ -34,6 +34,9 @@ pub struct EngineConfig {
     pub progress_interval: Duration,
     /// A request unanswered this long means the server stopped answering.
     pub ack_timeout: Duration,
+    /// A 1045 unanswered this long fails its download: the deployed server
+    /// sends nothing for an unknown message id.
+    pub info_timeout: Duration,
     pub server_storage: ServerStorage,
 }
 
@@ -46,6 +49,7 @@ impl Default for EngineConfig {
             max_active_files: 32,
             progress_interval: Duration::from_millis(100),
             ack_timeout: Duration::from_secs(30),
+            info_timeout: Duration::from_secs(10),
             server_storage: ServerStorage::default(),
         }
     }
@@ -128,11 +132,18 @@ pub enum Failure {
     /// appending server sending it again could corrupt the file, so the
     /// library stops and says so.
     Unconfirmed { seq: u32, waited: Duration },
+    /// The server's reply was unusable (wrong seq, bad data, a hostile name,
+    /// no data, no reply at all to 1045, md5 mismatch of a download).
+    BadReply { seq: u32, message: String },
+    /// The local side failed (the download's file could not be written).
+    Local { message: String },
 }
 
 /// Library failure codes, outside the server's range.
 pub const CODE_SOURCE: i64 = 2001;
 pub const CODE_UNCONFIRMED: i64 = 2002;
+pub const CODE_BAD_REPLY: i64 = 2003;
+pub const CODE_LOCAL: i64 = 2004;
 
 impl Failure {
     /// A numeric code: the server's, or one of the library's 2xxx codes.
@@ -141,6 +152,8 @@ impl Failure {
             Failure::Server { code, .. } => code.code(),
             Failure::Source { .. } => CODE_SOURCE,
             Failure::Unconfirmed { .. } => CODE_UNCONFIRMED,
+            Failure::BadReply { .. } => CODE_BAD_REPLY,
+            Failure::Local { .. } => CODE_LOCAL,
         }
     }
 }
@@ -155,6 +168,8 @@ impl std::fmt::Display for Failure {
                 "every chunk was sent, but the server did not confirm chunk {seq} within {waited:?}; \
                  not re-sent because the server appends"
             ),
+            Failure::BadReply { seq, message } => write!(f, "bad reply from the server (seq {seq}): {message}"),
+            Failure::Local { message } => write!(f, "local: {message}"),
         }
     }
 }
@@ -179,6 +194,11 @@ pub enum Event {
         name: String,
         md5: String,
         bytes: u64,
+    },
+    /// A download was renamed into place at `path` (just before `Completed`).
+    Saved {
+        name: String,
+        path: std::path::PathBuf,
     },
     Failed {
         name: String,
