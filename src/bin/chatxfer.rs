@@ -35,8 +35,32 @@ enum Cmd {
     Demo(DemoArgs),
     /// Upload files (to --server, or to an embedded reference server).
     Upload(UploadArgs),
+    /// Download chat files by message id (1045, then pipelined 1047s).
+    Download(DownloadArgs),
     /// Run the reference ResourceServer.
     Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct DownloadArgs {
+    /// ResourceServer HOST:PORT.
+    #[arg(long)]
+    server: String,
+    /// Chat message ids whose files to download (repeatable).
+    #[arg(long = "message-id", required = true)]
+    message_ids: Vec<i64>,
+    /// Directory to save into (files keep the server's names).
+    #[arg(long, default_value = ".")]
+    dest: PathBuf,
+    /// Downloading user id.
+    #[arg(long, default_value_t = 2)]
+    uid: i64,
+    /// Login token (checked by the server on the first chunk).
+    #[arg(long, default_value = "")]
+    token: String,
+    /// Window policy: adaptive, adaptive:MAX or fixed:N.
+    #[arg(long, default_value = "adaptive")]
+    window: String,
 }
 
 #[derive(Args, Clone)]
@@ -129,6 +153,7 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Demo(a) => demo(a).await,
             Cmd::Upload(a) => upload(a).await,
+            Cmd::Download(a) => download(a).await,
             Cmd::Serve(a) => serve(a).await,
         }
     });
@@ -509,6 +534,90 @@ async fn upload(a: UploadArgs) -> AnyResult<bool> {
             emu.shutdown().await;
         }
         e.server.shutdown().await;
+    }
+    Ok(ok)
+}
+
+async fn download(a: DownloadArgs) -> AnyResult<bool> {
+    let mut config = ClientConfig::new(a.server.clone());
+    config.engine.window = WindowPolicy::parse(&a.window)?;
+    let (client, mut events) = Client::start(config)?;
+    let multi = MultiProgress::new();
+    let style = ProgressStyle::with_template(
+        "{prefix:>22} [{bar:32.green/blue}] {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} {msg}",
+    )?
+    .progress_chars("=> ");
+    let mut bars = HashMap::new();
+    let mut pending = std::collections::HashSet::new();
+    for id in &a.message_ids {
+        let name = format!("msg-{id}");
+        let spec = chatxfer::engine::DownloadSpec {
+            name: name.clone(),
+            message_id: *id,
+            uid: a.uid,
+            token: a.token.clone(),
+            md5: None,
+            priority: 0,
+        };
+        client.add_download(spec, &a.dest, None)?;
+        let bar = multi.add(ProgressBar::new(0));
+        bar.set_style(style.clone());
+        bar.set_prefix(name.clone());
+        bars.insert(name.clone(), bar);
+        pending.insert(name);
+    }
+    let start = Instant::now();
+    let mut ok = true;
+    let mut lines = Vec::new();
+    let mut saved = HashMap::new();
+    while !pending.is_empty() {
+        let Some(ev) = events.recv().await else { break };
+        match ev {
+            Event::Progress {
+                name, acked, total, ..
+            } => {
+                if let Some(b) = bars.get(&name) {
+                    b.set_length(total);
+                    b.set_position(acked);
+                }
+            }
+            Event::Saved { name, path } => {
+                saved.insert(name, path);
+            }
+            Event::Completed { name, md5, bytes } => {
+                let secs = start.elapsed().as_secs_f64().max(1e-9);
+                if let Some(b) = bars.get(&name) {
+                    b.finish_with_message("done");
+                }
+                let path = saved
+                    .get(&name)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                lines.push(format!(
+                    "{name:<14} {bytes:>12} bytes {secs:>8.2} s {:>9.1} MB/s  md5 {md5}  {path}",
+                    bytes as f64 / secs / 1e6
+                ));
+                pending.remove(&name);
+            }
+            Event::Failed { name, failure } => {
+                ok = false;
+                if let Some(b) = bars.get(&name) {
+                    b.abandon_with_message(format!("failed: {failure}"));
+                }
+                lines.push(format!("{name:<14} FAILED: {failure}"));
+                pending.remove(&name);
+            }
+            Event::Disconnected { reason, retry_in } => {
+                let _ = multi.println(format!("connection down: {reason}; retry in {retry_in:?}"));
+            }
+            _ => {}
+        }
+    }
+    client.shutdown(None).await;
+    drop(bars);
+    println!();
+    for l in lines {
+        println!("{l}");
     }
     Ok(ok)
 }

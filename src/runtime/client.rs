@@ -23,7 +23,8 @@ use tokio::sync::{mpsc, Notify};
 
 use super::journal::{self, JournalEntry};
 use crate::engine::{
-    AckRecord, Engine, EngineConfig, Event, FileSource, FileSpec, FileStatus, ServerStorage,
+    AckRecord, DownloadSpec, Engine, EngineConfig, Event, FileSink, FileSource, FileSpec,
+    FileStatus, ServerStorage,
 };
 use crate::error::Result;
 use crate::protocol::{Frame, FrameDecoder};
@@ -278,6 +279,25 @@ impl Client {
         self.with_engine(|e, now| e.add_file(spec, Box::new(source), now).map(|_| ()))?;
         self.remember(template);
         Ok(())
+    }
+
+    /// Downloads the file of chat message `spec.message_id` into `dest_dir`,
+    /// as `file_name` or else under the name the server gives (refused if it
+    /// is not one plain file name). Bytes go to `<name>.part` until complete.
+    pub fn add_download(
+        &self,
+        spec: DownloadSpec,
+        dest_dir: impl Into<PathBuf>,
+        file_name: Option<String>,
+    ) -> Result<()> {
+        if let Some(why) = file_name.as_deref().and_then(crate::engine::unsafe_name) {
+            return Err(crate::Error::InvalidName {
+                name: file_name.unwrap_or_default(),
+                reason: why,
+            });
+        }
+        let sink = FileSink::new(dest_dir, file_name);
+        self.with_engine(|e, now| e.add_download(spec, Box::new(sink), now).map(|_| ()))
     }
 
     /// Uploads found unfinished in the state directory at start.
