@@ -558,6 +558,7 @@ async fn download(a: DownloadArgs) -> AnyResult<bool> {
             token: a.token.clone(),
             md5: None,
             priority: 0,
+            avatar: None,
         };
         client.add_download(spec, &a.dest, None)?;
         let bar = multi.add(ProgressBar::new(0));

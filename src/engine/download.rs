@@ -191,6 +191,18 @@ pub struct DownloadSpec {
     /// Hex md5 if known (from the chat message); checked at the end.
     pub md5: Option<String>,
     pub priority: u8,
+    /// An avatar download (1033/1034) instead of a chat file: no 1045; the
+    /// size arrives with the first chunk. `message_id` is then unused.
+    pub avatar: Option<AvatarRef>,
+}
+
+/// Which avatar to download, and the fields the deployed client echoes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AvatarRef {
+    /// The avatar's file name on the server (`<dir>/<uid>/<name>`).
+    pub name: String,
+    pub client_path: String,
+    pub req_type: String,
 }
 
 /// What 1046 told.

@@ -59,7 +59,9 @@ pub mod sim;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
 
-pub use download::{unsafe_name, ChunkSink, DownloadSpec, FileSink, MemorySink, DOWNLOAD_CHUNK};
+pub use download::{
+    unsafe_name, AvatarRef, ChunkSink, DownloadSpec, FileSink, MemorySink, DOWNLOAD_CHUNK,
+};
 pub use source::{md5_hex, md5_of, ChunkSource, FileSource, MemorySource};
 pub use types::*;
 pub use window::{Window, WindowPolicy};
@@ -268,6 +270,9 @@ impl Upload {
             }
             self.reset_to_start();
         }
+        if self.spec.avatar && !self.in_flight.is_empty() {
+            return None; // avatars are stop-and-wait on the deployed server
+        }
         if self.next_seq == 1 {
             return Some(1);
         }
@@ -452,6 +457,15 @@ impl Engine {
             return Err(Error::ZeroChunk { name: spec.name });
         }
         let size = source.len();
+        if spec.avatar && size > MAX_1043_SIZE {
+            // 1031 sizes are ints the deployed server reads with asInt.
+            return Err(Error::TooManyChunks {
+                name: spec.name,
+                size,
+                chunk,
+                max: MAX_1043_SIZE / chunk as u64,
+            });
+        }
         // seq travels as an int the server reads with asInt.
         let max_seq = size.div_ceil(chunk as u64).max(1);
         if max_seq > i32::MAX as u64 {
@@ -785,7 +799,9 @@ impl Engine {
             return None;
         }
         let last = seq == f.max_seq;
-        let msg_id = if seq == 1 {
+        let msg_id = if f.spec.avatar {
+            MsgId::UPLOAD_HEAD_ICON_REQ
+        } else if seq == 1 {
             MsgId::FILE_INFO_SYNC_REQ
         } else if f.resume_pending && f.size <= MAX_1043_SIZE && !last {
             MsgId::IMG_CHAT_CONTINUE_UPLOAD_REQ
@@ -976,8 +992,8 @@ impl Engine {
         if id == MsgId::IMG_CHAT_DOWN_INFO_SYNC_RSP {
             return self.on_down_info(now, body);
         }
-        if id == MsgId::IMG_CHAT_DOWN_RSP {
-            return self.on_down_chunk(now, body);
+        if id == MsgId::IMG_CHAT_DOWN_RSP || id == MsgId::DOWN_LOAD_FILE_RSP {
+            return self.on_down_chunk(now, id, body);
         }
         if !id.is_upload_reply() {
             self.stats.ignored_frames += 1;
@@ -1158,8 +1174,27 @@ impl Engine {
         if d.state != FileState::Sending || d.sink.is_none() {
             return None;
         }
-        let (msg_id, seq) = match &d.info {
-            None => {
+        let (msg_id, seq) = match (&d.info, &d.spec.avatar) {
+            (info, Some(avatar)) => {
+                let max_seq = info.as_ref().map_or(1, |i| i.max_seq);
+                // The size arrives with chunk 1: it goes alone.
+                if d.next_seq > max_seq || (info.is_none() && !d.in_flight.is_empty()) {
+                    return None;
+                }
+                if d.resumed && !d.in_flight.is_empty() {
+                    return None;
+                }
+                let seq = d.next_seq;
+                let body = serde_json::json!({
+                    "name": avatar.name, "seq": seq, "trans_size": 0, "total_size": 0,
+                    "token": d.spec.token, "uid": d.spec.uid,
+                    "client_path": avatar.client_path, "req_type": avatar.req_type,
+                });
+                let body = serde_json::to_vec(&body).expect("a JSON value serializes");
+                crate::protocol::frame::encode(MsgId::DOWN_LOAD_FILE_REQ, &body, out);
+                (MsgId::DOWN_LOAD_FILE_REQ, seq)
+            }
+            (None, None) => {
                 if d.info_req.is_some() {
                     return None;
                 }
@@ -1170,7 +1205,7 @@ impl Engine {
                 crate::protocol::frame::encode(MsgId::IMG_CHAT_DOWN_INFO_SYNC_REQ, &body, out);
                 (MsgId::IMG_CHAT_DOWN_INFO_SYNC_REQ, 0)
             }
-            Some(info) => {
+            (Some(info), None) => {
                 // After a reconnect, one request first: if the server's
                 // expected seq moved on, only that one fails before a restart.
                 if d.next_seq > info.max_seq || (d.resumed && !d.in_flight.is_empty()) {
@@ -1317,12 +1352,12 @@ impl Engine {
         }
     }
 
-    fn on_down_chunk(&mut self, now: Instant, body: &[u8]) {
-        let rsp: DownChunkRsp =
-            match crate::protocol::messages::decode_as(MsgId::IMG_CHAT_DOWN_RSP, body) {
-                Ok(r) => r,
-                Err(e) => return self.violation(format!("undecodable 1048: {e}")),
-            };
+    fn on_down_chunk(&mut self, now: Instant, id: MsgId, body: &[u8]) {
+        // 1034 (avatars) carries the same fields as 1048 plus echoes it keeps.
+        let rsp: DownChunkRsp = match crate::protocol::messages::decode_as(id, body) {
+            Ok(r) => r,
+            Err(e) => return self.violation(format!("undecodable {id}: {e}")),
+        };
         // Replies for one name come in order: the download of that name, its
         // oldest request. Without a name (token errors), the oldest 1047.
         let found = match rsp.name.as_deref() {
@@ -1330,7 +1365,9 @@ impl Engine {
                 .downloads
                 .values()
                 .find(|d| {
-                    !d.in_flight.is_empty() && d.info.as_ref().is_some_and(|i| i.server_name == n)
+                    !d.in_flight.is_empty()
+                        && (d.info.as_ref().is_some_and(|i| i.server_name == n)
+                            || d.spec.avatar.as_ref().is_some_and(|a| a.name == n))
                 })
                 .map(|d| d.id),
             None => self
@@ -1386,6 +1423,47 @@ impl Engine {
             return self.fail(id, failure, now);
         }
         d.resumed = false;
+        if d.info.is_none() {
+            // An avatar's first chunk tells its size.
+            let name = d
+                .spec
+                .avatar
+                .as_ref()
+                .map(|a| a.name.clone())
+                .unwrap_or_default();
+            let Some(total) = rsp.total_size else {
+                let f = Failure::BadReply {
+                    seq,
+                    message: "first avatar chunk without total_size".into(),
+                };
+                return self.fail(id, f, now);
+            };
+            let max_seq = total.0.div_ceil(DOWNLOAD_CHUNK).max(1);
+            if max_seq > i32::MAX as u64 {
+                let f = Failure::BadReply {
+                    seq,
+                    message: format!("total_size {} is beyond what seqs can address", total.0),
+                };
+                return self.fail(id, f, now);
+            }
+            let opened = d.sink.as_mut().map(|s| s.open(&name, total.0));
+            d.info = Some(download::Info {
+                server_name: name,
+                sender_id: d.spec.uid,
+                receiver_id: 0,
+                total: total.0,
+                max_seq: max_seq as u32,
+            });
+            if let Some(Err(e)) = opened {
+                return self.fail(
+                    id,
+                    Failure::Local {
+                        message: e.to_string(),
+                    },
+                    now,
+                );
+            }
+        }
         let expected_len = d.chunk_len(seq) as usize;
         let data = rsp.data.as_deref().unwrap_or_default();
         let bad = |message: String| Failure::BadReply { seq, message };

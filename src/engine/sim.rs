@@ -294,6 +294,9 @@ impl Sim {
         if id == MsgId::IMG_CHAT_DOWN_REQ {
             return self.serve_chunk(body);
         }
+        if id == MsgId::DOWN_LOAD_FILE_REQ {
+            return self.serve_avatar(body);
+        }
         let Ok(req) = UploadChunkReq::decode(id, body) else {
             return; // the deployed server reports nothing for bad JSON
         };
@@ -429,5 +432,45 @@ impl Sim {
         let done = start + self.cfg.service_time;
         self.worker_free_at.insert(name.clone(), done);
         self.reply(done, &name, MsgId::IMG_CHAT_DOWN_RSP, body);
+    }
+
+    /// 1033: an avatar stored by an earlier 1031, read back by name.
+    fn serve_avatar(&mut self, body: &[u8]) {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return;
+        };
+        let name = v["name"].as_str().unwrap_or_default().to_string();
+        let seq = v["seq"].as_u64().unwrap_or(0) as u32;
+        self.server.down_log.push((name.clone(), seq));
+        let data = self.server.files.get(&name).map(|f| f.appended.clone());
+        let expected = self.server.expected_down.entry(name.clone()).or_insert(1);
+        if seq == 1 {
+            *expected = 1;
+        }
+        let mut rsp = serde_json::json!({
+            "error": 0, "name": name, "client_path": v["client_path"], "req_type": v["req_type"],
+        });
+        match data {
+            Some(data)
+                if seq == *expected
+                    && ((seq as u64 - 1) * super::DOWNLOAD_CHUNK) < data.len() as u64 =>
+            {
+                *expected += 1;
+                let start = ((seq as u64 - 1) * super::DOWNLOAD_CHUNK) as usize;
+                let end = (start + super::DOWNLOAD_CHUNK as usize).min(data.len());
+                rsp["data"] = base64::engine::general_purpose::STANDARD
+                    .encode(&data[start..end])
+                    .into();
+                rsp["seq"] = seq.into();
+                rsp["total_size"] = data.len().to_string().into();
+                rsp["current_size"] = end.to_string().into();
+                rsp["is_last"] = (end == data.len()).into();
+            }
+            // Avatar download errors keep their codes on the deployed server.
+            Some(_) => rsp["error"] = 1017.into(),
+            None => rsp["error"] = 1012.into(),
+        }
+        let body = serde_json::to_vec(&rsp).expect("serializes");
+        self.reply(self.now, &name, MsgId::DOWN_LOAD_FILE_RSP, body);
     }
 }

@@ -392,7 +392,7 @@ fn unknown_and_duplicate_replies_are_counted_not_fatal() {
     ack(&mut e, now, MsgId(1041), "a", 1);
     ack(&mut e, now, MsgId(1037), "nobody", 2);
     ack(&mut e, now, MsgId(1037), "a", 99);
-    e.handle_frame(now, MsgId(1034), b"{}");
+    e.handle_frame(now, MsgId(1039), b"{}");
     e.handle_frame(now, MsgId(1038), b"\xff garbage");
     let st = e.stats();
     assert_eq!(
@@ -1023,6 +1023,7 @@ mod downloads {
             token: "tok".into(),
             md5,
             priority: 0,
+            avatar: None,
         };
         s.engine
             .add_download(spec, Box::new(sink.clone()), s.now)
@@ -1199,5 +1200,85 @@ mod downloads {
         assert_stored(&s, "out.bin", &up);
         assert!(s.max_in_flight <= 6);
         assert_eq!(s.window_violations, 0);
+    }
+}
+
+mod avatars {
+    use super::*;
+
+    #[test]
+    fn avatar_upload_is_stop_and_wait_with_int_sizes_and_the_token_on_seq_1() {
+        let mut e = Engine::new(config(WindowPolicy::Fixed(8), ServerStorage::Appending));
+        let now = Instant::now();
+        e.connected(now);
+        let mut sp = spec("head.png");
+        sp.avatar = true;
+        e.add_file(
+            sp,
+            Box::new(MemorySource::new(pattern(3 * CHUNK as usize - 9, 1))),
+            now,
+        )
+        .unwrap();
+        for seq in 1..=3u32 {
+            let frames = drain(&mut e, now);
+            assert_eq!(frames.len(), 1, "stop-and-wait: one chunk at a time");
+            let (id, v) = &frames[0];
+            assert_eq!((*id, v["seq"].as_u64()), (MsgId(1031), Some(seq as u64)));
+            assert!(v["total_size"].is_u64() && v["trans_size"].is_u64(), "ints");
+            assert_eq!(v.get("token").is_some(), seq == 1);
+            assert!(v.get("message_id").is_none() && v.get("sender").is_none());
+            ack(&mut e, now, MsgId(1031), "head.png", seq);
+        }
+        assert_eq!(
+            e.file_status("head.png").unwrap().state,
+            FileState::Completed
+        );
+    }
+
+    #[test]
+    fn avatar_round_trip_through_the_simulated_server() {
+        let mut s = sim(WindowPolicy::adaptive(), ServerStorage::Appending);
+        let bytes = pattern(5 * CHUNK as usize + 100, 3);
+        let mut sp = spec("me.png");
+        sp.avatar = true;
+        s.engine
+            .add_file(sp, Box::new(MemorySource::new(bytes.clone())), s.now)
+            .unwrap();
+        s.run(Duration::from_secs(60));
+        assert_eq!(
+            state(&s, "me.png"),
+            FileState::Completed,
+            "{:?} {:?} {:?}",
+            s.engine.file_status("me.png"),
+            s.server.log,
+            s.events
+        );
+        assert!(s.server.log.iter().all(|(id, _, _)| *id == MsgId(1031)));
+        assert_eq!(s.max_in_flight, 1);
+        let sink = MemorySink::default();
+        let spec = DownloadSpec {
+            name: "avatar-me".into(),
+            message_id: 0,
+            uid: 7,
+            token: "tok".into(),
+            md5: Some(md5_of(&bytes)),
+            priority: 0,
+            avatar: Some(AvatarRef {
+                name: "me.png".into(),
+                client_path: "/home/u/avatar.png".into(),
+                req_type: "1".into(),
+            }),
+        };
+        s.engine
+            .add_download(spec, Box::new(sink.clone()), s.now)
+            .unwrap();
+        s.run(Duration::from_secs(60));
+        assert_eq!(
+            state(&s, "avatar-me"),
+            FileState::Completed,
+            "{:?}",
+            s.events
+        );
+        assert!(sink.0.lock().unwrap().0 == bytes);
     }
 }

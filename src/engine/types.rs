@@ -79,6 +79,9 @@ pub struct FileSpec {
     /// Register the upload paused: nothing is sent until `resume` (the Qt
     /// client's `BatchSend`, called once the ChatServer confirmed the message).
     pub hold: bool,
+    /// An avatar (1031/1032): stop-and-wait as the server requires, sizes as
+    /// ints, the token on seq 1, no chat message fields.
+    pub avatar: bool,
 }
 
 impl FileSpec {
@@ -95,6 +98,7 @@ impl FileSpec {
             chunk_size: None,
             priority: 0,
             hold: false,
+            avatar: false,
         }
     }
 }

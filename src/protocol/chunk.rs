@@ -86,11 +86,20 @@ impl ChunkFrame<'_> {
         if self.id != MsgId::FILE_INFO_SYNC_REQ {
             let _ = write!(out, ",\"last_seq\":{}", self.last_seq);
         }
-        let _ = write!(
-            out,
-            ",\"uid\":{},\"sender\":{},\"receiver\":{},\"message_id\":{}",
-            self.uid, self.sender, self.receiver, self.message_id
-        );
+        if self.id == MsgId::UPLOAD_HEAD_ICON_REQ {
+            // Avatars carry no chat message fields; the token on seq 1 only.
+            let _ = write!(out, ",\"uid\":{}", self.uid);
+            if self.seq == 1 {
+                out.extend_from_slice(b",\"token\":");
+                let _ = serde_json::to_writer(&mut *out, self.token);
+            }
+        } else {
+            let _ = write!(
+                out,
+                ",\"uid\":{},\"sender\":{},\"receiver\":{},\"message_id\":{}",
+                self.uid, self.sender, self.receiver, self.message_id
+            );
+        }
         if self.id == MsgId::FILE_INFO_SYNC_REQ {
             // Only the first chunk carries the token (and the client's
             // `unique_id`, which the server ignores), as the deployed client.

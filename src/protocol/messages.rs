@@ -120,8 +120,8 @@ impl<'a> UploadChunkReq<'a> {
     pub fn decode(id: MsgId, body: &'a [u8]) -> Result<Self, ProtocolError> {
         expect_id(
             id,
-            &[1037, 1041, 1043],
-            "an upload chunk request (1041/1037/1043)",
+            &[1031, 1037, 1041, 1043],
+            "an upload chunk request (1041/1037/1043/1031)",
         )?;
         if id == MsgId::IMG_CHAT_CONTINUE_UPLOAD_REQ {
             // 1043 sizes must be JSON ints no larger than i32::MAX (asInt).
@@ -180,7 +180,11 @@ pub struct UploadRsp {
 
 impl UploadRsp {
     pub fn decode(id: MsgId, body: &[u8]) -> Result<Self, ProtocolError> {
-        expect_id(id, &[1038, 1042, 1044], "an upload reply (1042/1038/1044)")?;
+        expect_id(
+            id,
+            &[1032, 1038, 1042, 1044],
+            "an upload reply (1042/1038/1044/1032)",
+        )?;
         decode(id, body)
     }
 

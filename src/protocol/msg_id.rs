@@ -27,9 +27,9 @@ impl MsgId {
         MsgId(self.0.wrapping_add(1))
     }
 
-    /// True for the three upload-chunk replies the engine consumes.
+    /// True for the upload-chunk replies the engine consumes (avatars included).
     pub fn is_upload_reply(self) -> bool {
-        matches!(self.0, 1038 | 1042 | 1044)
+        matches!(self.0, 1032 | 1038 | 1042 | 1044)
     }
 
     fn name(self) -> Option<&'static str> {

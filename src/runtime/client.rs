@@ -385,6 +385,7 @@ impl Client {
             chunk_size: Some(entry.chunk_size),
             priority: entry.priority,
             hold: false,
+            avatar: false,
         };
         tracing::info!(
             name,
