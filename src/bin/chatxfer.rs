@@ -43,15 +43,21 @@ enum Cmd {
 
 #[derive(Args)]
 struct DownloadArgs {
-    /// ResourceServer HOST:PORT.
+    /// ResourceServer HOST:PORT. Without it: an embedded reference server,
+    /// to which a generated file is uploaded first, then downloaded and compared.
     #[arg(long)]
-    server: String,
+    server: Option<String>,
     /// Chat message ids whose files to download (repeatable).
-    #[arg(long = "message-id", required = true)]
+    #[arg(long = "message-id")]
     message_ids: Vec<i64>,
+    /// Avatar file names to download (1033; repeatable).
+    #[arg(long = "avatar")]
+    avatars: Vec<String>,
     /// Directory to save into (files keep the server's names).
-    #[arg(long, default_value = ".")]
-    dest: PathBuf,
+    #[arg(long, alias = "dest", default_value = ".")]
+    out: PathBuf,
+    #[command(flatten)]
+    link: LinkArgs,
     /// Downloading user id.
     #[arg(long, default_value_t = 2)]
     uid: i64,
@@ -117,6 +123,15 @@ struct UploadArgs {
     /// Directory the embedded server stores into (default: a temporary one).
     #[arg(long)]
     store_dir: Option<PathBuf>,
+    /// The chat message the upload belongs to; several files get N, N+1, ...
+    #[arg(long, default_value_t = 1)]
+    message_id: i64,
+    /// Login token, sent on the first chunk.
+    #[arg(long, default_value = "")]
+    token: String,
+    /// Upload the files as avatars (1031, stop-and-wait).
+    #[arg(long)]
+    avatar: bool,
     #[command(flatten)]
     link: LinkArgs,
 }
@@ -246,6 +261,9 @@ async fn demo(a: DemoArgs) -> AnyResult<bool> {
         state_dir: None,
         resume: false,
         store_dir: None,
+        message_id: 1,
+        token: String::new(),
+        avatar: false,
         link: a.link,
     })
     .await
@@ -386,7 +404,7 @@ async fn upload(a: UploadArgs) -> AnyResult<bool> {
         );
     }
     let mut used = std::collections::HashSet::new();
-    for (path, md5) in a.files.iter().zip(md5s) {
+    for (index, (path, md5)) in a.files.iter().zip(md5s).enumerate() {
         let base = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -403,6 +421,9 @@ async fn upload(a: UploadArgs) -> AnyResult<bool> {
         spec.sender = a.uid;
         spec.receiver = a.receiver;
         spec.md5 = md5;
+        spec.message_id = a.message_id + index as i64;
+        spec.token = a.token.clone();
+        spec.avatar = a.avatar;
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         add_bar(&mut rows, &mut bars, &name, path, size);
         if let Err(e) = client.add_file(path, spec) {
@@ -538,8 +559,53 @@ async fn upload(a: UploadArgs) -> AnyResult<bool> {
     Ok(ok)
 }
 
-async fn download(a: DownloadArgs) -> AnyResult<bool> {
-    let mut config = ClientConfig::new(a.server.clone());
+async fn download(mut a: DownloadArgs) -> AnyResult<bool> {
+    // Without --server: upload a generated file to an embedded server first.
+    let mut embedded = None;
+    let mut reference: Option<(String, String)> = None; // (file name, md5)
+    let server = match a.server.clone() {
+        Some(s) => s,
+        None => {
+            let (e, addr) = start_embedded(None, &a.link).await?;
+            let tmp = tempfile::tempdir()?;
+            let path = tmp.path().join("incoming-photo.jpg");
+            generate(&path, 3_000_000, 99)?;
+            let md5 = md5_hex(&mut FileSource::open(&path)?)?;
+            let message_id = a.message_ids.first().copied().unwrap_or(1);
+            let mut cfg = ClientConfig::new(addr.clone());
+            cfg.engine.server_storage = ServerStorage::Positional;
+            let (up, mut ev) = Client::start(cfg)?;
+            let mut spec = FileSpec::new("incoming-photo.jpg", &path);
+            spec.uid = 1;
+            spec.sender = 1;
+            spec.receiver = a.uid;
+            spec.message_id = message_id;
+            spec.md5 = Some(md5.clone());
+            up.add_file(&path, spec)?;
+            loop {
+                match ev.recv().await {
+                    Some(Event::Completed { .. }) => break,
+                    Some(Event::Failed { failure, .. }) => {
+                        return Err(format!("upload before download: {failure}").into())
+                    }
+                    None => return Err("upload before download: client stopped".into()),
+                    _ => {}
+                }
+            }
+            up.shutdown(None).await;
+            eprintln!("uploaded incoming-photo.jpg (3.0 MB) as message {message_id} to the embedded server");
+            if a.message_ids.is_empty() {
+                a.message_ids.push(message_id);
+            }
+            reference = Some(("incoming-photo.jpg".into(), md5));
+            embedded = Some((e, tmp));
+            addr
+        }
+    };
+    if a.message_ids.is_empty() && a.avatars.is_empty() {
+        return Err("nothing to download: give --message-id N or --avatar NAME".into());
+    }
+    let mut config = ClientConfig::new(server);
     config.engine.window = WindowPolicy::parse(&a.window)?;
     let (client, mut events) = Client::start(config)?;
     let multi = MultiProgress::new();
@@ -549,18 +615,29 @@ async fn download(a: DownloadArgs) -> AnyResult<bool> {
     .progress_chars("=> ");
     let mut bars = HashMap::new();
     let mut pending = std::collections::HashSet::new();
-    for id in &a.message_ids {
-        let name = format!("msg-{id}");
+    let wanted = a
+        .message_ids
+        .iter()
+        .map(|id| (format!("msg-{id}"), *id, None))
+        .chain(a.avatars.iter().map(|n| {
+            let avatar = chatxfer::engine::AvatarRef {
+                name: n.clone(),
+                client_path: n.clone(),
+                req_type: "1".into(),
+            };
+            (format!("avatar-{n}"), 0, Some(avatar))
+        }));
+    for (name, message_id, avatar) in wanted {
         let spec = chatxfer::engine::DownloadSpec {
             name: name.clone(),
-            message_id: *id,
+            message_id,
             uid: a.uid,
             token: a.token.clone(),
             md5: None,
             priority: 0,
-            avatar: None,
+            avatar,
         };
-        client.add_download(spec, &a.dest, None)?;
+        client.add_download(spec, &a.out, None)?;
         let bar = multi.add(ProgressBar::new(0));
         bar.set_style(style.clone());
         bar.set_prefix(name.clone());
@@ -619,6 +696,21 @@ async fn download(a: DownloadArgs) -> AnyResult<bool> {
     println!();
     for l in lines {
         println!("{l}");
+    }
+    if let Some((name, md5)) = reference {
+        let got = md5_hex(&mut FileSource::open(a.out.join(&name))?)?;
+        if got == md5 {
+            println!("downloaded copy matches the uploaded file (md5 {md5})");
+        } else {
+            println!("DOWNLOADED COPY DIFFERS: md5 {got}, uploaded {md5}");
+            ok = false;
+        }
+    }
+    if let Some((e, _tmp)) = embedded {
+        if let Some(emu) = e.emulator {
+            emu.shutdown().await;
+        }
+        e.server.shutdown().await;
     }
     Ok(ok)
 }
