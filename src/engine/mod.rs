@@ -703,6 +703,8 @@ impl Engine {
             if !d.state.is_terminal() && d.info.is_some() {
                 d.next_seq = d.received + 1;
                 d.resumed = d.received > 0;
+                // One restart from seq 1 per connection, if resuming fails.
+                d.restarts = 0;
             }
         }
         self.stats.restarts += restarted;
