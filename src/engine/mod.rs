@@ -8,7 +8,11 @@
 //! | `BatchSend` | [`Engine::poll_transmit`] (one frame per call, while the window allows) |
 //! | `OnUploadRsp` (1042/1038/1044) | [`Engine::handle_frame`] |
 //! | pause / resume / cancel | [`Engine::pause`], [`Engine::resume`], [`Engine::cancel`] |
+//! | chat file download (1045/1047) | [`Engine::add_download`] (see `download.rs`) |
+//! | avatar upload (1031) / download (1033) | [`FileSpec::avatar`], [`DownloadSpec::avatar`] |
 //!
+//! Uploads and downloads are transfers of one kind: one queue, one window
+//! (round-robin, weighted by priority), one stream of events.
 //! Time comes in as `now`, replies come in as frames, frames go out into the
 //! caller's buffer, and what the application should know comes out of
 //! [`Engine::poll_event`]. [`Engine::poll_timeout`] says when to call
