@@ -327,22 +327,31 @@ impl DownChunkRsp {
 // ---------------------------------------------------------------- avatars
 
 /// 1031: one chunk of an avatar upload (stop-and-wait). Sizes are ints.
+///
+/// `token` travels on seq 1 only. Fields the deployed server reads with
+/// `asInt`/`asString` from a missing key (null gives 0 or "") default here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IconUploadReq {
     pub name: String,
+    #[serde(default)]
     pub md5: String,
     pub seq: u32,
     pub trans_size: u64,
     pub total_size: u64,
+    #[serde(default)]
     pub last: i64,
+    #[serde(default)]
     pub last_seq: u32,
     pub data: String,
+    #[serde(default)]
     pub uid: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
 }
 
-/// 1032: the answer to one avatar chunk.
+/// 1032: the answer to one avatar chunk. A success carries every field
+/// (sizes as ints); the deployed server's logic-worker errors carry only
+/// `error`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct IconUploadRsp {
     pub error: ErrorCode,
@@ -356,22 +365,32 @@ pub struct IconUploadRsp {
     pub total_size: Option<AnyU64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trans_size: Option<AnyU64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<u32>,
 }
 
-/// 1033: avatar download request. Sizes are the int 0.
+/// 1033: avatar download request. Sizes are the int 0 (the server never
+/// reads them); `client_path` and `req_type` are strings, echoed in 1034.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AvatarDownReq {
     pub name: String,
     pub seq: u32,
+    #[serde(default)]
     pub trans_size: u64,
+    #[serde(default)]
     pub total_size: u64,
     pub token: String,
     pub uid: i64,
     pub client_path: String,
-    pub req_type: i64,
+    pub req_type: String,
 }
 
 /// 1034: a chunk of an avatar; echoes `client_path`, `name`, `req_type`.
+/// Sizes are strings, as in 1048.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct AvatarDownRsp {
     pub error: ErrorCode,
@@ -380,9 +399,9 @@ pub struct AvatarDownRsp {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub total_size: Option<AnyU64>,
+    pub total_size: Option<StrU64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current_size: Option<AnyU64>,
+    pub current_size: Option<StrU64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_last: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -390,7 +409,7 @@ pub struct AvatarDownRsp {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub req_type: Option<i64>,
+    pub req_type: Option<String>,
 }
 
 /// Decodes any message body into a typed value, or a [`ProtocolError`].

@@ -1,5 +1,5 @@
-//! One connection: a reader that handles requests in arrival order, and a
-//! writer task that batches the replies.
+//! One connection: a reader that handles requests in arrival order (uploads,
+//! avatars and downloads alike), and a writer task that batches the replies.
 
 use std::collections::HashSet;
 use std::io;
@@ -13,10 +13,11 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
+use super::index::MessageInfo;
 use super::store::{name_problem, Chunk, Key};
-use super::{shutdown_requested, Shared};
-use crate::protocol::messages::UploadRsp;
-use crate::protocol::{frame, ErrorCode, MsgId, HEADER_LEN};
+use super::{download, shutdown_requested, Shared};
+use crate::protocol::messages::{decode_as, IconUploadReq, UploadRsp};
+use crate::protocol::{frame, ErrorCode, MsgId, HEADER_LEN, MAX_1043_SIZE};
 
 /// Read buffer: a whole default-limit frame fits, so a chunk is one read.
 const READ_BUF: usize = 64 * 1024;
@@ -153,16 +154,20 @@ impl Conn {
             MsgId::FILE_INFO_SYNC_REQ
             | MsgId::IMG_CHAT_UPLOAD_REQ
             | MsgId::IMG_CHAT_CONTINUE_UPLOAD_REQ => self.upload(id, body).await,
-            // Downloads (1045 -> 1046, 1047 -> 1048) belong here; until they
-            // are served they are dropped like any id the server does not know.
-            MsgId::IMG_CHAT_DOWN_INFO_SYNC_REQ | MsgId::IMG_CHAT_DOWN_REQ => None,
-            _ => None,
+            MsgId::UPLOAD_HEAD_ICON_REQ => self.icon_upload(body).await,
+            MsgId::IMG_CHAT_DOWN_INFO_SYNC_REQ
+            | MsgId::IMG_CHAT_DOWN_REQ
+            | MsgId::DOWN_LOAD_FILE_REQ => self.download(id, body).await,
+            _ => {
+                self.shared
+                    .counters
+                    .ignored_frames
+                    .fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
         };
+        // No reply on purpose (counted by the handler).
         let Some((code, body)) = reply else {
-            self.shared
-                .counters
-                .ignored_frames
-                .fetch_add(1, Ordering::Relaxed);
             return true;
         };
         let counters = &self.shared.counters;
@@ -218,27 +223,124 @@ impl Conn {
             last: req.last,
             data,
         };
-        let store = self.shared.store.clone();
-        let key = store.key(chunk.uid, name);
-        let stored = tokio::task::spawn_blocking(move || store.put(&chunk)).await;
-        if matches!(stored, Ok((_, true))) {
-            self.touched.insert(key);
-        }
-        let code = match stored {
-            Ok((Ok(()), _)) => ErrorCode::Success,
-            Ok((Err(code), _)) => code,
-            Err(e) => {
-                // A bug in storage; the connection and the server carry on.
-                self.shared.count_join_error(&e);
-                ErrorCode::FileWritePermissionFailed
-            }
-        };
+        let message = (
+            req.message_id,
+            MessageInfo::new(req.uid, req.receiver, name),
+        );
+        let code = self.store(chunk, Some(message)).await;
         if !code.is_success() {
             tracing::debug!(name, seq, %code, "upload chunk refused");
             return Some(self.error(code, Some(name), Some(seq)));
         }
         let reply = UploadRsp::encode_success_for(id.reply(), &req);
         Some((ErrorCode::Success, reply))
+    }
+
+    /// Stores a chunk on the blocking pool; a completed chat upload is
+    /// recorded in the message index under its message id.
+    async fn store(&mut self, chunk: Chunk, message: Option<(i64, MessageInfo)>) -> ErrorCode {
+        let shared = self.shared.clone();
+        let key = shared.store.key(chunk.uid, &chunk.name);
+        let user = self.touched.contains(&key);
+        let stored = tokio::task::spawn_blocking(move || {
+            let put = shared.store.put(&chunk, user);
+            if let (true, Some((id, info))) = (put.completed, message) {
+                if let Err(e) = shared.index.insert(id, info) {
+                    tracing::warn!(message_id = id, error = %e, "cannot write the message index");
+                }
+            }
+            put
+        })
+        .await;
+        match stored {
+            Ok(put) => {
+                if put.user {
+                    self.touched.insert(key);
+                }
+                put.result.err().unwrap_or(ErrorCode::Success)
+            }
+            Err(e) => {
+                // A bug in storage; the connection and the server carry on.
+                self.shared.count_join_error(&e);
+                ErrorCode::FileWritePermissionFailed
+            }
+        }
+    }
+
+    /// 1031, one avatar chunk: stored like a chat upload chunk (the store
+    /// checks it), the token checked on seq 1. Reply 1032.
+    async fn icon_upload(&mut self, body: &[u8]) -> Option<(ErrorCode, Vec<u8>)> {
+        self.shared
+            .counters
+            .chunks_received
+            .fetch_add(1, Ordering::Relaxed);
+        let req: IconUploadReq = match decode_as(MsgId::UPLOAD_HEAD_ICON_REQ, body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "undecodable avatar chunk");
+                let (name, seq) = name_and_seq(body);
+                return Some(self.error(ErrorCode::ErrorJson, name.as_deref(), seq));
+            }
+        };
+        let (name, seq) = (req.name.as_str(), req.seq);
+        if let Some(code) = self.shared.injected(name) {
+            return Some(self.error(code, Some(name), Some(seq)));
+        }
+        if req.trans_size > MAX_1043_SIZE || req.total_size > MAX_1043_SIZE {
+            // Read with asInt on the deployed server: above i32::MAX it throws.
+            return Some(self.error(ErrorCode::ErrorJson, Some(name), Some(seq)));
+        }
+        if seq == 1 {
+            if let Err(code) = self.shared.check_token(req.uid, req.token.as_deref()) {
+                return Some(self.error(code, Some(name), Some(seq)));
+            }
+        }
+        if let Some(problem) = name_problem(name) {
+            tracing::debug!(name, problem, "refused avatar name");
+            return Some(self.error(ErrorCode::CreateDirFailed, Some(name), Some(seq)));
+        }
+        if req.uid < 0 {
+            return Some(self.error(ErrorCode::UidInvalid, Some(name), Some(seq)));
+        }
+        let Ok(data) = base64::engine::general_purpose::STANDARD.decode(req.data.as_bytes()) else {
+            return Some(self.error(ErrorCode::ErrorJson, Some(name), Some(seq)));
+        };
+        let chunk = Chunk {
+            uid: req.uid,
+            name: name.to_owned(),
+            md5: req.md5.clone(),
+            seq,
+            trans_size: req.trans_size,
+            total_size: req.total_size,
+            last: req.last,
+            data,
+        };
+        let code = self.store(chunk, None).await;
+        if !code.is_success() {
+            tracing::debug!(name, seq, %code, "avatar chunk refused");
+            return Some(self.error(code, Some(name), Some(seq)));
+        }
+        let v = serde_json::json!({
+            "error": 0, "total_size": req.total_size, "seq": seq, "name": name,
+            "trans_size": req.trans_size, "last": req.last, "md5": req.md5,
+            "uid": req.uid, "last_seq": req.last_seq,
+        });
+        let body = serde_json::to_vec(&v).expect("a JSON value always serializes");
+        Some((ErrorCode::Success, body))
+    }
+
+    /// 1045, 1047 or 1033, on the blocking pool (file reads).
+    async fn download(&mut self, id: MsgId, body: &[u8]) -> Option<(ErrorCode, Vec<u8>)> {
+        let shared = self.shared.clone();
+        let body = body.to_vec();
+        match tokio::task::spawn_blocking(move || download::handle(&shared, id, &body)).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                // A bug; the request goes unanswered, the server carries on.
+                self.shared.count_join_error(&e);
+                None
+            }
+        }
     }
 
     fn error(&self, code: ErrorCode, name: Option<&str>, seq: Option<u32>) -> (ErrorCode, Vec<u8>) {
@@ -252,7 +354,7 @@ impl Conn {
 }
 
 /// `name` and `seq` of a body that did not decode as a request, if they are there.
-fn name_and_seq(body: &[u8]) -> (Option<String>, Option<u32>) {
+pub(super) fn name_and_seq(body: &[u8]) -> (Option<String>, Option<u32>) {
     let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(body) else {
         return (None, None);
     };

@@ -1,6 +1,6 @@
-//! The reference ResourceServer, upload side: the server half of
-//! `shared/PROTOCOL.md`, wire-compatible with the deployed C++ server
-//! (replies carry the same fields with the same JSON types), with the
+//! The reference ResourceServer: the server half of `shared/PROTOCOL.md`
+//! (chat uploads, avatars, downloads), wire-compatible with the deployed C++
+//! server (replies carry the same fields with the same JSON types), with the
 //! storage the design article proposes, done so that order, duplicates,
 //! restarts and hostile input do no harm.
 //!
@@ -19,11 +19,11 @@
 //! the (reused) body buffer grows: a longer body closes the connection
 //! without a reply, as deployed, and costs nothing. Requests are handled one
 //! at a time in arrival order (storage work runs on tokio's blocking pool), so
-//! replies for one name come back in order. Replies go through one writer task
-//! per connection, which writes everything queued in one go.
-//! Only 1041/1037/1043 are served; other ids are dropped silently, like the
-//! deployed server. Downloads (1045/1047) get their handlers in
-//! `conn::Conn::handle_frame`, where they are dropped for now.
+//! replies come back in request order (pipelined downloads included). Replies
+//! go through one writer task per connection, which writes everything queued
+//! in one go. Served: 1041/1037/1043 (chat upload), 1031 (avatar upload),
+//! 1045/1047 (chat download), 1033 (avatar download); other ids are dropped
+//! silently, like the deployed server.
 //!
 //! # Storage ([`Storage::Positional`], the default)
 //! * Seq 1 fixes the upload's geometry: chunk size = chunk 1's length (the
@@ -41,12 +41,22 @@
 //!   `<dir>/<uid>/<name>`; a mismatch deletes the `.part` and publishes nothing.
 //! * A late chunk of a published upload (same md5, consistent sizes) is
 //!   acknowledged without a write while the record is in memory.
+//! * A record stays in memory while any open connection that used it is
+//!   open (each connection counts once as a user of each record it used),
+//!   and goes when the last of them closes. So an old connection whose close
+//!   the server sees late (a cut resets the client at once; the server may
+//!   see the EOF much later) never takes the record away from the new
+//!   connection that restarted the file: for a published record that would
+//!   turn the new connection's next chunk into a 1012. A published record
+//!   that did go (nobody used it any more) answers a late chunk with 1012,
+//!   and the client's restart from seq 1 republishes the same bytes.
 //!
 //! Resume state, `<dir>/<uid>/.<name>.state` (JSON: sizes, chunk, md5,
 //! received seq ranges), **exists only while it is exact**: it is written
 //! (data fsynced first, then a temporary file renamed over it) when the last
 //! connection using the upload closes and at [`ServerHandle::shutdown`], and
 //! it is deleted (durably) before the next chunk of that upload is written.
+//! The in-memory record is dropped only after that write succeeded.
 //! So after a clean shutdown a restarted server continues the upload (1043
 //! from the next seq works), and after a crash it never claims a chunk it did
 //! not write, nor misses one it acknowledged: with no state it has no record,
@@ -57,11 +67,51 @@
 //! # Invariants
 //! * A file appears under its final name only complete and md5-verified
 //!   (Positional), by one rename.
-//! * Nothing is written outside `<dir>/<uid>/`: names are one path component
-//!   (see [`name_problem`]), uids are non-negative integers.
+//! * Nothing is written outside `<dir>/<uid>/` (besides the message index
+//!   `<dir>/.messages.json`), and nothing is read outside `<dir>/<uid>/`:
+//!   names are one path component (see [`name_problem`]; it also keeps the
+//!   server's hidden `.part`/`.state` files out of reach of downloads), uids
+//!   are non-negative integers.
 //! * No request panics the server or stops it serving other connections;
-//!   every upload request gets exactly one reply (unless the server is
-//!   [silent](ServerHandle::set_silent)), or the connection closes.
+//!   every upload, avatar and chunk download request (1041/1037/1043/1031/
+//!   1047/1033) gets exactly one reply (unless the server is
+//!   [silent](ServerHandle::set_silent) or a [`DownloadFault`] drops it), or
+//!   the connection closes. A 1045 gets one reply or none (unknown id).
+//!
+//! # Avatars (1031 -> 1032)
+//! Stop-and-wait chunks with int sizes (above `i32::MAX`, or as strings:
+//! 1001, they would crash the deployed server's `asInt`), stored exactly as
+//! chat chunks (same store, same checks, `<dir>/<uid>/<name>`); seq 1 checks
+//! the token ([`ServerConfig::tokens`]). 1032 echoes `total_size`/`trans_size`
+//! (ints), `seq`, `name`, `last`, `md5`, `uid`, `last_seq`. Errors are sent
+//! as for uploads (`{"error":N}`, plus `name`/`seq` if named).
+//!
+//! # Downloads (1045 -> 1046, 1047 -> 1048, 1033 -> 1034)
+//! * Message index (what the deployed server finds in MySQL): a chat upload
+//!   that completes records `message_id -> (sender_id = the upload's uid,
+//!   recv_id = receiver, name)` (thread 0, msg_type 0, status 2), in memory
+//!   and in `<dir>/.messages.json` (rewritten atomically on every change), so
+//!   a restarted server still knows it. [`ServerHandle::register_message`]
+//!   adds entries. 1046 reports the size of `<dir>/<sender_id>/<name>` at the
+//!   time of the request, as a string. An unknown `message_id` (or an
+//!   undecodable 1045) gets **no reply at all**, as deployed.
+//! * 1047 reads `<dir>/<sender_id>/<name>`, 1033 `<dir>/<uid>/<name>`, with
+//!   positional reads of [`DOWNLOAD_CHUNK`] = 32,768 bytes (chunk `seq` at
+//!   `(seq-1)*32768`); the file is opened per request.
+//! * One expected next seq **per name**, shared by every downloader of the
+//!   name and by 1047 *and* 1033 (as the deployed `file_download_<name>`):
+//!   seq 1 always (re)starts it; any other seq must equal it, else 1017 (no
+//!   state counts as "expecting 1"; the deployed server answers 1020 there).
+//!   A served chunk moves it on by one; the last chunk (and a failed seq 1)
+//!   clears it. A refused request does not move it.
+//! * Seq 1 checks the token of the request's `uid` against
+//!   [`ServerConfig::tokens`] (default: any token).
+//! * 1048: `error`, `data` (base64), `seq`, `total_size`/`current_size`
+//!   (strings), `is_last` (bool), `name`, `sender_id`, `receiver_id`. 1034:
+//!   the same chunk fields plus `client_path`, `name`, `req_type` echoed.
+//! * [`ServerHandle::set_download_fault`] makes the replies for one name
+//!   misbehave (test support for the client: wrong seq, bad or oversized
+//!   data, a hostile name in 1046, dropped replies).
 //!
 //! # [`Storage::AppendStrict`]
 //! Test support for the deployed server's behaviour: `<dir>/<uid>/<name>`
@@ -73,8 +123,10 @@
 //! computed for [`ServerHandle::completed`], not checked.
 //!
 //! # Error codes
-//! Error replies go under the request's reply id: `{"error":N}`, plus
-//! `name` and `seq` (when known) if [`ServerConfig::named_errors`].
+//! Upload and avatar-upload error replies go under the request's reply id:
+//! `{"error":N}`, plus `name` and `seq` (when known) if
+//! [`ServerConfig::named_errors`]. [`ServerHandle::inject_error`] applies to
+//! 1041/1037/1043/1031/1047/1033 and its code is sent as below.
 //!
 //! | case | reply |
 //! | --- | --- |
@@ -93,8 +145,31 @@
 //!
 //! Deviation from the deployed server, on purpose: write failures are
 //! reported (it overwrites them with success).
+//!
+//! Downloads. 1045: an unknown or undecodable one gets no reply; a known
+//! one whose file is missing (or whose name is unsafe, or `sender_id` < 0)
+//! gets a 1046 `{"error":1012}` (+ `message_id`, `name` if named) where the
+//! deployed server crashes. 1047 and 1033:
+//!
+//! | case | 1048 (1047) | 1034 (1033) |
+//! | --- | --- | --- |
+//! | body undecodable (not JSON, field missing or mistyped) | 1001 | 1001 |
+//! | seq 1: no token for `uid` / another token | 1011 / 1010 | 1011 / 1010 |
+//! | seq 0, or not the name's expected seq | 1017 | 1017 |
+//! | name unsafe (`/`, `\`, `..`, NUL, leading `.`, empty), uid/`sender_id` < 0, no such file | 1012 | 1012 |
+//! | the file cannot be opened / read | 1016 / 1019 | 1016 / 1019 |
+//! | chunk offset at or past the end (a 0-byte file's seq 1 included) | 1018 | 1018 |
+//!
+//! Their bodies: 1048 named: `{error, name, seq, sender_id, receiver_id}`;
+//! deployed-style (`named_errors = false`): the deployed overwrite,
+//! `{"error":0, name, sender_id, receiver_id}` with no `data` and no `seq`,
+//! except 1001/1010/1011 which go as `{"error":N}`. 1034 errors keep their
+//! codes in both modes, with `name`, `client_path`, `req_type` (plus `seq` if
+//! named); 1010/1011 deployed-style are `{"error":N}` only.
 
 mod conn;
+mod download;
+mod index;
 mod store;
 
 use std::collections::HashMap;
@@ -108,6 +183,10 @@ use tokio::sync::watch;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 
 use crate::protocol::{ErrorCode, MAX_BODY_LEN};
+use download::Downloads;
+pub use download::{DownloadFault, DOWNLOAD_CHUNK};
+use index::MessageIndex;
+pub use index::{MessageInfo, INDEX_FILE, STATUS_UPLOADED};
 use store::Store;
 pub use store::{name_problem, MAX_NAME_LEN};
 
@@ -140,6 +219,10 @@ pub struct ServerConfig {
     /// preallocated at its announced size, so this bounds what one request
     /// can claim.
     pub max_file_size: u64,
+    /// Login tokens by uid, checked on seq 1 of 1047, 1033 and 1031 (the
+    /// deployed Redis `utoken_<uid>`): a uid without a token gets 1011, a
+    /// different token 1010. `None` (the default) accepts any token.
+    pub tokens: Option<HashMap<i64, String>>,
 }
 
 impl ServerConfig {
@@ -150,6 +233,7 @@ impl ServerConfig {
             storage: Storage::default(),
             named_errors: true,
             max_file_size: 1 << 40,
+            tokens: None,
         }
     }
 }
@@ -161,7 +245,7 @@ pub struct ServerStats {
     pub connections: u64,
     /// Connections open now.
     pub open_connections: u64,
-    /// Upload chunk requests (1041/1037/1043) received, well-formed or not.
+    /// Upload chunk requests (1041/1037/1043/1031) received, well-formed or not.
     pub chunks_received: u64,
     /// Chunk bytes written to files.
     pub bytes_written: u64,
@@ -171,10 +255,18 @@ pub struct ServerStats {
     /// Replies queued, errors included.
     pub replies_sent: u64,
     pub errors_sent: u64,
-    /// Replies dropped while silent.
+    /// Replies dropped while silent or by a [`DownloadFault`].
     pub replies_dropped: u64,
     /// Frames with ids the server does not serve.
     pub ignored_frames: u64,
+    /// Download requests (1045/1047/1033) received, well-formed or not.
+    pub download_requests: u64,
+    /// 1045s left unanswered: unknown message id (or not decodable).
+    pub unknown_messages: u64,
+    /// Chunk bytes sent in download replies (1048/1034).
+    pub download_bytes: u64,
+    /// Download replies with `is_last` sent.
+    pub downloads_completed: u64,
     /// Connections closed because of an over-long frame.
     pub closed_bad_input: u64,
     /// AppendStrict order violations (as [`ServerHandle::violations`]).
@@ -209,6 +301,10 @@ pub(crate) struct Counters {
     errors_sent: AtomicU64,
     replies_dropped: AtomicU64,
     ignored_frames: AtomicU64,
+    download_requests: AtomicU64,
+    unknown_messages: AtomicU64,
+    download_bytes: AtomicU64,
+    downloads_completed: AtomicU64,
     closed_bad_input: AtomicU64,
     violations: AtomicU64,
     panics: AtomicU64,
@@ -222,6 +318,9 @@ pub(crate) struct Shared {
     injected: Mutex<HashMap<String, ErrorCode>>,
     counters: Arc<Counters>,
     store: Arc<Store>,
+    index: MessageIndex,
+    downloads: Downloads,
+    tokens: Mutex<Option<HashMap<i64, String>>>,
 }
 
 impl Shared {
@@ -296,10 +395,49 @@ impl ServerHandle {
             errors_sent: get(&c.errors_sent),
             replies_dropped: get(&c.replies_dropped),
             ignored_frames: get(&c.ignored_frames),
+            download_requests: get(&c.download_requests),
+            unknown_messages: get(&c.unknown_messages),
+            download_bytes: get(&c.download_bytes),
+            downloads_completed: get(&c.downloads_completed),
             closed_bad_input: get(&c.closed_bad_input),
             violations: get(&c.violations),
             panics: get(&c.panics),
         }
+    }
+
+    /// Records a chat message for 1045 (and writes the message index), e.g.
+    /// for a file put into `<dir>/<sender_id>/<name>` by other means.
+    /// Replaces an earlier entry of the id. Blocking file IO.
+    pub fn register_message(&self, message_id: i64, info: MessageInfo) -> std::io::Result<()> {
+        self.shared.index.insert(message_id, info)
+    }
+
+    /// The message index entry of `message_id`, if any.
+    pub fn message(&self, message_id: i64) -> Option<MessageInfo> {
+        self.shared.index.get(message_id)
+    }
+
+    /// From now on downloads of `name` (1045 for a message of that name,
+    /// 1047, 1033) misbehave as `fault` says; see [`DownloadFault`].
+    pub fn set_download_fault(&self, name: &str, fault: DownloadFault) {
+        self.shared.downloads.set_fault(name, Some(fault));
+    }
+
+    pub fn clear_download_fault(&self, name: &str) {
+        self.shared.downloads.set_fault(name, None);
+    }
+
+    /// Sets the login token of `uid`, turning token checks on if they were
+    /// off (see [`ServerConfig::tokens`]).
+    pub fn set_token(&self, uid: i64, token: &str) {
+        lock(&self.shared.tokens)
+            .get_or_insert_with(HashMap::new)
+            .insert(uid, token.to_owned());
+    }
+
+    /// Replaces the token table (`None`: accept any token).
+    pub fn set_tokens(&self, tokens: Option<HashMap<i64, String>>) {
+        *lock(&self.shared.tokens) = tokens;
     }
 
     /// The last files completed (up to 1024), oldest first.
@@ -343,6 +481,9 @@ pub async fn start(listen: &str, config: ServerConfig) -> std::io::Result<Server
         silent: AtomicBool::new(false),
         injected: Mutex::new(HashMap::new()),
         counters: counters.clone(),
+        index: MessageIndex::open(&config.dir),
+        downloads: Downloads::new(config.dir.clone()),
+        tokens: Mutex::new(config.tokens),
         store: Arc::new(Store::new(
             config.dir,
             config.storage,

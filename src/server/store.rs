@@ -72,6 +72,20 @@ pub struct Chunk {
     pub data: Vec<u8>,
 }
 
+/// What [`Store::put`] did with a chunk.
+#[derive(Debug)]
+pub struct Put {
+    /// `Ok`: the bytes are in the file (or already were, for a published
+    /// upload); `Err`: the code to reply.
+    pub result: Result<(), ErrorCode>,
+    /// The calling connection counts as a user of the record now (it calls
+    /// [`Store::release`] for the key once, when it closes).
+    pub user: bool,
+    /// This chunk completed the file (Positional: published; AppendStrict:
+    /// `last = 1` stored).
+    pub completed: bool,
+}
+
 /// A record's key. Positional records are per `(uid, name)` because the
 /// file lives under its uid; AppendStrict keys on the name alone, as the
 /// deployed server's Redis key `file_upload_<name>` does.
@@ -273,6 +287,12 @@ struct Slot {
     /// The disk was consulted for this key (positional records load lazily).
     loaded: bool,
     rec: Rec,
+    /// Open connections that used this record (each counted once, until it
+    /// closes and calls [`Store::release`]). A slot with users is never
+    /// dropped from memory: a late close of an old connection must not take
+    /// the record away from a new one (a dropped published record would
+    /// answer 1012 to the new connection's next chunk).
+    users: u32,
 }
 
 type SlotRef = Arc<Mutex<Slot>>;
@@ -385,11 +405,9 @@ impl Store {
         lock(&self.slots).entry(key.clone()).or_default().clone()
     }
 
-    /// Stores one chunk. `Ok` means the bytes are in the file (or already
-    /// were, for a published upload); `Err` is the code to reply. The flag
-    /// says a record of the key is kept in memory (the caller releases it
-    /// when its connection closes).
-    pub fn put(&self, c: &Chunk) -> (Result<(), ErrorCode>, bool) {
+    /// Stores one chunk. `user`: the calling connection already counts as
+    /// a user of the record (see [`Put::user`]).
+    pub fn put(&self, c: &Chunk, user: bool) -> Put {
         let key = self.key(c.uid, &c.name);
         let slot = self.slot(&key);
         let mut guard = lock(&slot);
@@ -398,21 +416,43 @@ impl Store {
             Storage::AppendStrict => self.put_append(&mut guard, c),
         };
         let kept = !matches!(guard.rec, Rec::None);
+        // A connection counts once per record, from its first kept chunk.
+        let newly = kept && !user;
+        if newly {
+            guard.users += 1;
+        }
+        let user = user || newly;
         drop(guard);
-        if !kept {
-            // No record: forget the key at once, so requests for ever new
-            // names cost no memory.
-            let mut slots = lock(&self.slots);
-            if Arc::strong_count(&slot) == 2 {
-                slots.remove(&key);
+        if !user {
+            // No record and no user: forget the key at once, so requests for
+            // ever new names cost no memory. Checked again under the map
+            // lock: another connection may have created a record since.
+            self.forget_if_unused(&key, &slot);
+        }
+        Put {
+            completed: result == Ok(true),
+            result: result.map(|_| ()),
+            user,
+        }
+    }
+
+    /// Drops `slot` from the map if nobody but the map and the caller holds
+    /// it, no connection uses it and it has no record.
+    fn forget_if_unused(&self, key: &Key, slot: &SlotRef) {
+        let mut slots = lock(&self.slots);
+        if Arc::strong_count(slot) == 2 {
+            let g = lock(slot);
+            if g.users == 0 && matches!(g.rec, Rec::None) {
+                drop(g);
+                slots.remove(key);
             }
         }
-        (result, kept)
     }
 
     // ------------------------------------------------------------ positional
 
-    fn put_positional(&self, slot: &mut Slot, c: &Chunk) -> Result<(), ErrorCode> {
+    /// `Ok(true)`: this chunk completed (and published) the file.
+    fn put_positional(&self, slot: &mut Slot, c: &Chunk) -> Result<bool, ErrorCode> {
         if c.seq == 0 {
             return Err(ErrorCode::FileSeqInvalid);
         }
@@ -428,7 +468,7 @@ impl Store {
                 Rec::Failed(s) if md5_eq(&s.md5, &c.md5) => return Err(MD5_MISMATCH),
                 Rec::Failed(_) => return Err(ErrorCode::FileNotExists),
                 // A late duplicate of a published upload: its bytes are there.
-                Rec::Done(s) if md5_eq(&s.md5, &c.md5) => return s.geo.check(c),
+                Rec::Done(s) if md5_eq(&s.md5, &c.md5) => return s.geo.check(c).map(|()| false),
                 Rec::Done(_) => return Err(ErrorCode::FileNotExists),
                 // A different md5 is a different upload under the same name;
                 // 1012 makes a resuming client start it again from seq 1.
@@ -440,10 +480,10 @@ impl Store {
             }
         }
         let Rec::Active(u) = &mut slot.rec else {
-            return Ok(()); // seq 1 of an already published identical file
+            return Ok(false); // seq 1 of an already published identical file
         };
         if !u.received.covers(u.geo.max_seq) {
-            return Ok(());
+            return Ok(false);
         }
         let summary = Summary {
             geo: u.geo,
@@ -452,7 +492,7 @@ impl Store {
         match self.finalize(u) {
             Ok(()) => {
                 slot.rec = Rec::Done(summary);
-                Ok(())
+                Ok(true)
             }
             Err(code) => {
                 if code == MD5_MISMATCH {
@@ -727,24 +767,40 @@ impl Store {
         })
     }
 
-    /// A connection that used `key` closed: if nobody else holds the record,
-    /// persist it (if in progress) and drop it from memory, closing its file.
+    /// A connection that used `key` (see [`Store::put`]) closed. If it was
+    /// the last open connection using the record, the record is persisted
+    /// (if in progress) and dropped from memory, closing its file.
     /// AppendStrict records stay: like the deployed Redis key, they outlive
     /// connections (and have no state to persist).
     pub fn release(&self, key: &Key) {
         let Some(slot) = lock(&self.slots).get(key).cloned() else {
             return;
         };
-        self.persist_slot(&slot);
+        {
+            let mut g = lock(&slot);
+            g.users = g.users.saturating_sub(1);
+            if g.users > 0 {
+                return; // another open connection still uses it
+            }
+            if let Rec::Active(u) = &mut g.rec {
+                if let Err(e) = self.persist(u) {
+                    tracing::warn!(name = %u.name, error = %e, "cannot save upload state");
+                }
+            }
+        }
         let mut slots = lock(&self.slots);
-        // Only the map and this function hold it: nobody can be using it,
-        // and nobody can pick it up before it is gone.
+        // Only the map and this function hold it: no request is using it,
+        // and none can pick it up before it is gone. A connection that used
+        // it since the persist above counts as a user (and releases it).
         if Arc::strong_count(&slot) == 2 {
-            let removable = match &lock(&slot).rec {
-                Rec::Active(u) => u.persisted,
-                Rec::Append(_) => false,
-                _ => true,
-            };
+            let g = lock(&slot);
+            let removable = g.users == 0
+                && match &g.rec {
+                    Rec::Active(u) => u.persisted,
+                    Rec::Append(_) => false,
+                    _ => true,
+                };
+            drop(g);
             if removable {
                 slots.remove(key);
             }
@@ -780,7 +836,7 @@ impl Store {
     /// The deployed server's storage: seq 1 truncates, anything else is
     /// appended, unchecked. A seq other than the previous one plus one is
     /// counted: on the deployed server it corrupts the file.
-    fn put_append(&self, slot: &mut Slot, c: &Chunk) -> Result<(), ErrorCode> {
+    fn put_append(&self, slot: &mut Slot, c: &Chunk) -> Result<bool, ErrorCode> {
         let dir = self.dir_of(c.uid);
         let path = dir.join(&c.name);
         let write_err = |e: io::Error| {
@@ -838,9 +894,10 @@ impl Store {
                     announced_md5: c.md5.clone(),
                     path,
                 });
+                return Ok(true);
             }
         }
-        Ok(())
+        Ok(false)
     }
 }
 
