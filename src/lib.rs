@@ -1,5 +1,6 @@
 pub mod engine;
 pub mod error;
+pub mod ffi;
 pub mod linkemu;
 pub mod protocol;
 pub mod runtime;

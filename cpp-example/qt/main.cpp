@@ -1,0 +1,735 @@
+// chat_demo: a chat pane in the style of the llfcchat client whose picture
+// and file bubbles upload through chatxfer, each with a circular percentage
+// while it uploads; clicking a bubble pauses or resumes it.
+//
+//   chat_demo [--server HOST:PORT] [FILE...]    interactive (embedded server
+//                                               without --server)
+//   chat_demo --selftest OUT.png                generates files, uploads them to
+//       an in-process reference server, pauses and resumes one by clicking its
+//       bubble, grabs the window into OUT.png (and OUT-during.png while one is
+//       paused), exits 0 only if every stored copy has the source's md5.
+//
+// Threading: chatxfer calls the EventSink on its own thread; QtSink re-posts
+// every call to the GUI thread (QMetaObject::invokeMethod, QueuedConnection)
+// and only the GUI thread touches widgets.
+#include <QApplication>
+#include <QCryptographicHash>
+#include <QDir>
+#include <QFile>
+#include <QFileDialog>
+#include <QFileInfo>
+#include <QHBoxLayout>
+#include <QImage>
+#include <QLabel>
+#include <QMouseEvent>
+#include <QPainter>
+#include <QPainterPath>
+#include <QPointer>
+#include <QPushButton>
+#include <QRandomGenerator>
+#include <QRegularExpression>
+#include <QScrollArea>
+#include <QScrollBar>
+#include <QTemporaryDir>
+#include <QTextEdit>
+#include <QThread>
+#include <QTimer>
+#include <QVBoxLayout>
+#include <QWidget>
+
+#include <atomic>
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <memory>
+
+#include "chatxfer.hpp"
+
+namespace {
+
+constexpr std::int64_t kSelf = 1001;  // uid of the sender (this user)
+constexpr std::int64_t kPeer = 2002;
+
+QString HumanSize(qint64 n) {
+  if (n >= 1 << 20) return QString::number(n / double(1 << 20), 'f', 1) + " MB";
+  if (n >= 1 << 10) return QString::number(n / double(1 << 10), 'f', 0) + " KB";
+  return QString::number(n) + " B";
+}
+
+QByteArray Md5Of(const QString& path) {
+  QFile f(path);
+  if (!f.open(QIODevice::ReadOnly)) return {};
+  QCryptographicHash h(QCryptographicHash::Md5);
+  h.addData(&f);
+  return h.result().toHex();
+}
+
+QPixmap Avatar(const QString& letter, QColor color, int size = 40) {
+  QPixmap pm(size, size);
+  pm.fill(Qt::transparent);
+  QPainter p(&pm);
+  p.setRenderHint(QPainter::Antialiasing);
+  p.setBrush(color);
+  p.setPen(Qt::NoPen);
+  p.drawRoundedRect(QRectF(0, 0, size, size), 6, 6);
+  p.setPen(Qt::white);
+  QFont f = p.font();
+  f.setBold(true);
+  f.setPixelSize(size / 2);
+  p.setFont(f);
+  p.drawText(QRectF(0, 0, size, size), Qt::AlignCenter, letter);
+  return pm;
+}
+
+// One picture or file message with its upload state.
+class Bubble : public QWidget {
+ public:
+  enum class Phase { Waiting, Sending, Paused, Done, Failed };
+
+  Bubble(const QString& path, bool picture, QWidget* parent = nullptr)
+      : QWidget(parent), path_(path), picture_(picture) {
+    QFileInfo fi(path);
+    name_ = fi.fileName();
+    size_ = fi.size();
+    if (picture_) {
+      QImage img(path);
+      thumb_ = QPixmap::fromImage(
+          img.scaled(220, 160, Qt::KeepAspectRatio, Qt::SmoothTransformation));
+      setFixedSize(thumb_.size().expandedTo(QSize(60, 60)));
+    } else {
+      setFixedSize(250, 84);
+    }
+    setCursor(Qt::PointingHandCursor);
+    setToolTip(tr("Click to pause or resume"));
+  }
+
+  std::function<void(Bubble*)> onClick;
+
+  void SetProgress(std::uint64_t acked, std::uint64_t total) {
+    fraction_ = total ? double(acked) / double(total) : 1.0;
+    update();
+  }
+  void SetPhase(Phase p) {
+    phase_ = p;
+    if (p == Phase::Done) fraction_ = 1.0;
+    update();
+  }
+  Phase phase() const { return phase_; }
+  const QString& path() const { return path_; }
+
+ protected:
+  void mouseReleaseEvent(QMouseEvent* e) override {
+    if (e->button() == Qt::LeftButton && rect().contains(e->position().toPoint()) && onClick)
+      onClick(this);
+  }
+
+  void paintEvent(QPaintEvent*) override {
+    QPainter p(this);
+    p.setRenderHint(QPainter::Antialiasing);
+    QRectF r = rect().adjusted(0.5, 0.5, -0.5, -0.5);
+    QPainterPath clip;
+    clip.addRoundedRect(r, 8, 8);
+    if (picture_) {
+      p.setClipPath(clip);
+      p.drawPixmap(0, 0, thumb_);
+      p.setClipping(false);
+      p.setPen(QPen(QColor(0, 0, 0, 40), 1));
+      p.setBrush(Qt::NoBrush);
+      p.drawPath(clip);
+    } else {
+      PaintFileCard(p, r, clip);
+    }
+    if (phase_ != Phase::Done) {
+      PaintOverlay(p, clip);
+    } else {
+      // Sent: a small check badge in the corner.
+      QRectF badge(width() - 24, height() - 24, 18, 18);
+      p.setPen(Qt::NoPen);
+      p.setBrush(QColor(0x12, 0x96, 0x11));
+      p.drawEllipse(badge);
+      p.setPen(QPen(Qt::white, 2, Qt::SolidLine, Qt::RoundCap, Qt::RoundJoin));
+      QPointF o = badge.topLeft();
+      p.drawPolyline(QPolygonF{o + QPointF(5, 9.5), o + QPointF(8, 12.5), o + QPointF(13, 6)});
+    }
+  }
+
+ private:
+  void PaintFileCard(QPainter& p, const QRectF& r, const QPainterPath& clip) {
+    p.setPen(QPen(QColor(0xdd, 0xdd, 0xdd), 1));
+    p.setBrush(Qt::white);
+    p.drawPath(clip);
+    // Name and size on the left.
+    QFont f = p.font();
+    f.setPixelSize(14);
+    p.setFont(f);
+    p.setPen(QColor(0x22, 0x22, 0x22));
+    QRectF text = r.adjusted(14, 12, -70, -12);
+    p.drawText(text.adjusted(0, 0, 0, -text.height() / 2), Qt::AlignLeft | Qt::AlignVCenter,
+               p.fontMetrics().elidedText(name_, Qt::ElideMiddle, int(text.width())));
+    f.setPixelSize(12);
+    p.setFont(f);
+    p.setPen(QColor(0x99, 0x99, 0x99));
+    p.drawText(text.adjusted(0, text.height() / 2, 0, 0), Qt::AlignLeft | Qt::AlignVCenter,
+               HumanSize(size_));
+    // A document icon with the extension on the right.
+    QString ext = QFileInfo(name_).suffix().toUpper().left(4);
+    QColor band = ext == "ZIP" ? QColor(0xf0, 0xa0, 0x30)
+                  : ext == "MP4" ? QColor(0x7b, 0x61, 0xff)
+                  : ext == "PDF" ? QColor(0xe5, 0x48, 0x3d)
+                                 : QColor(0x3d, 0x8b, 0xf2);
+    QRectF icon(r.right() - 56, r.top() + 14, 40, 52);
+    QPainterPath page;
+    page.moveTo(icon.topLeft());
+    page.lineTo(icon.right() - 12, icon.top());
+    page.lineTo(icon.right(), icon.top() + 12);
+    page.lineTo(icon.bottomRight());
+    page.lineTo(icon.bottomLeft());
+    page.closeSubpath();
+    p.setPen(Qt::NoPen);
+    p.setBrush(band);
+    p.drawPath(page);
+    p.setBrush(band.lighter(140));
+    QPainterPath fold;
+    fold.moveTo(icon.right() - 12, icon.top());
+    fold.lineTo(icon.right() - 12, icon.top() + 12);
+    fold.lineTo(icon.right(), icon.top() + 12);
+    fold.closeSubpath();
+    p.drawPath(fold);
+    f.setPixelSize(11);
+    f.setBold(true);
+    p.setFont(f);
+    p.setPen(Qt::white);
+    p.drawText(icon.adjusted(0, 16, 0, 0), Qt::AlignHCenter | Qt::AlignVCenter, ext);
+  }
+
+  // A dimmed cover with a circular percentage (or the reason it waits).
+  void PaintOverlay(QPainter& p, const QPainterPath& clip) {
+    p.setPen(Qt::NoPen);
+    p.setBrush(QColor(0, 0, 0, phase_ == Phase::Failed ? 110 : 80));
+    p.drawPath(clip);
+    QPointF c = rect().center();
+    const double radius = 22;
+    QRectF ring(c.x() - radius, c.y() - radius, 2 * radius, 2 * radius);
+    p.setBrush(QColor(0, 0, 0, 90));
+    p.drawEllipse(ring.adjusted(-4, -4, 4, 4));
+    p.setBrush(Qt::NoBrush);
+    p.setPen(QPen(QColor(255, 255, 255, 70), 4));
+    p.drawEllipse(ring);
+    QColor arc = phase_ == Phase::Failed   ? QColor(0xff, 0x60, 0x60)
+                 : phase_ == Phase::Paused ? QColor(0xff, 0xd0, 0x60)
+                                           : QColor(0x9e, 0xea, 0x6a);
+    p.setPen(QPen(arc, 4, Qt::SolidLine, Qt::RoundCap));
+    p.drawArc(ring, 90 * 16, -int(fraction_ * 360 * 16));
+    QFont f = p.font();
+    f.setBold(true);
+    f.setPixelSize(12);
+    p.setFont(f);
+    p.setPen(Qt::white);
+    QString label = phase_ == Phase::Failed ? "!" : QString::number(int(fraction_ * 100)) + "%";
+    p.drawText(ring, Qt::AlignCenter, label);
+    QString under = phase_ == Phase::Paused    ? tr("paused - click to resume")
+                    : phase_ == Phase::Waiting ? tr("waiting")
+                    : phase_ == Phase::Failed  ? tr("failed")
+                                               : QString();
+    if (!under.isEmpty()) {
+      f.setPixelSize(11);
+      f.setBold(false);
+      p.setFont(f);
+      p.drawText(QRectF(0, ring.bottom() + 6, width(), 16), Qt::AlignHCenter, under);
+    }
+  }
+
+  QString path_, name_;
+  qint64 size_ = 0;
+  bool picture_;
+  QPixmap thumb_;
+  double fraction_ = 0;
+  Phase phase_ = Phase::Waiting;
+};
+
+class ChatWindow;
+
+// chatxfer's thread -> the GUI thread.
+class QtSink : public chatxfer::EventSink {
+ public:
+  explicit QtSink(ChatWindow* w) : w_(w) {}
+  void OnProgress(const std::string& name, std::uint64_t acked, std::uint64_t total,
+                  double rate) override;
+  void OnStateChanged(const std::string& name, chatxfer::State state) override;
+  void OnCompleted(const std::string& name, const std::string& md5, std::uint64_t bytes) override;
+  void OnFailed(const std::string& name, std::int64_t code, const std::string& message) override;
+  void OnConnection(bool up, const std::string& detail) override;
+
+ private:
+  template <typename F>
+  void Post(F f);
+  ChatWindow* w_;
+};
+
+class ChatWindow : public QWidget {
+ public:
+  ChatWindow() {
+    setWindowTitle("llfcchat - chatxfer demo");
+    resize(560, 900);
+    setStyleSheet("ChatWindow { background: #f5f5f5; }");
+    auto* outer = new QVBoxLayout(this);
+    outer->setContentsMargins(0, 0, 0, 0);
+    outer->setSpacing(0);
+
+    auto* title = new QWidget;
+    title->setFixedHeight(56);
+    title->setStyleSheet("background: #ededed;");
+    auto* tl = new QHBoxLayout(title);
+    tl->setContentsMargins(20, 0, 16, 0);
+    auto* who = new QLabel("Alice");
+    who->setStyleSheet("font-size: 17px; color: #111; border: none;");
+    status_ = new QLabel("connecting...");
+    status_->setStyleSheet("font-size: 12px; color: #999; border: none;");
+    tl->addWidget(who);
+    tl->addStretch();
+    tl->addWidget(status_);
+    outer->addWidget(title);
+    auto* line = new QWidget;
+    line->setFixedHeight(1);
+    line->setStyleSheet("background: #dcdcdc;");
+    outer->addWidget(line);
+
+    auto* scroll = new QScrollArea;
+    scroll->setWidgetResizable(true);
+    scroll->setFrameShape(QFrame::NoFrame);
+    scroll->setStyleSheet("QScrollArea { background: #f5f5f5; }");
+    auto* list = new QWidget;
+    list->setStyleSheet("background: #f5f5f5;");
+    rows_ = new QVBoxLayout(list);
+    rows_->setContentsMargins(16, 16, 16, 16);
+    rows_->setSpacing(14);
+    rows_->addStretch();
+    scroll->setWidget(list);
+    scroll_ = scroll;
+    outer->addWidget(scroll, 1);
+
+    auto* line2 = new QWidget;
+    line2->setFixedHeight(1);
+    line2->setStyleSheet("background: #dcdcdc;");
+    outer->addWidget(line2);
+    auto* input = new QWidget;
+    input->setFixedHeight(130);
+    input->setStyleSheet("background: #ffffff;");
+    auto* il = new QVBoxLayout(input);
+    il->setContentsMargins(16, 8, 16, 10);
+    auto* tools = new QHBoxLayout;
+    auto* attach = new QPushButton("+ File");
+    attach->setFlat(true);
+    attach->setStyleSheet("border: none; color: #555; font-size: 13px;");
+    connect(attach, &QPushButton::clicked, this, [this] {
+      for (const QString& f : QFileDialog::getOpenFileNames(this, "Send files")) AddFile(f);
+    });
+    tools->addWidget(attach);
+    tools->addStretch();
+    il->addLayout(tools);
+    auto* edit = new QTextEdit;
+    edit->setPlaceholderText("Type a message");
+    edit->setStyleSheet("border: none; font-size: 14px;");
+    il->addWidget(edit, 1);
+    auto* send = new QPushButton("Send");
+    send->setFixedSize(84, 30);
+    send->setStyleSheet(
+        "QPushButton { background: #129611; color: white; border: none; border-radius: 4px; }");
+    auto* sl = new QHBoxLayout;
+    sl->addStretch();
+    sl->addWidget(send);
+    il->addLayout(sl);
+    outer->addWidget(input);
+  }
+
+  // Events, on the GUI thread only.
+  void OnProgress(const QString& name, std::uint64_t acked, std::uint64_t total) {
+    CheckThread();
+    if (Bubble* b = Find(name)) b->SetProgress(acked, total);
+    if (onProgress) onProgress(name, acked, total);
+  }
+  void OnState(const QString& name, chatxfer::State s) {
+    CheckThread();
+    Bubble* b = Find(name);
+    if (!b) return;
+    switch (s) {
+      case chatxfer::State::Queued: b->SetPhase(Bubble::Phase::Waiting); break;
+      case chatxfer::State::Sending: b->SetPhase(Bubble::Phase::Sending); break;
+      case chatxfer::State::Paused: b->SetPhase(Bubble::Phase::Paused); break;
+      case chatxfer::State::Completed: b->SetPhase(Bubble::Phase::Done); break;
+      case chatxfer::State::Failed:
+      case chatxfer::State::Cancelled: b->SetPhase(Bubble::Phase::Failed); break;
+    }
+    if (onState) onState(name, s);
+  }
+  void OnCompleted(const QString& name, const QString& md5) {
+    CheckThread();
+    if (Bubble* b = Find(name)) b->SetPhase(Bubble::Phase::Done);
+    completed_[name] = md5;
+    if (onFinished) onFinished();
+  }
+  void OnFailed(const QString& name, std::int64_t code, const QString& message) {
+    CheckThread();
+    if (Bubble* b = Find(name)) b->SetPhase(Bubble::Phase::Failed);
+    failed_[name] = QString("%1 (%2)").arg(message).arg(code);
+    std::fprintf(stderr, "%s: failed: %s\n", qPrintable(name), qPrintable(failed_[name]));
+    if (onFinished) onFinished();
+  }
+  void OnConnection(bool up, const QString& detail) {
+    CheckThread();
+    status_->setText(up ? "online" : "reconnecting...");
+    status_->setToolTip(detail);
+  }
+
+  void SetTransfer(chatxfer::FileTransfer* t) { xfer_ = t; }
+
+  void AddText(const QString& text, bool mine) {
+    auto* label = new QLabel(text);
+    label->setWordWrap(true);
+    // Word-wrapped labels do not size themselves: as wide as the text, up to 320.
+    label->setFixedWidth(qMin(320, label->fontMetrics().horizontalAdvance(text) + 30));
+    label->setStyleSheet(QString("background: %1; color: #111; border-radius: 6px; padding: 9px "
+                                 "12px; font-size: 14px;")
+                             .arg(mine ? "#9eea6a" : "#ffffff"));
+    AddRow(label, mine);
+  }
+
+  // Adds a bubble and registers the upload held (the Qt client's
+  // AddTransFile); with `send`, starts it at once (BatchSend, which the
+  // client calls once the ChatServer confirmed the message).
+  Bubble* AddFile(const QString& path, bool send = true) {
+    QString name = QFileInfo(path).fileName();
+    bool picture = !QImage(path).isNull();
+    auto* b = new Bubble(path, picture);
+    b->onClick = [this](Bubble* bubble) { Toggle(bubble); };
+    bubbles_[name] = b;
+    AddRow(b, true);
+    if (!xfer_) return b;
+    auto st = xfer_->AddTransFile(path.toStdString(), name.toStdString(), kSelf, kSelf, kPeer,
+                                  ++message_id_, "", picture ? 1 : 0);
+    if (st != chatxfer::Status::Ok) Refused(name, st);
+    else if (send) Send(name);
+    return b;
+  }
+
+  void Send(const QString& name) {
+    auto st = xfer_->BatchSend(name.toStdString());
+    if (st != chatxfer::Status::Ok) Refused(name, st);
+  }
+
+  void Refused(const QString& name, chatxfer::Status st) {
+    std::string why = std::string(chatxfer::StatusName(st)) + ": " +
+                      std::string(chatxfer::LastError());
+    std::fprintf(stderr, "%s: %s\n", qPrintable(name), why.c_str());
+    if (Bubble* b = Find(name)) b->SetPhase(Bubble::Phase::Failed);
+    failed_[name] = QString::fromStdString(why);
+  }
+
+  // Clicking a bubble: pause it while it uploads, resume it when paused.
+  void Toggle(Bubble* b) {
+    if (!xfer_) return;
+    std::string name = QFileInfo(b->path()).fileName().toStdString();
+    chatxfer::Status st = chatxfer::Status::Ok;
+    const char* what = "";
+    if (b->phase() == Bubble::Phase::Paused) {
+      what = "resume", st = xfer_->Resume(name);
+    } else if (b->phase() == Bubble::Phase::Sending || b->phase() == Bubble::Phase::Waiting) {
+      what = "pause", st = xfer_->Pause(name);
+    }
+    // E.g. WRONG_STATE when the upload completed just before the click.
+    if (st != chatxfer::Status::Ok)
+      std::fprintf(stderr, "%s: %s: %s\n", name.c_str(), what,
+                   std::string(chatxfer::StatusName(st)).c_str());
+  }
+
+  Bubble* Find(const QString& name) {
+    auto it = bubbles_.find(name);
+    return it == bubbles_.end() ? nullptr : it->second;
+  }
+
+  const std::map<QString, QString>& completed() const { return completed_; }
+  const std::map<QString, QString>& failed() const { return failed_; }
+  int off_thread_calls() const { return off_thread_; }
+
+  std::function<void(const QString&, std::uint64_t, std::uint64_t)> onProgress;
+  std::function<void(const QString&, chatxfer::State)> onState;
+  std::function<void()> onFinished;
+
+ private:
+  void AddRow(QWidget* content, bool mine) {
+    auto* row = new QHBoxLayout;
+    row->setSpacing(10);
+    auto* avatar = new QLabel;
+    avatar->setPixmap(mine ? Avatar("M", QColor(0x3d, 0x8b, 0xf2)) : Avatar("A", QColor(0xe5, 0x7a, 0x48)));
+    avatar->setAlignment(Qt::AlignTop);
+    if (mine) {
+      row->addStretch();
+      row->addWidget(content, 0, Qt::AlignTop);
+      row->addWidget(avatar, 0, Qt::AlignTop);
+    } else {
+      row->addWidget(avatar, 0, Qt::AlignTop);
+      row->addWidget(content, 0, Qt::AlignTop);
+      row->addStretch();
+    }
+    rows_->addLayout(row);
+    QTimer::singleShot(0, this, [this] {
+      scroll_->verticalScrollBar()->setValue(scroll_->verticalScrollBar()->maximum());
+    });
+  }
+
+  void CheckThread() {
+    if (QThread::currentThread() != thread()) ++off_thread_;
+  }
+
+  QVBoxLayout* rows_;
+  QScrollArea* scroll_;
+  QLabel* status_;
+  chatxfer::FileTransfer* xfer_ = nullptr;
+  std::int64_t message_id_ = 0;
+  std::map<QString, Bubble*> bubbles_;
+  std::map<QString, QString> completed_, failed_;
+  int off_thread_ = 0;
+};
+
+template <typename F>
+void QtSink::Post(F f) {
+  // Queued: runs on the window's (GUI) thread; dropped if it is gone.
+  QMetaObject::invokeMethod(w_, std::move(f), Qt::QueuedConnection);
+}
+void QtSink::OnProgress(const std::string& name, std::uint64_t acked, std::uint64_t total,
+                        double) {
+  Post([w = w_, n = QString::fromStdString(name), acked, total] { w->OnProgress(n, acked, total); });
+}
+void QtSink::OnStateChanged(const std::string& name, chatxfer::State state) {
+  Post([w = w_, n = QString::fromStdString(name), state] { w->OnState(n, state); });
+}
+void QtSink::OnCompleted(const std::string& name, const std::string& md5, std::uint64_t) {
+  Post([w = w_, n = QString::fromStdString(name), m = QString::fromStdString(md5)] {
+    w->OnCompleted(n, m);
+  });
+}
+void QtSink::OnFailed(const std::string& name, std::int64_t code, const std::string& message) {
+  Post([w = w_, n = QString::fromStdString(name), code, m = QString::fromStdString(message)] {
+    w->OnFailed(n, code, m);
+  });
+}
+void QtSink::OnConnection(bool up, const std::string& detail) {
+  Post([w = w_, up, d = QString::fromStdString(detail)] { w->OnConnection(up, d); });
+}
+
+// --- self-test --------------------------------------------------------------
+
+bool WriteRandom(const QString& path, qint64 size, quint32 seed) {
+  QFile f(path);
+  if (!f.open(QIODevice::WriteOnly)) return false;
+  QRandomGenerator rng(seed);
+  QByteArray block(1 << 16, Qt::Uninitialized);
+  for (qint64 left = size; left > 0;) {
+    rng.fillRange(reinterpret_cast<quint32*>(block.data()), block.size() / 4);
+    qint64 n = qMin<qint64>(left, block.size());
+    if (f.write(block.constData(), n) != n) return false;
+    left -= n;
+  }
+  return true;
+}
+
+bool WritePicture(const QString& path) {
+  QImage img(1200, 800, QImage::Format_RGB32);
+  QPainter p(&img);
+  p.setRenderHint(QPainter::Antialiasing);
+  QLinearGradient sky(0, 0, 0, 800);
+  sky.setColorAt(0, QColor(0x2b, 0x5f, 0xa8));
+  sky.setColorAt(0.6, QColor(0xf6, 0xa6, 0x5b));
+  sky.setColorAt(1, QColor(0xf9, 0xd7, 0x8c));
+  p.fillRect(img.rect(), sky);
+  p.setPen(Qt::NoPen);
+  p.setBrush(QColor(0xff, 0xe8, 0x9a));
+  p.drawEllipse(QPointF(820, 470), 110, 110);
+  QPolygonF far{{0, 620}, {220, 430}, {420, 580}, {640, 400}, {900, 600}, {1200, 450}, {1200, 800}, {0, 800}};
+  p.setBrush(QColor(0x5b, 0x4a, 0x7a));
+  p.drawPolygon(far);
+  QPolygonF near{{0, 720}, {300, 560}, {560, 700}, {860, 540}, {1200, 700}, {1200, 800}, {0, 800}};
+  p.setBrush(QColor(0x2e, 0x28, 0x48));
+  p.drawPolygon(near);
+  p.end();
+  return img.save(path, "PNG");
+}
+
+bool WriteSecondPicture(const QString& path) {
+  QImage img(900, 900, QImage::Format_RGB32);
+  img.fill(QColor(0xf4, 0xef, 0xe6));
+  QPainter p(&img);
+  p.setRenderHint(QPainter::Antialiasing);
+  const QColor colors[] = {QColor(0xe5, 0x48, 0x3d), QColor(0x3d, 0x8b, 0xf2),
+                           QColor(0xf0, 0xa0, 0x30), QColor(0x4c, 0xaf, 0x50)};
+  for (int i = 0; i < 4; ++i) {
+    p.setBrush(colors[i]);
+    p.setPen(Qt::NoPen);
+    p.drawEllipse(QPointF(250 + (i % 2) * 400, 250 + (i / 2) * 400), 170, 170);
+  }
+  p.end();
+  return img.save(path, "PNG");
+}
+
+struct SelfTest {
+  QString out;
+  QTemporaryDir tmp;
+  std::uint16_t port = 0;
+  QString paused_name = "holiday.mp4";
+  bool clicked = false, paused_seen = false, resumed = false, finished = false;
+  int exit_code = 1;
+};
+
+int RunSelfTest(QApplication& app, const QString& out) {
+  auto t = std::make_shared<SelfTest>();
+  t->out = out;
+  if (!t->tmp.isValid()) return 1;
+  QString src = t->tmp.filePath("src"), store = t->tmp.filePath("store");
+  QDir().mkpath(src);
+  QDir().mkpath(store);
+  // Pictures made with QImage, and multi-MB binaries.
+  bool ok = WritePicture(src + "/sunset.png") && WriteSecondPicture(src + "/dots.png") &&
+            WriteRandom(src + "/holiday.mp4", 48 << 20, 1) &&
+            WriteRandom(src + "/project.zip", 9 << 20, 2) &&
+            WriteRandom(src + "/report.pdf", 700 << 10, 3);
+  if (!ok) {
+    std::fprintf(stderr, "selftest: cannot write the test files\n");
+    return 1;
+  }
+  if (chatxfer::StartServer(store.toStdString(), t->port) != chatxfer::Status::Ok) {
+    std::fprintf(stderr, "selftest: server: %s\n", std::string(chatxfer::LastError()).c_str());
+    return 1;
+  }
+
+  ChatWindow w;
+  auto xfer = chatxfer::NewFileTransfer(std::make_unique<QtSink>(&w));
+  w.SetTransfer(&*xfer);
+  w.show();
+  if (xfer->Connect("127.0.0.1", t->port) != chatxfer::Status::Ok) return 1;
+
+  w.AddText("Hi! Could you send me the photos and the project files from the trip?", false);
+  std::vector<QString> files = {src + "/sunset.png", src + "/holiday.mp4", src + "/project.zip",
+                                src + "/dots.png", src + "/report.pdf"};
+  std::map<QString, QString> sources;
+  for (const QString& f : files) sources[QFileInfo(f).fileName()] = f;
+
+  auto click = [&w](const QString& name) {
+    Bubble* b = w.Find(name);
+    QPointF pos(b->width() / 2.0, b->height() / 2.0);
+    QMouseEvent press(QEvent::MouseButtonPress, pos, b->mapToGlobal(pos), Qt::LeftButton,
+                      Qt::LeftButton, Qt::NoModifier);
+    QMouseEvent release(QEvent::MouseButtonRelease, pos, b->mapToGlobal(pos), Qt::LeftButton,
+                        Qt::NoButton, Qt::NoModifier);
+    QApplication::sendEvent(b, &press);
+    QApplication::sendEvent(b, &release);
+  };
+
+  // Pause the big one by clicking its bubble once it is under way; while it
+  // is paused grab OUT-during.png; then click again to resume.
+  // (On loopback a file is done within a few progress events, so the click
+  // comes as soon as it starts sending.)
+  w.onState = [&, t](const QString& name, chatxfer::State s) {
+    if (name != t->paused_name || t->paused_seen) return;
+    if (s == chatxfer::State::Sending && !t->clicked) {
+      t->clicked = true;
+      click(name);
+      return;
+    }
+    if (s != chatxfer::State::Paused || !t->clicked) return;
+    t->paused_seen = true;
+    QTimer::singleShot(600, &w, [&, t] {
+      QString during = t->out;
+      during.replace(QRegularExpression("\\.png$"), "") += "-during.png";
+      w.grab().save(during, "PNG");
+      std::printf("selftest: paused %s, window grabbed into %s\n", qPrintable(t->paused_name),
+                  qPrintable(during));
+      t->resumed = true;
+      click(t->paused_name);
+    });
+  };
+  w.onFinished = [&, t] {
+    if (t->finished || w.completed().size() + w.failed().size() < sources.size()) return;
+    t->finished = true;
+    // Let the last repaint happen before the grab.
+    QTimer::singleShot(300, &w, [&, t] {
+      int bad = 0;
+      for (const auto& s : sources) {
+        QString stored = store + "/" + QString::number(kSelf) + "/" + s.first;
+        QByteArray want = Md5Of(s.second), got = Md5Of(stored);
+        bool same = !want.isEmpty() && want == got && w.completed().count(s.first) &&
+                    w.completed().at(s.first).toLatin1() == want;
+        std::printf("selftest: %-12s %9lld bytes  md5 %s  %s\n", qPrintable(s.first),
+                    QFileInfo(s.second).size(), want.constData(), same ? "identical" : "DIFFERENT");
+        if (!same) ++bad;
+      }
+      if (!t->paused_seen || !t->resumed) {
+        std::printf("selftest: %s was not paused and resumed\n", qPrintable(t->paused_name));
+        ++bad;
+      }
+      if (w.off_thread_calls() != 0) {
+        std::printf("selftest: %d events reached widgets off the GUI thread\n", w.off_thread_calls());
+        ++bad;
+      }
+      bool saved = w.grab().save(t->out, "PNG");
+      std::printf("selftest: window grabbed into %s%s\n", qPrintable(t->out), saved ? "" : " FAILED");
+      t->exit_code = (bad == 0 && saved) ? 0 : 1;
+      QApplication::exit(t->exit_code);
+    });
+  };
+
+  // Register every file first (computing md5s takes a moment), then start
+  // them all: the GUI thread is then free to click while they upload.
+  for (const QString& f : files) w.AddFile(f, /*send=*/false);
+  for (const QString& f : files) w.Send(QFileInfo(f).fileName());
+  QTimer::singleShot(120000, &w, [] {
+    std::fprintf(stderr, "selftest: timed out\n");
+    QApplication::exit(1);
+  });
+  int rc = app.exec();
+  // No callback runs after Shutdown; events already posted are dropped with
+  // the window.
+  xfer->Shutdown();
+  chatxfer::StopServer(t->port);
+  return rc == 0 ? t->exit_code : rc;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  QApplication app(argc, argv);
+  QStringList args = app.arguments();
+  int rc;
+  if (args.size() >= 3 && args[1] == "--selftest") {
+    rc = RunSelfTest(app, args[2]);
+  } else {
+    QString server;
+    QStringList files;
+    for (int i = 1; i < args.size(); ++i) {
+      if (args[i] == "--server" && i + 1 < args.size()) server = args[++i];
+      else files << args[i];
+    }
+    std::uint16_t port = 0;
+    QString host = "127.0.0.1";
+    QTemporaryDir store;
+    if (server.isEmpty()) {
+      if (chatxfer::StartServer(store.path().toStdString(), port) != chatxfer::Status::Ok) {
+        std::fprintf(stderr, "chat_demo: %s\n", std::string(chatxfer::LastError()).c_str());
+        return 1;
+      }
+      std::printf("embedded server on port %u storing into %s\n", port, qPrintable(store.path()));
+    } else {
+      host = server.section(':', 0, -2);
+      port = static_cast<std::uint16_t>(server.section(':', -1).toUInt());
+    }
+    ChatWindow w;
+    auto xfer = chatxfer::NewFileTransfer(std::make_unique<QtSink>(&w));
+    w.SetTransfer(&*xfer);
+    xfer->Connect(host.toStdString(), port);
+    w.show();
+    for (const QString& f : files) w.AddFile(f);
+    rc = app.exec();
+    xfer->Shutdown();
+  }
+  chatxfer::ShutdownLibrary();
+  return rc;
+}

@@ -1,0 +1,67 @@
+// chatxfer: the event interface a C++ app implements.
+// Included by the generated bridge header; apps include "chatxfer.hpp".
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace chatxfer {
+
+// Defined by the generated bridge header (src/ffi/bridge.rs).
+struct Event;
+enum class State : std::uint32_t;
+
+// Receives the events of one FileTransfer.
+//
+// Threading: every method is called on the library thread "chatxfer-events"
+// of that transfer, one call at a time, in order -- never on the thread that
+// made the request. A Qt app must not touch widgets here: re-post to the GUI
+// thread, e.g. QMetaObject::invokeMethod(obj, [=]{ ... }, Qt::QueuedConnection)
+// or emit a signal connected with Qt::QueuedConnection. Keep the methods
+// short; a slow sink delays later events of the same transfer. Never wait
+// for the GUI thread here (no Qt::BlockingQueuedConnection): Shutdown, on the
+// GUI thread, waits for a running method to return.
+//
+// Ownership: NewFileTransfer takes the sink (std::unique_ptr) and deletes it
+// in FileTransfer::Shutdown (or when the transfer is destroyed). After
+// Shutdown returns no method is called any more (when Shutdown is called
+// from inside a method, the sink is deleted right after that method returns).
+//
+// Exceptions thrown here are caught and the event is dropped; they never
+// reach the library.
+class EventSink {
+ public:
+  virtual ~EventSink() = default;
+  // Acknowledged bytes of `total`, at `rate` bytes/s (coalesced; the final
+  // one, acked == total, is always delivered).
+  virtual void OnProgress(const std::string& name, std::uint64_t acked,
+                          std::uint64_t total, double rate) {
+    (void)name, (void)acked, (void)total, (void)rate;
+  }
+  virtual void OnStateChanged(const std::string& name, State state) {
+    (void)name, (void)state;
+  }
+  // Stored and verified by the server.
+  virtual void OnCompleted(const std::string& name, const std::string& md5,
+                           std::uint64_t bytes) {
+    (void)name, (void)md5, (void)bytes;
+  }
+  // `code`: the server's error code, or 2001 (source unreadable/changed),
+  // 2002 (last chunk never confirmed).
+  virtual void OnFailed(const std::string& name, std::int64_t code,
+                        const std::string& message) {
+    (void)name, (void)code, (void)message;
+  }
+  // Connection to the ResourceServer up (true) or down (false, with the
+  // reason; the library reconnects by itself and resumes the uploads).
+  virtual void OnConnection(bool up, const std::string& detail) {
+    (void)up, (void)detail;
+  }
+  // Something worth logging (a stalled server, a protocol violation).
+  virtual void OnWarning(const std::string& message) { (void)message; }
+};
+
+// Used by the bridge: calls the method of `sink` that matches `event`.
+void deliver(EventSink& sink, const Event& event);
+
+}  // namespace chatxfer

@@ -1,0 +1,545 @@
+//! The C++ API (`#include "chatxfer.hpp"`, namespace `chatxfer`), named as
+//! the Qt client's `FileTcpMgr` names things. See the module docs of
+//! [`crate::ffi`] for ownership, threading and panics; `include/chatxfer.hpp`
+//! says the same for C++ readers.
+
+use cxx::UniquePtr;
+
+use super::{boundary, AddArgs, Code, FfiError, FfiResult, FlatEvent, SansIo, Transfer};
+
+#[cxx::bridge(namespace = "chatxfer")]
+pub mod ffi {
+    /// Outcome of a call; same numbers as the C `chatxfer_result`.
+    #[repr(u32)]
+    #[derive(Debug)]
+    enum Status {
+        Ok = 0,
+        NullParameter = 1,
+        InvalidUtf8 = 2,
+        InvalidArgument = 3,
+        InvalidName = 4,
+        Io = 5,
+        NotAFile = 6,
+        DuplicateName = 7,
+        UnknownName = 8,
+        WrongState = 9,
+        NotConnected = 10,
+        AlreadyConnected = 11,
+        ShutDown = 12,
+        Runtime = 13,
+        BadFrame = 14,
+        Panic = 15,
+    }
+
+    /// Where a transfer stands.
+    #[repr(u32)]
+    #[derive(Debug)]
+    enum State {
+        Queued = 0,
+        Sending = 1,
+        Paused = 2,
+        Completed = 3,
+        Failed = 4,
+        Cancelled = 5,
+    }
+
+    #[repr(u32)]
+    #[derive(Debug)]
+    enum EventKind {
+        Progress = 0,
+        StateChanged = 1,
+        Completed = 2,
+        Failed = 3,
+        Connected = 4,
+        Disconnected = 5,
+        Warning = 6,
+    }
+
+    /// One event, flat. Progress: `acked`, `total`, `rate` (bytes/s).
+    /// StateChanged: `state`. Completed: `md5`, `total`. Failed: `code`
+    /// (server error code or 2001/2002), `message`. Connected/Disconnected/
+    /// Warning: `message`. `name` is empty for connection events.
+    #[derive(Debug)]
+    struct Event {
+        kind: EventKind,
+        name: String,
+        state: State,
+        acked: u64,
+        total: u64,
+        rate: f64,
+        md5: String,
+        code: i64,
+        message: String,
+    }
+
+    /// A snapshot of one transfer.
+    #[derive(Debug)]
+    struct FileInfo {
+        name: String,
+        state: State,
+        acked: u64,
+        total: u64,
+        md5: String,
+    }
+
+    extern "Rust" {
+        /// A connection to a ResourceServer with its uploads (the library's
+        /// own threads do the IO). Destroying it shuts it down.
+        type FileTransfer;
+        /// The sans-IO engine for a host that keeps its own socket.
+        type TransferEngine;
+
+        /// `sink` may be null: events then queue for `PollEvents`.
+        /// Throws `rust::Error` only on an internal error.
+        #[cxx_name = "NewFileTransfer"]
+        fn new_file_transfer(sink: UniquePtr<EventSink>) -> Result<Box<FileTransfer>>;
+        #[cxx_name = "Connect"]
+        fn connect(self: &FileTransfer, host: &str, port: u16) -> Status;
+        /// Registers an upload, held until `BatchSend`. Empty `md5`: computed
+        /// here by reading the file (pass it if known; big files take time).
+        #[allow(clippy::too_many_arguments)]
+        #[cxx_name = "AddTransFile"]
+        fn add_trans_file(
+            self: &FileTransfer,
+            path: &str,
+            name: &str,
+            uid: i64,
+            sender: i64,
+            receiver: i64,
+            message_id: i64,
+            md5: &str,
+            priority: u8,
+        ) -> Status;
+        /// `AddTransFile` + `BatchSend`.
+        #[allow(clippy::too_many_arguments)]
+        #[cxx_name = "SendFile"]
+        fn send_file(
+            self: &FileTransfer,
+            path: &str,
+            name: &str,
+            uid: i64,
+            sender: i64,
+            receiver: i64,
+            message_id: i64,
+            md5: &str,
+            priority: u8,
+        ) -> Status;
+        /// Starts a held upload, or continues a paused one (= `Resume`).
+        #[cxx_name = "BatchSend"]
+        fn batch_send(self: &FileTransfer, name: &str) -> Status;
+        #[cxx_name = "Pause"]
+        fn pause(self: &FileTransfer, name: &str) -> Status;
+        #[cxx_name = "Resume"]
+        fn resume(self: &FileTransfer, name: &str) -> Status;
+        #[cxx_name = "Cancel"]
+        fn cancel(self: &FileTransfer, name: &str) -> Status;
+        /// Writes `out` only on `Status::Ok`.
+        #[cxx_name = "GetStatus"]
+        fn get_status(self: &FileTransfer, name: &str, out: &mut FileInfo) -> Status;
+        /// Events queued since the last call (always empty with a sink).
+        #[cxx_name = "PollEvents"]
+        fn poll_events(self: &FileTransfer) -> Vec<Event>;
+        /// Closes the connection and deletes the sink; no callback runs after
+        /// it returns. A second call returns `Status::ShutDown`.
+        #[cxx_name = "Shutdown"]
+        fn shutdown(self: &FileTransfer) -> Status;
+
+        /// `server_appends`: true for the deployed ResourceServer.
+        #[cxx_name = "NewTransferEngine"]
+        fn new_transfer_engine(server_appends: bool) -> Result<Box<TransferEngine>>;
+        #[allow(clippy::too_many_arguments)]
+        #[cxx_name = "AddTransFile"]
+        fn add_trans_file(
+            self: &mut TransferEngine,
+            path: &str,
+            name: &str,
+            uid: i64,
+            sender: i64,
+            receiver: i64,
+            message_id: i64,
+            md5: &str,
+            priority: u8,
+        ) -> Status;
+        #[allow(clippy::too_many_arguments)]
+        #[cxx_name = "SendFile"]
+        fn send_file(
+            self: &mut TransferEngine,
+            path: &str,
+            name: &str,
+            uid: i64,
+            sender: i64,
+            receiver: i64,
+            message_id: i64,
+            md5: &str,
+            priority: u8,
+        ) -> Status;
+        #[cxx_name = "BatchSend"]
+        fn batch_send(self: &mut TransferEngine, name: &str) -> Status;
+        #[cxx_name = "Pause"]
+        fn pause(self: &mut TransferEngine, name: &str) -> Status;
+        #[cxx_name = "Resume"]
+        fn resume(self: &mut TransferEngine, name: &str) -> Status;
+        #[cxx_name = "Cancel"]
+        fn cancel(self: &mut TransferEngine, name: &str) -> Status;
+        #[cxx_name = "GetStatus"]
+        fn get_status(self: &TransferEngine, name: &str, out: &mut FileInfo) -> Status;
+        /// The host's socket connected / closed.
+        #[cxx_name = "Connected"]
+        fn connected(self: &mut TransferEngine) -> Status;
+        #[cxx_name = "ConnectionLost"]
+        fn connection_lost(self: &mut TransferEngine) -> Status;
+        /// Frames to write now (about `max_bytes` at most); empty if none.
+        #[cxx_name = "PollTransmit"]
+        fn poll_transmit(self: &mut TransferEngine, max_bytes: usize) -> Vec<u8>;
+        /// One reply frame (id 1038/1042/1044 and its JSON body).
+        #[cxx_name = "OnUploadRsp"]
+        fn on_upload_rsp(self: &mut TransferEngine, id: u16, body: &[u8]) -> Status;
+        /// Raw bytes read from the socket (split into frames here).
+        #[cxx_name = "HandleBytes"]
+        fn handle_bytes(self: &mut TransferEngine, data: &[u8]) -> Status;
+        #[cxx_name = "HandleTimeout"]
+        fn handle_timeout(self: &mut TransferEngine) -> Status;
+        /// Milliseconds until `HandleTimeout` is due; -1 for none.
+        #[cxx_name = "NextTimeoutMs"]
+        fn next_timeout_ms(self: &TransferEngine) -> i64;
+        #[cxx_name = "PollEvents"]
+        fn poll_events(self: &mut TransferEngine) -> Vec<Event>;
+        /// No transfer queued, sending or paused.
+        #[cxx_name = "IsIdle"]
+        fn is_idle(self: &TransferEngine) -> bool;
+
+        /// Message of the last failed call on this thread.
+        #[cxx_name = "LastError"]
+        fn last_error() -> String;
+        #[cxx_name = "StatusName"]
+        fn status_name(status: Status) -> &'static str;
+        /// Starts the reference ResourceServer in-process on 127.0.0.1
+        /// storing into `dir`/<uid>/<name>; `port` is written on success.
+        #[cxx_name = "StartServer"]
+        fn start_server(dir: &str, port: &mut u16) -> Status;
+        #[cxx_name = "StopServer"]
+        fn stop_server(port: u16) -> Status;
+        /// Stops servers and the library's threads (before exit; optional).
+        #[cxx_name = "ShutdownLibrary"]
+        fn shutdown_library();
+    }
+
+    unsafe extern "C++" {
+        include!("chatxfer_sink.h");
+        /// The app's event handler (`include/chatxfer_sink.h`).
+        type EventSink;
+        /// Calls the sink's method for `event`; catches what it throws.
+        fn deliver(sink: Pin<&mut EventSink>, event: &Event);
+    }
+}
+
+use ffi::{Event, EventKind, FileInfo, State, Status};
+
+// SAFETY: the header's contract: a sink is called from one library thread
+// at a time (the transfer's event thread) and may be deleted there.
+unsafe impl Send for ffi::EventSink {}
+
+pub struct FileTransfer(Transfer);
+
+pub struct TransferEngine(SansIo);
+
+fn status(r: FfiResult<()>) -> Status {
+    match r {
+        Ok(()) => Status::Ok,
+        Err(e) => to_status(e.code),
+    }
+}
+
+pub(crate) fn to_status(c: Code) -> Status {
+    Status { repr: c as u32 }
+}
+
+fn to_state(s: Option<crate::engine::FileState>) -> State {
+    State {
+        repr: s.map_or(0, super::state_number),
+    }
+}
+
+fn to_event(e: &crate::engine::Event) -> Event {
+    let f = FlatEvent::from_event(e);
+    Event {
+        kind: EventKind {
+            repr: f.kind as u32,
+        },
+        name: f.name,
+        state: to_state(f.state),
+        acked: f.acked,
+        total: f.total,
+        rate: f.rate,
+        md5: f.md5,
+        code: f.code,
+        message: f.message,
+    }
+}
+
+fn to_info(s: crate::engine::FileStatus) -> FileInfo {
+    FileInfo {
+        name: s.name,
+        state: to_state(Some(s.state)),
+        acked: s.acked,
+        total: s.total,
+        md5: s.md5,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn add_args(
+    path: &str,
+    name: &str,
+    uid: i64,
+    sender: i64,
+    receiver: i64,
+    message_id: i64,
+    md5: &str,
+    priority: u8,
+    hold: bool,
+) -> AddArgs {
+    AddArgs {
+        path: path.into(),
+        name: name.into(),
+        uid,
+        sender,
+        receiver,
+        message_id,
+        md5: md5.into(),
+        priority,
+        hold,
+    }
+}
+
+fn internal(e: FfiError) -> String {
+    e.message
+}
+
+fn new_file_transfer(sink: UniquePtr<ffi::EventSink>) -> Result<Box<FileTransfer>, String> {
+    boundary(|| {
+        let sink: Option<super::EventSinkFn> = if sink.is_null() {
+            None
+        } else {
+            let mut sink = sink;
+            Some(Box::new(move |e: &crate::engine::Event| {
+                ffi::deliver(sink.pin_mut(), &to_event(e));
+            }))
+        };
+        Ok(Box::new(FileTransfer(Transfer::new(sink))))
+    })
+    .map_err(internal)
+}
+
+impl FileTransfer {
+    fn connect(&self, host: &str, port: u16) -> Status {
+        status(boundary(|| self.0.connect(host, port)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_trans_file(
+        &self,
+        path: &str,
+        name: &str,
+        uid: i64,
+        sender: i64,
+        receiver: i64,
+        message_id: i64,
+        md5: &str,
+        priority: u8,
+    ) -> Status {
+        let a = add_args(
+            path, name, uid, sender, receiver, message_id, md5, priority, true,
+        );
+        status(boundary(|| self.0.add_file(&a)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_file(
+        &self,
+        path: &str,
+        name: &str,
+        uid: i64,
+        sender: i64,
+        receiver: i64,
+        message_id: i64,
+        md5: &str,
+        priority: u8,
+    ) -> Status {
+        let a = add_args(
+            path, name, uid, sender, receiver, message_id, md5, priority, false,
+        );
+        status(boundary(|| self.0.add_file(&a)))
+    }
+
+    fn batch_send(&self, name: &str) -> Status {
+        status(boundary(|| self.0.resume(name)))
+    }
+
+    fn pause(&self, name: &str) -> Status {
+        status(boundary(|| self.0.pause(name)))
+    }
+
+    fn resume(&self, name: &str) -> Status {
+        status(boundary(|| self.0.resume(name)))
+    }
+
+    fn cancel(&self, name: &str) -> Status {
+        status(boundary(|| self.0.cancel(name)))
+    }
+
+    fn get_status(&self, name: &str, out: &mut FileInfo) -> Status {
+        status(boundary(|| {
+            *out = to_info(self.0.status(name)?);
+            Ok(())
+        }))
+    }
+
+    fn poll_events(&self) -> Vec<Event> {
+        boundary(|| Ok(self.0.poll_events().iter().map(to_event).collect())).unwrap_or_default()
+    }
+
+    fn shutdown(&self) -> Status {
+        status(boundary(|| self.0.shutdown()))
+    }
+}
+
+fn new_transfer_engine(server_appends: bool) -> Result<Box<TransferEngine>, String> {
+    boundary(|| Ok(Box::new(TransferEngine(SansIo::new(server_appends))))).map_err(internal)
+}
+
+impl TransferEngine {
+    #[allow(clippy::too_many_arguments)]
+    fn add_trans_file(
+        &mut self,
+        path: &str,
+        name: &str,
+        uid: i64,
+        sender: i64,
+        receiver: i64,
+        message_id: i64,
+        md5: &str,
+        priority: u8,
+    ) -> Status {
+        let a = add_args(
+            path, name, uid, sender, receiver, message_id, md5, priority, true,
+        );
+        status(boundary(|| self.0.add_file(&a)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_file(
+        &mut self,
+        path: &str,
+        name: &str,
+        uid: i64,
+        sender: i64,
+        receiver: i64,
+        message_id: i64,
+        md5: &str,
+        priority: u8,
+    ) -> Status {
+        let a = add_args(
+            path, name, uid, sender, receiver, message_id, md5, priority, false,
+        );
+        status(boundary(|| self.0.add_file(&a)))
+    }
+
+    fn batch_send(&mut self, name: &str) -> Status {
+        status(boundary(|| self.0.resume(name)))
+    }
+
+    fn pause(&mut self, name: &str) -> Status {
+        status(boundary(|| self.0.pause(name)))
+    }
+
+    fn resume(&mut self, name: &str) -> Status {
+        status(boundary(|| self.0.resume(name)))
+    }
+
+    fn cancel(&mut self, name: &str) -> Status {
+        status(boundary(|| self.0.cancel(name)))
+    }
+
+    fn get_status(&self, name: &str, out: &mut FileInfo) -> Status {
+        status(boundary(|| {
+            *out = to_info(self.0.status(name)?);
+            Ok(())
+        }))
+    }
+
+    fn connected(&mut self) -> Status {
+        status(boundary(|| {
+            self.0.connected();
+            Ok(())
+        }))
+    }
+
+    fn connection_lost(&mut self) -> Status {
+        status(boundary(|| {
+            self.0.connection_lost();
+            Ok(())
+        }))
+    }
+
+    fn poll_transmit(&mut self, max_bytes: usize) -> Vec<u8> {
+        boundary(|| Ok(self.0.poll_transmit(max_bytes))).unwrap_or_default()
+    }
+
+    fn on_upload_rsp(&mut self, id: u16, body: &[u8]) -> Status {
+        status(boundary(|| {
+            self.0.handle_frame(id, body);
+            Ok(())
+        }))
+    }
+
+    fn handle_bytes(&mut self, data: &[u8]) -> Status {
+        status(boundary(|| self.0.handle_bytes(data)))
+    }
+
+    fn handle_timeout(&mut self) -> Status {
+        status(boundary(|| {
+            self.0.handle_timeout();
+            Ok(())
+        }))
+    }
+
+    fn next_timeout_ms(&self) -> i64 {
+        boundary(|| Ok(self.0.next_timeout_ms())).unwrap_or(-1)
+    }
+
+    fn poll_events(&mut self) -> Vec<Event> {
+        boundary(|| Ok(self.0.poll_events().iter().map(to_event).collect())).unwrap_or_default()
+    }
+
+    fn is_idle(&self) -> bool {
+        boundary(|| Ok(self.0.is_idle())).unwrap_or(false)
+    }
+}
+
+fn last_error() -> String {
+    std::panic::catch_unwind(super::last_error).unwrap_or_default()
+}
+
+fn status_name(s: Status) -> &'static str {
+    std::panic::catch_unwind(|| super::capi::chatxfer_result::from_repr(s.repr).name())
+        .unwrap_or("PANIC")
+}
+
+fn start_server(dir: &str, port: &mut u16) -> Status {
+    status(boundary(|| {
+        *port = super::server_start(dir)?;
+        Ok(())
+    }))
+}
+
+fn stop_server(port: u16) -> Status {
+    status(boundary(|| super::server_stop(port)))
+}
+
+fn shutdown_library() {
+    let _ = boundary(|| {
+        super::library_shutdown();
+        Ok(())
+    });
+}

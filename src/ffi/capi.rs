@@ -1,0 +1,566 @@
+//! The plain C ABI; `include/chatxfer.h` is generated from this file by
+//! cbindgen (`build.rs`). Conventions, as in rustls-ffi:
+//! * every function returns a [`chatxfer_result`] (stable numbers) and runs
+//!   inside a panic boundary: a panic becomes `CHATXFER_RESULT_PANIC`;
+//! * NULL pointers give `CHATXFER_RESULT_NULL_PARAMETER`, strings that are not
+//!   UTF-8 `CHATXFER_RESULT_INVALID_UTF8`, calls on a shut-down client
+//!   `CHATXFER_RESULT_SHUT_DOWN` — never undefined behaviour;
+//! * out-parameters are written only on success;
+//! * `chatxfer_client_free(NULL)` does nothing;
+//! * strings passed in are borrowed for the call; strings inside a
+//!   `chatxfer_event` are valid only during the callback;
+//! * `chatxfer_last_error` gives the text of the last failure on the
+//!   calling thread.
+#![allow(non_camel_case_types)]
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::panic::AssertUnwindSafe;
+
+use super::{
+    boundary, last_error, AddArgs, Code, EventSinkFn, FfiError, FfiResult, FlatEvent, Transfer,
+};
+
+/// Outcome of a call. The numbers are stable (part of the ABI).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum chatxfer_result {
+    Ok = 0,
+    /// A pointer argument was NULL.
+    NullParameter = 1,
+    /// A string argument was not UTF-8.
+    InvalidUtf8 = 2,
+    /// An argument is out of range (empty path or host, port 0, bad md5 ...).
+    InvalidArgument = 3,
+    /// The file name cannot be used on the server (path separators, ...).
+    InvalidName = 4,
+    /// The file (or the server's directory) cannot be read or created.
+    Io = 5,
+    NotAFile = 6,
+    /// A transfer of that name is already registered.
+    DuplicateName = 7,
+    /// No transfer of that name.
+    UnknownName = 8,
+    /// The transfer's state does not allow this (e.g. pausing a completed one).
+    WrongState = 9,
+    /// `chatxfer_client_connect` was not called yet.
+    NotConnected = 10,
+    AlreadyConnected = 11,
+    /// The client (or the library) was shut down.
+    ShutDown = 12,
+    /// The library's threads could not be started.
+    Runtime = 13,
+    /// Bytes from the server do not form a valid frame (sans-IO engine).
+    BadFrame = 14,
+    /// An internal error (a bug); the library stays usable.
+    Panic = 15,
+}
+
+impl chatxfer_result {
+    const ALL: [chatxfer_result; 16] = [
+        chatxfer_result::Ok,
+        chatxfer_result::NullParameter,
+        chatxfer_result::InvalidUtf8,
+        chatxfer_result::InvalidArgument,
+        chatxfer_result::InvalidName,
+        chatxfer_result::Io,
+        chatxfer_result::NotAFile,
+        chatxfer_result::DuplicateName,
+        chatxfer_result::UnknownName,
+        chatxfer_result::WrongState,
+        chatxfer_result::NotConnected,
+        chatxfer_result::AlreadyConnected,
+        chatxfer_result::ShutDown,
+        chatxfer_result::Runtime,
+        chatxfer_result::BadFrame,
+        chatxfer_result::Panic,
+    ];
+
+    pub(crate) fn from_code(c: Code) -> chatxfer_result {
+        Self::from_repr(c as u32)
+    }
+
+    /// Unknown numbers map to `Panic`.
+    pub(crate) fn from_repr(n: u32) -> chatxfer_result {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|r| *r as u32 == n)
+            .unwrap_or(chatxfer_result::Panic)
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        self.c_name().to_str().unwrap_or("?")
+    }
+
+    fn c_name(self) -> &'static CStr {
+        match self {
+            chatxfer_result::Ok => c"OK",
+            chatxfer_result::NullParameter => c"NULL_PARAMETER",
+            chatxfer_result::InvalidUtf8 => c"INVALID_UTF8",
+            chatxfer_result::InvalidArgument => c"INVALID_ARGUMENT",
+            chatxfer_result::InvalidName => c"INVALID_NAME",
+            chatxfer_result::Io => c"IO",
+            chatxfer_result::NotAFile => c"NOT_A_FILE",
+            chatxfer_result::DuplicateName => c"DUPLICATE_NAME",
+            chatxfer_result::UnknownName => c"UNKNOWN_NAME",
+            chatxfer_result::WrongState => c"WRONG_STATE",
+            chatxfer_result::NotConnected => c"NOT_CONNECTED",
+            chatxfer_result::AlreadyConnected => c"ALREADY_CONNECTED",
+            chatxfer_result::ShutDown => c"SHUT_DOWN",
+            chatxfer_result::Runtime => c"RUNTIME",
+            chatxfer_result::BadFrame => c"BAD_FRAME",
+            chatxfer_result::Panic => c"PANIC",
+        }
+    }
+}
+
+/// Where a transfer stands.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum chatxfer_state {
+    Queued = 0,
+    Sending = 1,
+    Paused = 2,
+    Completed = 3,
+    Failed = 4,
+    Cancelled = 5,
+}
+
+/// What a `chatxfer_event` reports.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum chatxfer_event_kind {
+    /// `acked` of `total` bytes acknowledged, at `rate` bytes/s.
+    Progress = 0,
+    /// `state` is the new state.
+    StateChanged = 1,
+    /// Stored and verified: `md5`, `total` bytes.
+    Completed = 2,
+    /// `code` (the server's error code, or 2001 source / 2002 unconfirmed)
+    /// and `message`.
+    Failed = 3,
+    /// The connection is up; `message` names the server.
+    Connected = 4,
+    /// The connection is down; `message` says why and when it retries.
+    Disconnected = 5,
+    /// Something to log (`message`).
+    Warning = 6,
+}
+
+/// An event; every string is NUL-terminated and valid only during the
+/// callback (`name` is "" for connection events, never NULL).
+#[repr(C)]
+#[derive(Debug)]
+pub struct chatxfer_event {
+    pub kind: chatxfer_event_kind,
+    pub name: *const c_char,
+    pub state: chatxfer_state,
+    pub acked: u64,
+    pub total: u64,
+    pub rate: f64,
+    pub md5: *const c_char,
+    pub code: i64,
+    pub message: *const c_char,
+}
+
+/// Receives events on a library thread (`chatxfer-events`), one at a time,
+/// in order. It must not block for long; a GUI app posts the event to its
+/// own thread. `user_data` is the pointer given to `chatxfer_client_new`.
+pub type chatxfer_event_callback =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, event: *const chatxfer_event)>;
+
+/// An upload to register (`AddTransFile`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct chatxfer_file_spec {
+    /// The file to upload (UTF-8).
+    pub path: *const c_char,
+    /// Unique name: the server's key and stored file name.
+    pub name: *const c_char,
+    pub uid: i64,
+    pub sender: i64,
+    pub receiver: i64,
+    pub message_id: i64,
+    /// Hex md5 if known; NULL or "" to compute it (reads the whole file).
+    pub md5: *const c_char,
+    /// Higher goes first and gets a larger share of the window.
+    pub priority: u8,
+    /// Register paused until `chatxfer_client_batch_send` (the client's
+    /// BatchSend once the ChatServer confirmed the message).
+    pub hold: bool,
+}
+
+/// A snapshot of one transfer.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct chatxfer_file_status {
+    pub state: chatxfer_state,
+    pub acked: u64,
+    pub total: u64,
+    /// Hex md5, NUL-terminated.
+    pub md5: [c_char; 33],
+}
+
+/// A connection to a ResourceServer with its uploads. Opaque; from
+/// `chatxfer_client_new`, released by `chatxfer_client_free`. Its functions
+/// may be called from any thread.
+pub struct chatxfer_client {
+    transfer: Transfer,
+}
+
+/// The app's `user_data`, handed to the callback on the event thread.
+struct UserData(*mut c_void);
+// SAFETY: the header documents that the callback (and so `user_data`) is
+// used from a library thread; the pointer is only passed back, never read.
+unsafe impl Send for UserData {}
+
+impl UserData {
+    // A method, so that closures capture the whole `Send` wrapper rather
+    // than its raw-pointer field.
+    fn get(&self) -> *mut c_void {
+        self.0
+    }
+}
+
+fn result(r: FfiResult) -> chatxfer_result {
+    match r {
+        Ok(()) => chatxfer_result::Ok,
+        Err(e) => chatxfer_result::from_code(e.code),
+    }
+}
+
+/// A borrowed C string argument, checked.
+///
+/// # Safety
+/// `p` is NULL or a NUL-terminated string valid for the call.
+unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> FfiResult<&'a str> {
+    if p.is_null() {
+        return Err(FfiError::new(
+            Code::NullParameter,
+            format!("{what} is NULL"),
+        ));
+    }
+    CStr::from_ptr(p)
+        .to_str()
+        .map_err(|_| FfiError::new(Code::InvalidUtf8, format!("{what} is not valid UTF-8")))
+}
+
+/// # Safety
+/// `c` is NULL or a live pointer from `chatxfer_client_new`.
+unsafe fn client_arg<'a>(c: *const chatxfer_client) -> FfiResult<&'a chatxfer_client> {
+    c.as_ref()
+        .ok_or_else(|| FfiError::new(Code::NullParameter, "client is NULL"))
+}
+
+fn c_string(s: &str) -> CString {
+    // Server texts could hold a NUL; the C side would cut there anyway.
+    CString::new(s.replace('\0', " ")).unwrap_or_default()
+}
+
+fn c_state(s: Option<crate::engine::FileState>) -> chatxfer_state {
+    match s.map_or(0, super::state_number) {
+        1 => chatxfer_state::Sending,
+        2 => chatxfer_state::Paused,
+        3 => chatxfer_state::Completed,
+        4 => chatxfer_state::Failed,
+        5 => chatxfer_state::Cancelled,
+        _ => chatxfer_state::Queued,
+    }
+}
+
+fn c_kind(k: super::EventKind) -> chatxfer_event_kind {
+    use super::EventKind as K;
+    match k {
+        K::Progress => chatxfer_event_kind::Progress,
+        K::StateChanged => chatxfer_event_kind::StateChanged,
+        K::Completed => chatxfer_event_kind::Completed,
+        K::Failed => chatxfer_event_kind::Failed,
+        K::Connected => chatxfer_event_kind::Connected,
+        K::Disconnected => chatxfer_event_kind::Disconnected,
+        K::Warning => chatxfer_event_kind::Warning,
+    }
+}
+
+/// Creates a client (not yet connected). `callback` may be NULL: events are
+/// then dropped. On success `*out` is the new client.
+///
+/// # Safety
+/// `out` is NULL or valid for a write; `user_data` must stay usable from
+/// the library's event thread until the client is shut down or freed.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_new(
+    callback: chatxfer_event_callback,
+    user_data: *mut c_void,
+    out: *mut *mut chatxfer_client,
+) -> chatxfer_result {
+    result(boundary(|| {
+        if out.is_null() {
+            return Err(FfiError::new(Code::NullParameter, "out is NULL"));
+        }
+        let user_data = UserData(user_data);
+        let sink: EventSinkFn = match callback {
+            Some(cb) => Box::new(move |e: &crate::engine::Event| {
+                let f = FlatEvent::from_event(e);
+                let (name, md5, message) =
+                    (c_string(&f.name), c_string(&f.md5), c_string(&f.message));
+                let ev = chatxfer_event {
+                    kind: c_kind(f.kind),
+                    name: name.as_ptr(),
+                    state: c_state(f.state),
+                    acked: f.acked,
+                    total: f.total,
+                    rate: f.rate,
+                    md5: md5.as_ptr(),
+                    code: f.code,
+                    message: message.as_ptr(),
+                };
+                // SAFETY: the app gave a valid callback; `ev` and its
+                // strings outlive the call.
+                unsafe { cb(user_data.get(), &ev) };
+            }),
+            // No callback: drop events rather than queue them forever.
+            None => Box::new(|_: &crate::engine::Event| {}),
+        };
+        let client = Box::new(chatxfer_client {
+            transfer: Transfer::new(Some(sink)),
+        });
+        *out = Box::into_raw(client);
+        Ok(())
+    }))
+}
+
+/// Connects to the ResourceServer at `host`:`port` in the background
+/// (reconnecting on loss); `CHATXFER_EVENT_KIND_CONNECTED` follows.
+///
+/// # Safety
+/// `client` is NULL or from `chatxfer_client_new` and not freed; `host` is
+/// NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_connect(
+    client: *const chatxfer_client,
+    host: *const c_char,
+    port: u16,
+) -> chatxfer_result {
+    result(boundary(|| {
+        let c = client_arg(client)?;
+        c.transfer.connect(str_arg(host, "host")?, port)
+    }))
+}
+
+/// Registers an upload (`AddTransFile`); with `spec->hold` it waits for
+/// `chatxfer_client_batch_send`, otherwise it starts at once.
+///
+/// # Safety
+/// `client` as for `chatxfer_client_connect`; `spec` is NULL or points to a
+/// spec whose strings are NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_add_file(
+    client: *const chatxfer_client,
+    spec: *const chatxfer_file_spec,
+) -> chatxfer_result {
+    result(boundary(|| {
+        let c = client_arg(client)?;
+        let s = spec
+            .as_ref()
+            .ok_or_else(|| FfiError::new(Code::NullParameter, "spec is NULL"))?;
+        let md5 = if s.md5.is_null() {
+            ""
+        } else {
+            str_arg(s.md5, "md5")?
+        };
+        let args = AddArgs {
+            path: str_arg(s.path, "path")?.to_owned(),
+            name: str_arg(s.name, "name")?.to_owned(),
+            uid: s.uid,
+            sender: s.sender,
+            receiver: s.receiver,
+            message_id: s.message_id,
+            md5: md5.to_owned(),
+            priority: s.priority,
+            hold: s.hold,
+        };
+        c.transfer.add_file(&args)
+    }))
+}
+
+/// Runs `f` on the client and the checked name.
+unsafe fn with_name(
+    client: *const chatxfer_client,
+    name: *const c_char,
+    f: impl FnOnce(&Transfer, &str) -> FfiResult,
+) -> chatxfer_result {
+    result(boundary(|| {
+        let c = client_arg(client)?;
+        f(&c.transfer, str_arg(name, "name")?)
+    }))
+}
+
+/// `BatchSend`: starts a held upload, or continues a paused one.
+///
+/// # Safety
+/// As for `chatxfer_client_connect`, `name` instead of `host`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_batch_send(
+    client: *const chatxfer_client,
+    name: *const c_char,
+) -> chatxfer_result {
+    with_name(client, name, |t, n| t.resume(n))
+}
+
+/// Stops sending new chunks of `name`; chunks in flight still complete.
+///
+/// # Safety
+/// As for `chatxfer_client_batch_send`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_pause(
+    client: *const chatxfer_client,
+    name: *const c_char,
+) -> chatxfer_result {
+    with_name(client, name, |t, n| t.pause(n))
+}
+
+/// Continues a paused upload (the same as `chatxfer_client_batch_send`).
+///
+/// # Safety
+/// As for `chatxfer_client_batch_send`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_resume(
+    client: *const chatxfer_client,
+    name: *const c_char,
+) -> chatxfer_result {
+    with_name(client, name, |t, n| t.resume(n))
+}
+
+/// Abandons an upload.
+///
+/// # Safety
+/// As for `chatxfer_client_batch_send`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_cancel(
+    client: *const chatxfer_client,
+    name: *const c_char,
+) -> chatxfer_result {
+    with_name(client, name, |t, n| t.cancel(n))
+}
+
+/// Writes a snapshot of `name` to `*out` (only on success).
+///
+/// # Safety
+/// As for `chatxfer_client_batch_send`; `out` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_status(
+    client: *const chatxfer_client,
+    name: *const c_char,
+    out: *mut chatxfer_file_status,
+) -> chatxfer_result {
+    with_name(client, name, |t, n| {
+        if out.is_null() {
+            return Err(FfiError::new(Code::NullParameter, "out is NULL"));
+        }
+        let s = t.status(n)?;
+        let mut md5 = [0 as c_char; 33];
+        for (d, b) in md5.iter_mut().zip(s.md5.bytes().take(32)) {
+            *d = b as c_char;
+        }
+        *out = chatxfer_file_status {
+            state: c_state(Some(s.state)),
+            acked: s.acked,
+            total: s.total,
+            md5,
+        };
+        Ok(())
+    })
+}
+
+/// Closes the connection (unfinished uploads are abandoned). When it
+/// returns no callback runs any more, unless it is called from inside the
+/// callback. Every later call on `client`, this one included, returns
+/// `CHATXFER_RESULT_SHUT_DOWN`; `chatxfer_client_free` is still needed.
+///
+/// # Safety
+/// As for `chatxfer_client_connect`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_shutdown(
+    client: *const chatxfer_client,
+) -> chatxfer_result {
+    result(boundary(|| client_arg(client)?.transfer.shutdown()))
+}
+
+/// Shuts the client down if needed and releases it. NULL is allowed.
+///
+/// # Safety
+/// `client` is NULL or from `chatxfer_client_new` and not freed before; no
+/// other thread uses it during or after this call.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_free(client: *mut chatxfer_client) {
+    // Not through `boundary`: freeing leaves the thread's last error alone.
+    if !client.is_null() {
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| drop(Box::from_raw(client))));
+    }
+}
+
+/// Starts the reference ResourceServer in this process on 127.0.0.1, storing
+/// uploads as `dir`/<uid>/<name>; `*out_port` is its port (on success).
+///
+/// # Safety
+/// `dir` is NULL or NUL-terminated; `out_port` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_server_start(
+    dir: *const c_char,
+    out_port: *mut u16,
+) -> chatxfer_result {
+    result(boundary(|| {
+        if out_port.is_null() {
+            return Err(FfiError::new(Code::NullParameter, "out_port is NULL"));
+        }
+        let port = super::server_start(str_arg(dir, "dir")?)?;
+        *out_port = port;
+        Ok(())
+    }))
+}
+
+/// Stops a server started by `chatxfer_server_start`.
+#[no_mangle]
+pub extern "C" fn chatxfer_server_stop(port: u16) -> chatxfer_result {
+    result(boundary(|| super::server_stop(port)))
+}
+
+/// Stops every server and the library's threads, for a clean exit. Clients
+/// should be shut down first; afterwards nothing can connect again.
+#[no_mangle]
+pub extern "C" fn chatxfer_library_shutdown() {
+    let _ = boundary(|| {
+        super::library_shutdown();
+        Ok(())
+    });
+}
+
+/// The name of a result ("OK", "NULL_PARAMETER", ...); a static string.
+#[no_mangle]
+pub extern "C" fn chatxfer_result_name(result: u32) -> *const c_char {
+    if chatxfer_result::ALL.iter().any(|r| *r as u32 == result) {
+        chatxfer_result::from_repr(result).c_name().as_ptr()
+    } else {
+        c"UNKNOWN".as_ptr()
+    }
+}
+
+/// Copies the message of the last failed call on this thread into `buf`
+/// (NUL-terminated, cut to `len - 1` bytes) and returns its full length.
+/// With `buf` NULL or `len` 0 it only returns the length.
+///
+/// # Safety
+/// `buf` is NULL or valid for `len` bytes of writes.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_last_error(buf: *mut c_char, len: usize) -> usize {
+    std::panic::catch_unwind(|| {
+        let msg = last_error();
+        if !buf.is_null() && len > 0 {
+            let n = msg.len().min(len - 1);
+            std::ptr::copy_nonoverlapping(msg.as_ptr().cast::<c_char>(), buf, n);
+            *buf.add(n) = 0;
+        }
+        msg.len()
+    })
+    .unwrap_or(0)
+}

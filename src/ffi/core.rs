@@ -1,0 +1,196 @@
+//! [`Transfer`]: a networked client plus its event delivery, the object
+//! behind both `chatxfer::FileTransfer` (C++) and `chatxfer_client` (C).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
+
+use super::{lock, AddArgs, Code, FfiError, FfiResult};
+use crate::engine::{Event, FileStatus};
+use crate::runtime::{Client, ClientConfig, Events};
+
+/// The app's event handler, called on the `chatxfer-events` thread.
+pub type EventSinkFn = Box<dyn FnMut(&Event) + Send>;
+
+/// A transfer: idle until [`Transfer::connect`], then a [`Client`] with
+/// either a pump thread feeding the sink or a queue for [`Transfer::poll_events`].
+pub struct Transfer {
+    state: Mutex<State>,
+    /// Held while the sink runs, so [`Transfer::shutdown`] returns only once
+    /// no callback is running and none will run again.
+    sink: Arc<Mutex<Option<EventSinkFn>>>,
+    /// Set by a shutdown from inside a callback: the pump drops the sink
+    /// itself when the callback returns.
+    closing: Arc<AtomicBool>,
+}
+
+enum State {
+    Idle,
+    Connected {
+        client: Client,
+        /// `None` when events go to a sink through the pump thread.
+        queue: Option<Events>,
+        pump: Option<ThreadId>,
+    },
+    ShutDown,
+}
+
+impl Transfer {
+    /// With `sink`, events are pushed to it; without, they queue for
+    /// [`Transfer::poll_events`].
+    pub fn new(sink: Option<EventSinkFn>) -> Transfer {
+        Transfer {
+            state: Mutex::new(State::Idle),
+            sink: Arc::new(Mutex::new(sink)),
+            closing: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Starts the client; it connects (and reconnects) in the background,
+    /// reporting `Connected`/`Disconnected` events.
+    pub fn connect(&self, host: &str, port: u16) -> FfiResult {
+        if host.is_empty() || port == 0 {
+            return Err(FfiError::new(
+                Code::InvalidArgument,
+                "host must not be empty and port not 0",
+            ));
+        }
+        let mut state = lock(&self.state);
+        match &*state {
+            State::Idle => {}
+            State::Connected { .. } => {
+                return Err(FfiError::new(Code::AlreadyConnected, "already connected"))
+            }
+            State::ShutDown => return Err(shut_down()),
+        }
+        // An IPv6 literal needs brackets in "host:port".
+        let server = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let (client, events) = Client::start(ClientConfig::new(server))?;
+        let has_sink = lock(&self.sink).is_some();
+        let (queue, pump) = if has_sink {
+            let sink = self.sink.clone();
+            let closing = self.closing.clone();
+            let handle = std::thread::Builder::new()
+                .name("chatxfer-events".into())
+                .spawn(move || pump(events, sink, closing))
+                .map_err(|e| {
+                    FfiError::new(Code::Runtime, format!("cannot start event thread: {e}"))
+                })?;
+            // Not joined: after shutdown it only waits for the client's
+            // task to end, and the sink is already gone.
+            (None, Some(handle.thread().id()))
+        } else {
+            (Some(events), None)
+        };
+        *state = State::Connected {
+            client,
+            queue,
+            pump,
+        };
+        Ok(())
+    }
+
+    fn client(&self) -> FfiResult<Client> {
+        match &*lock(&self.state) {
+            State::Idle => Err(FfiError::new(
+                Code::NotConnected,
+                "call Connect before this",
+            )),
+            State::Connected { client, .. } => Ok(client.clone()),
+            State::ShutDown => Err(shut_down()),
+        }
+    }
+
+    /// `AddTransFile` (held when `args.hold`, until [`Transfer::resume`]).
+    pub fn add_file(&self, args: &AddArgs) -> FfiResult {
+        let spec = args.spec()?;
+        // Outside the state lock: without an md5 this reads the whole file.
+        Ok(self.client()?.add_file(&args.path, spec)?)
+    }
+
+    pub fn pause(&self, name: &str) -> FfiResult {
+        Ok(self.client()?.pause(name)?)
+    }
+
+    /// Also `BatchSend`: starts a held upload or continues a paused one.
+    pub fn resume(&self, name: &str) -> FfiResult {
+        Ok(self.client()?.resume(name)?)
+    }
+
+    pub fn cancel(&self, name: &str) -> FfiResult {
+        Ok(self.client()?.cancel(name)?)
+    }
+
+    pub fn status(&self, name: &str) -> FfiResult<FileStatus> {
+        self.client()?
+            .status(name)
+            .ok_or_else(|| FfiError::new(Code::UnknownName, format!("no transfer named {name:?}")))
+    }
+
+    /// Events queued so far (only when no sink was given).
+    pub fn poll_events(&self) -> Vec<Event> {
+        let mut state = lock(&self.state);
+        let mut out = Vec::new();
+        if let State::Connected { queue: Some(q), .. } = &mut *state {
+            while let Some(e) = q.try_recv() {
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    /// Closes the connection (unfinished uploads are abandoned) and releases
+    /// the sink. When it returns, no callback runs any more — unless it is
+    /// called from inside one, when the sink is released as that callback
+    /// returns. A second call fails with [`Code::ShutDown`].
+    pub fn shutdown(&self) -> FfiResult {
+        let old = std::mem::replace(&mut *lock(&self.state), State::ShutDown);
+        if matches!(old, State::ShutDown) {
+            return Err(shut_down());
+        }
+        self.closing.store(true, Ordering::SeqCst);
+        let pump = match &old {
+            State::Connected { pump, .. } => *pump,
+            _ => None,
+        };
+        // Dropping the last clone of the client stops its task.
+        drop(old);
+        if pump != Some(std::thread::current().id()) {
+            let sink = lock(&self.sink).take();
+            drop(sink);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        // Dropped from C++ (`rust::Box`) or C (`chatxfer_client_free`): a
+        // panic must not unwind out of here.
+        let _ = catch_unwind(AssertUnwindSafe(|| self.shutdown()));
+    }
+}
+
+fn shut_down() -> FfiError {
+    FfiError::new(Code::ShutDown, "this transfer was shut down")
+}
+
+/// The `chatxfer-events` thread: delivers events in order until the client
+/// is gone or the transfer is shut down.
+fn pump(mut events: Events, sink: Arc<Mutex<Option<EventSinkFn>>>, closing: Arc<AtomicBool>) {
+    while let Some(e) = events.blocking_recv() {
+        let mut slot = lock(&sink);
+        let Some(f) = slot.as_mut() else { break };
+        // A panicking sink loses this event, not the thread.
+        let _ = catch_unwind(AssertUnwindSafe(|| f(&e)));
+        if closing.load(Ordering::SeqCst) {
+            *slot = None;
+            break;
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! [`SansIo`]: the engine for a host that keeps its own socket and timer,
+//! as today's `FileTcpMgr` does. The host writes what
+//! [`SansIo::poll_transmit`] returns, feeds every reply to
+//! [`SansIo::handle_frame`] (or raw bytes to [`SansIo::handle_bytes`]),
+//! arms one timer from [`SansIo::next_timeout_ms`], and drains
+//! [`SansIo::poll_events`] after each call. No threads, no runtime.
+
+use std::time::Instant;
+
+use super::{AddArgs, Code, FfiError, FfiResult};
+use crate::engine::{Engine, EngineConfig, Event, FileSource, FileStatus, ServerStorage};
+use crate::protocol::{FrameDecoder, MsgId};
+
+pub struct SansIo {
+    engine: Engine,
+    decoder: FrameDecoder,
+}
+
+impl SansIo {
+    /// `appending`: the server appends chunks (the deployed ResourceServer);
+    /// false for the positional reference server. Decides how a lost
+    /// connection resumes (see the engine's docs).
+    pub fn new(appending: bool) -> SansIo {
+        let config = EngineConfig {
+            server_storage: if appending {
+                ServerStorage::Appending
+            } else {
+                ServerStorage::Positional
+            },
+            ..EngineConfig::default()
+        };
+        let limit = config.max_body_len;
+        SansIo {
+            engine: Engine::new(config),
+            decoder: FrameDecoder::new(limit),
+        }
+    }
+
+    pub fn add_file(&mut self, args: &AddArgs) -> FfiResult {
+        let spec = args.spec()?;
+        let source = FileSource::open(&args.path)?;
+        self.engine
+            .add_file(spec, Box::new(source), Instant::now())?;
+        Ok(())
+    }
+
+    pub fn pause(&mut self, name: &str) -> FfiResult {
+        Ok(self.engine.pause(name, Instant::now())?)
+    }
+
+    pub fn resume(&mut self, name: &str) -> FfiResult {
+        Ok(self.engine.resume(name, Instant::now())?)
+    }
+
+    pub fn cancel(&mut self, name: &str) -> FfiResult {
+        Ok(self.engine.cancel(name, Instant::now())?)
+    }
+
+    pub fn status(&self, name: &str) -> FfiResult<FileStatus> {
+        self.engine
+            .file_status(name)
+            .ok_or_else(|| FfiError::new(Code::UnknownName, format!("no transfer named {name:?}")))
+    }
+
+    pub fn connected(&mut self) {
+        self.decoder = FrameDecoder::new(self.engine.config().max_body_len);
+        self.engine.connected(Instant::now());
+    }
+
+    pub fn connection_lost(&mut self) {
+        self.engine.connection_lost(Instant::now());
+    }
+
+    /// Frames to write now, up to about `max_bytes` (at least one frame if
+    /// any may go); empty when the window or the files allow nothing.
+    pub fn poll_transmit(&mut self, max_bytes: usize) -> Vec<u8> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        while out.len() < max_bytes.max(1) && self.engine.poll_transmit(now, &mut out).is_some() {}
+        out
+    }
+
+    /// `OnUploadRsp`: one reply frame, already split by the host.
+    pub fn handle_frame(&mut self, id: u16, body: &[u8]) {
+        self.engine.handle_frame(Instant::now(), MsgId(id), body);
+    }
+
+    /// Raw bytes from the socket; frames are split here. A malformed header
+    /// returns [`Code::BadFrame`]: the host should drop the connection and
+    /// call [`SansIo::connection_lost`].
+    pub fn handle_bytes(&mut self, data: &[u8]) -> FfiResult {
+        self.decoder.extend(data);
+        let now = Instant::now();
+        loop {
+            match self.decoder.next_frame() {
+                Ok(Some(f)) => self.engine.handle_frame(now, f.id, &f.body),
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(FfiError::new(Code::BadFrame, e.to_string())),
+            }
+        }
+    }
+
+    pub fn handle_timeout(&mut self) {
+        self.engine.handle_timeout(Instant::now());
+    }
+
+    /// Milliseconds until [`SansIo::handle_timeout`] is due (0 = now), or -1
+    /// for no timer.
+    pub fn next_timeout_ms(&self) -> i64 {
+        match self.engine.poll_timeout() {
+            None => -1,
+            Some(t) => {
+                let ms = t.saturating_duration_since(Instant::now()).as_millis();
+                // Round up so that a timer armed for this long finds it due.
+                let ms = if t > Instant::now() { ms + 1 } else { ms };
+                i64::try_from(ms).unwrap_or(i64::MAX)
+            }
+        }
+    }
+
+    pub fn poll_events(&mut self) -> Vec<Event> {
+        std::iter::from_fn(|| self.engine.poll_event()).collect()
+    }
+
+    /// True when no transfer is queued, sending or paused.
+    pub fn is_idle(&self) -> bool {
+        self.engine.is_idle()
+    }
+}

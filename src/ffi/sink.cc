@@ -1,0 +1,38 @@
+// The C++ half of event delivery: Event -> the matching EventSink method.
+// Exceptions stop here: one escaping into Rust would call std::terminate.
+#include "chatxfer/src/ffi/bridge.rs.h"
+
+namespace chatxfer {
+
+void deliver(EventSink& sink, const Event& e) {
+  try {
+    const std::string name(e.name);
+    switch (e.kind) {
+      case EventKind::Progress:
+        sink.OnProgress(name, e.acked, e.total, e.rate);
+        break;
+      case EventKind::StateChanged:
+        sink.OnStateChanged(name, e.state);
+        break;
+      case EventKind::Completed:
+        sink.OnCompleted(name, std::string(e.md5), e.total);
+        break;
+      case EventKind::Failed:
+        sink.OnFailed(name, e.code, std::string(e.message));
+        break;
+      case EventKind::Connected:
+        sink.OnConnection(true, std::string(e.message));
+        break;
+      case EventKind::Disconnected:
+        sink.OnConnection(false, std::string(e.message));
+        break;
+      default:
+        sink.OnWarning(std::string(e.message));
+        break;
+    }
+  } catch (...) {
+    // The app's exception: this event is lost, the transfer goes on.
+  }
+}
+
+}  // namespace chatxfer

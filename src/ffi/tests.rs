@@ -1,0 +1,172 @@
+//! Unit tests of the foreign layers' Rust side; the C, C++ and CMake sides
+//! are exercised by `tests/cpp.rs`.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use super::bridge::ffi::Status;
+use super::capi::chatxfer_result as R;
+use super::*;
+
+#[test]
+fn result_numbers_agree_across_rust_c_and_cpp() {
+    let table = [
+        (Code::Ok, R::Ok, Status::Ok, 0),
+        (
+            Code::NullParameter,
+            R::NullParameter,
+            Status::NullParameter,
+            1,
+        ),
+        (Code::InvalidUtf8, R::InvalidUtf8, Status::InvalidUtf8, 2),
+        (
+            Code::InvalidArgument,
+            R::InvalidArgument,
+            Status::InvalidArgument,
+            3,
+        ),
+        (Code::InvalidName, R::InvalidName, Status::InvalidName, 4),
+        (Code::Io, R::Io, Status::Io, 5),
+        (Code::NotAFile, R::NotAFile, Status::NotAFile, 6),
+        (
+            Code::DuplicateName,
+            R::DuplicateName,
+            Status::DuplicateName,
+            7,
+        ),
+        (Code::UnknownName, R::UnknownName, Status::UnknownName, 8),
+        (Code::WrongState, R::WrongState, Status::WrongState, 9),
+        (
+            Code::NotConnected,
+            R::NotConnected,
+            Status::NotConnected,
+            10,
+        ),
+        (
+            Code::AlreadyConnected,
+            R::AlreadyConnected,
+            Status::AlreadyConnected,
+            11,
+        ),
+        (Code::ShutDown, R::ShutDown, Status::ShutDown, 12),
+        (Code::Runtime, R::Runtime, Status::Runtime, 13),
+        (Code::BadFrame, R::BadFrame, Status::BadFrame, 14),
+        (Code::Panic, R::Panic, Status::Panic, 15),
+    ];
+    for (code, c, cpp, n) in table {
+        assert_eq!(code as u32, n, "{code:?}");
+        assert_eq!(c as u32, n, "{c:?}");
+        assert_eq!(cpp.repr, n, "{cpp:?}");
+        assert_eq!(R::from_code(code), c);
+        assert_eq!(bridge::to_status(code), cpp);
+    }
+}
+
+#[test]
+fn a_panic_becomes_the_panic_code_and_the_last_error() {
+    let r: FfiResult<()> = boundary(|| panic!("boom in a test"));
+    assert_eq!(r.unwrap_err().code, Code::Panic);
+    assert!(last_error().contains("boom in a test"), "{}", last_error());
+    let ok: FfiResult<u8> = boundary(|| Ok(1));
+    assert_eq!(ok.unwrap(), 1);
+    assert_eq!(last_error(), "", "a success clears the last error");
+}
+
+#[test]
+fn transfer_refuses_calls_before_connect_and_after_shutdown() {
+    let t = Transfer::new(None);
+    assert_eq!(t.pause("x").unwrap_err().code, Code::NotConnected);
+    assert_eq!(t.connect("", 1).unwrap_err().code, Code::InvalidArgument);
+    assert_eq!(
+        t.connect("127.0.0.1", 0).unwrap_err().code,
+        Code::InvalidArgument
+    );
+    t.shutdown().unwrap();
+    assert_eq!(t.shutdown().unwrap_err().code, Code::ShutDown);
+    assert_eq!(t.connect("127.0.0.1", 1).unwrap_err().code, Code::ShutDown);
+    assert!(t.poll_events().is_empty());
+}
+
+fn temp_file(len: usize) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    f.write_all(&data).unwrap();
+    f
+}
+
+/// The sans-IO engine over a std socket this test owns, against the
+/// reference server: the loop a host like `FileTcpMgr` runs.
+#[test]
+fn sans_io_engine_uploads_through_a_socket_the_host_owns() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let server = rt
+        .block_on(crate::server::start(
+            "127.0.0.1:0",
+            crate::server::ServerConfig::new(store.path()),
+        ))
+        .unwrap();
+    let file = temp_file(300_000);
+    let mut sock = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+
+    let mut e = SansIo::new(false);
+    let args = AddArgs {
+        path: file.path().display().to_string(),
+        name: "x.bin".into(),
+        uid: 7,
+        sender: 7,
+        receiver: 8,
+        message_id: 1,
+        md5: String::new(),
+        priority: 0,
+        hold: true,
+    };
+    e.add_file(&args).unwrap();
+    assert_eq!(e.add_file(&args).unwrap_err().code, Code::DuplicateName);
+    e.connected();
+    assert!(e.poll_transmit(1 << 20).is_empty(), "held: nothing to send");
+    e.resume("x.bin").unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut completed = None;
+    while completed.is_none() && Instant::now() < deadline {
+        let out = e.poll_transmit(256 * 1024);
+        sock.write_all(&out).unwrap();
+        match sock.read(&mut buf) {
+            Ok(0) => panic!("server closed"),
+            Ok(n) => e.handle_bytes(&buf[..n]).unwrap(),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(err) => panic!("read: {err}"),
+        }
+        if e.next_timeout_ms() == 0 {
+            e.handle_timeout();
+        }
+        for ev in e.poll_events() {
+            if let crate::engine::Event::Completed { md5, .. } = ev {
+                completed = Some(md5);
+            }
+        }
+    }
+    let md5 = completed.expect("upload completed");
+    let stored = std::fs::read(store.path().join("7").join("x.bin")).unwrap();
+    assert_eq!(stored, std::fs::read(file.path()).unwrap());
+    assert_eq!(md5, crate::engine::md5_of(&stored));
+    assert_eq!(
+        e.status("x.bin").unwrap().state,
+        crate::engine::FileState::Completed
+    );
+    assert!(e.is_idle());
+    assert_eq!(e.status("nope").unwrap_err().code, Code::UnknownName);
+    // A header announcing an over-long body is refused, not buffered.
+    assert_eq!(
+        e.handle_bytes(&[0x04, 0x12, 0xff, 0xff, 0xff, 0xff])
+            .unwrap_err()
+            .code,
+        Code::BadFrame
+    );
+    rt.block_on(server.shutdown());
+}

@@ -1,0 +1,159 @@
+/* The C ABI's bad inputs: every one must give an error result (never a
+ * crash or undefined behaviour), out-parameters must stay untouched on
+ * failure, and the library must stay usable afterwards.
+ * Built with -Wall -Wextra -Werror by cpp-example/CMakeLists.txt; run by
+ * tests/cpp.rs. Prints "N passed, M failed"; exits 0 only if M == 0. */
+#define _POSIX_C_SOURCE 200809L /* nanosleep */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "chatxfer.h"
+
+static int passed, failed;
+
+static void expect(const char *what, chatxfer_result got, chatxfer_result want) {
+  if (got == want) {
+    passed++;
+  } else {
+    char msg[256];
+    chatxfer_last_error(msg, sizeof msg);
+    printf("FAIL %s: got %s, want %s (%s)\n", what, chatxfer_result_name(got),
+           chatxfer_result_name(want), msg);
+    failed++;
+  }
+}
+
+static void check(const char *what, int ok) {
+  if (ok) {
+    passed++;
+  } else {
+    printf("FAIL %s\n", what);
+    failed++;
+  }
+}
+
+/* Written by the library's event thread, read by main. */
+static atomic_int events;
+static void on_event(void *user_data, const chatxfer_event *e) {
+  (void)e;
+  atomic_fetch_add((atomic_int *)user_data, 1);
+}
+
+int main(void) {
+  const char *bad_utf8 = "caf\xc3\x28.png"; /* 0xC3 0x28: not UTF-8 */
+  chatxfer_client *c = NULL;
+  chatxfer_file_status st;
+  chatxfer_file_spec spec;
+  uint16_t port = 7;
+  char msg[256];
+
+  /* NULL handle and NULL out-parameters. */
+  expect("new(out=NULL)", chatxfer_client_new(NULL, NULL, NULL), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("connect(NULL)", chatxfer_client_connect(NULL, "127.0.0.1", 1), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("pause(NULL)", chatxfer_client_pause(NULL, "x"), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("resume(NULL)", chatxfer_client_resume(NULL, "x"), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("batch_send(NULL)", chatxfer_client_batch_send(NULL, "x"), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("cancel(NULL)", chatxfer_client_cancel(NULL, "x"), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("shutdown(NULL)", chatxfer_client_shutdown(NULL), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("add_file(NULL)", chatxfer_client_add_file(NULL, NULL), CHATXFER_RESULT_NULL_PARAMETER);
+  chatxfer_client_free(NULL); /* allowed */
+  check("last_error says NULL", chatxfer_last_error(msg, sizeof msg) > 0 && strstr(msg, "NULL") != NULL);
+  check("last_error(NULL, 0) gives the length", chatxfer_last_error(NULL, 0) == strlen(msg));
+  expect("server_start(dir=NULL)", chatxfer_server_start(NULL, &port), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("server_start(out=NULL)", chatxfer_server_start("/tmp", NULL), CHATXFER_RESULT_NULL_PARAMETER);
+  check("port untouched", port == 7);
+  expect("server_stop(unknown)", chatxfer_server_stop(9), CHATXFER_RESULT_UNKNOWN_NAME);
+  check("result_name(unknown)", strcmp(chatxfer_result_name(4242), "UNKNOWN") == 0);
+
+  expect("new", chatxfer_client_new(on_event, &events, &c), CHATXFER_RESULT_OK);
+  if (c == NULL) {
+    printf("FAIL no client\n");
+    return 1;
+  }
+  check("last_error cleared by a success", chatxfer_last_error(NULL, 0) == 0);
+
+  /* Before connect. */
+  expect("pause before connect", chatxfer_client_pause(c, "x"), CHATXFER_RESULT_NOT_CONNECTED);
+  expect("connect(host=NULL)", chatxfer_client_connect(c, NULL, 1), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("connect(host=bad utf8)", chatxfer_client_connect(c, bad_utf8, 1), CHATXFER_RESULT_INVALID_UTF8);
+  expect("connect(port=0)", chatxfer_client_connect(c, "127.0.0.1", 0), CHATXFER_RESULT_INVALID_ARGUMENT);
+  /* Nothing listens on port 1: the client keeps retrying in the background. */
+  expect("connect", chatxfer_client_connect(c, "127.0.0.1", 1), CHATXFER_RESULT_OK);
+  expect("connect twice", chatxfer_client_connect(c, "127.0.0.1", 1), CHATXFER_RESULT_ALREADY_CONNECTED);
+
+  /* Bad names and paths. */
+  memset(&spec, 0, sizeof spec);
+  spec.uid = 1;
+  spec.hold = true;
+  spec.name = "a.bin";
+  expect("add_file(path=NULL)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_NULL_PARAMETER);
+  spec.path = "/nonexistent/chatxfer/a.bin";
+  expect("add_file(missing file)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_IO);
+  spec.path = "/tmp";
+  expect("add_file(directory)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_NOT_A_FILE);
+  spec.path = bad_utf8;
+  expect("add_file(path=bad utf8)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_INVALID_UTF8);
+  spec.path = __FILE__;
+  spec.name = NULL;
+  expect("add_file(name=NULL)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_NULL_PARAMETER);
+  spec.name = bad_utf8;
+  expect("add_file(name=bad utf8)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_INVALID_UTF8);
+  spec.name = "../escape";
+  expect("add_file(name=../escape)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_INVALID_NAME);
+  spec.name = "a.bin";
+  spec.md5 = "not-an-md5";
+  expect("add_file(md5=garbage)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_INVALID_ARGUMENT);
+  spec.md5 = bad_utf8;
+  expect("add_file(md5=bad utf8)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_INVALID_UTF8);
+  spec.md5 = "";
+  expect("add_file(held)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_OK);
+  expect("add_file(same name)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_DUPLICATE_NAME);
+
+  expect("pause(name=NULL)", chatxfer_client_pause(c, NULL), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("pause(unknown)", chatxfer_client_pause(c, "nope"), CHATXFER_RESULT_UNKNOWN_NAME);
+  expect("resume(unknown)", chatxfer_client_resume(c, "nope"), CHATXFER_RESULT_UNKNOWN_NAME);
+  expect("batch_send(unknown)", chatxfer_client_batch_send(c, "nope"), CHATXFER_RESULT_UNKNOWN_NAME);
+  expect("cancel(unknown)", chatxfer_client_cancel(c, "nope"), CHATXFER_RESULT_UNKNOWN_NAME);
+  expect("pause(bad utf8)", chatxfer_client_pause(c, bad_utf8), CHATXFER_RESULT_INVALID_UTF8);
+  st.total = 12345;
+  expect("status(unknown)", chatxfer_client_status(c, "nope", &st), CHATXFER_RESULT_UNKNOWN_NAME);
+  check("status out untouched on failure", st.total == 12345);
+  expect("status(out=NULL)", chatxfer_client_status(c, "a.bin", NULL), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("status(held)", chatxfer_client_status(c, "a.bin", &st), CHATXFER_RESULT_OK);
+  check("held upload is paused", st.state == CHATXFER_STATE_PAUSED);
+  check("md5 computed", strlen(st.md5) == 32);
+  expect("cancel", chatxfer_client_cancel(c, "a.bin"), CHATXFER_RESULT_OK);
+  expect("resume(cancelled)", chatxfer_client_resume(c, "a.bin"), CHATXFER_RESULT_WRONG_STATE);
+
+  /* Events come on the library's thread; give them a moment. */
+  for (int i = 0; i < 200 && atomic_load(&events) == 0; i++) {
+    struct timespec ms10 = {0, 10 * 1000 * 1000};
+    nanosleep(&ms10, NULL);
+  }
+  check("events arrived through the callback", atomic_load(&events) > 0);
+
+  /* Shutdown, twice, and calls after it. */
+  expect("shutdown", chatxfer_client_shutdown(c), CHATXFER_RESULT_OK);
+  expect("shutdown again", chatxfer_client_shutdown(c), CHATXFER_RESULT_SHUT_DOWN);
+  expect("connect after shutdown", chatxfer_client_connect(c, "127.0.0.1", 1), CHATXFER_RESULT_SHUT_DOWN);
+  expect("pause after shutdown", chatxfer_client_pause(c, "a.bin"), CHATXFER_RESULT_SHUT_DOWN);
+  expect("add_file after shutdown", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_SHUT_DOWN);
+  chatxfer_client_free(c);
+
+  /* After the library is shut down nothing can start again. */
+  chatxfer_library_shutdown();
+  chatxfer_library_shutdown(); /* twice is harmless */
+  c = NULL;
+  expect("new after library shutdown", chatxfer_client_new(NULL, NULL, &c), CHATXFER_RESULT_OK);
+  expect("connect after library shutdown", chatxfer_client_connect(c, "127.0.0.1", 1), CHATXFER_RESULT_SHUT_DOWN);
+  port = 7;
+  expect("server_start after library shutdown", chatxfer_server_start("/tmp", &port), CHATXFER_RESULT_SHUT_DOWN);
+  check("port untouched", port == 7);
+  chatxfer_client_free(c);
+
+  printf("%d passed, %d failed\n", passed, failed);
+  return failed == 0 ? 0 : 1;
+}
