@@ -47,11 +47,13 @@ impl Default for WindowPolicy {
 }
 
 impl WindowPolicy {
-    /// The default adaptive window: starts at 5, between 4 and 512 chunks.
+    /// The default adaptive window: starts at 5, between 5 and 512 chunks.
+    /// The floor is today's fixed window, so adaptive never keeps fewer
+    /// chunks in flight than the client it replaces.
     pub fn adaptive() -> WindowPolicy {
         WindowPolicy::Adaptive {
             initial: 5,
-            min: 4,
+            min: 5,
             max: 512,
         }
     }
@@ -70,7 +72,7 @@ impl WindowPolicy {
                 }
                 Ok(WindowPolicy::Adaptive {
                     initial: 5.min(max),
-                    min: 4.min(max),
+                    min: 5.min(max),
                     max,
                 })
             }
