@@ -129,6 +129,11 @@ enum chatxfer_event_kind
    Something to log (`message`).
    */
   CHATXFER_EVENT_KIND_WARNING = 6,
+  /*
+   A download was verified and renamed into place at `path`;
+   `CHATXFER_EVENT_KIND_COMPLETED` follows.
+   */
+  CHATXFER_EVENT_KIND_SAVED = 7,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -182,6 +187,10 @@ typedef struct chatxfer_event {
   const char *md5;
   int64_t code;
   const char *message;
+  /*
+   Saved: the downloaded file's path ("" for other kinds).
+   */
+  const char *path;
 } chatxfer_event;
 
 /*
@@ -221,6 +230,43 @@ typedef struct chatxfer_file_spec {
    */
   bool hold;
 } chatxfer_file_spec;
+
+/*
+ A download to register (`AddDownloadFile`); it is held until
+ `chatxfer_client_start_download`.
+ */
+typedef struct chatxfer_download_spec {
+  /*
+   Unique name of the transfer (events use it), e.g. "msg-42".
+   */
+  const char *name;
+  /*
+   The chat message whose file to download (ignored for an avatar).
+   */
+  int64_t message_id;
+  /*
+   The downloading user and their login token.
+   */
+  int64_t uid;
+  const char *token;
+  /*
+   Existing directory to save into, under the server's file name.
+   */
+  const char *dest_dir;
+  /*
+   Hex md5 if known (checked at the end); NULL or "" for no check.
+   */
+  const char *md5;
+  uint8_t priority;
+  /*
+   Non-NULL: download this avatar of `uid` instead of a chat file.
+   */
+  const char *avatar_name;
+  /*
+   The client path echoed back for an avatar; NULL for "".
+   */
+  const char *avatar_client_path;
+} chatxfer_download_spec;
 
 /*
  A snapshot of one transfer.
@@ -270,12 +316,34 @@ chatxfer_result chatxfer_client_connect(const struct chatxfer_client *client, co
 chatxfer_result chatxfer_client_add_file(const struct chatxfer_client *client, const struct chatxfer_file_spec *spec);
 
 /*
+ Registers a download (`AddDownloadFile`, or an avatar when
+ `spec->avatar_name` is set). It is held: the library keeps it (the
+ engine has no held downloads) until `chatxfer_client_start_download`
+ registers and starts it. Until then its status is PAUSED, 0 of 0 bytes,
+ and `chatxfer_client_cancel` forgets it.
+
+ # Safety
+ `client` as for `chatxfer_client_connect`; `spec` is NULL or points to a
+ spec whose strings are NULL or NUL-terminated.
+ */
+chatxfer_result chatxfer_client_add_download(const struct chatxfer_client *client, const struct chatxfer_download_spec *spec);
+
+/*
  `BatchSend`: starts a held upload, or continues a paused one.
 
  # Safety
  As for `chatxfer_client_connect`, `name` instead of `host`.
  */
 chatxfer_result chatxfer_client_batch_send(const struct chatxfer_client *client, const char *name);
+
+/*
+ Starts a download held by `chatxfer_client_add_download`. Events:
+ PROGRESS..., SAVED (`path`), COMPLETED, or FAILED.
+
+ # Safety
+ As for `chatxfer_client_batch_send`.
+ */
+chatxfer_result chatxfer_client_start_download(const struct chatxfer_client *client, const char *name);
 
 /*
  Stops sending new chunks of `name`; chunks in flight still complete.

@@ -1,4 +1,4 @@
-// chatxfer: file uploads for the llfcchat Qt client, C++ API (cxx bridge).
+// chatxfer: file uploads and downloads for the llfcchat Qt client, C++ API (cxx bridge).
 //
 // Include this header; its include path needs include/ of the crate and
 // <cargo target dir>/cxxbridge (cmake/chatxfer.cmake sets both).
@@ -10,6 +10,10 @@
 //   xfer->BatchSend(name);            // starts (or resumes) the upload
 //   xfer->Pause(name); xfer->Resume(name); xfer->Cancel(name);
 //   xfer->SendFile(...same arguments...);   // AddTransFile + BatchSend
+//   xfer->AddDownloadFile(name, message_id, uid, token, dest_dir, md5, prio);
+//   xfer->StartDownload(name);        // held until here; then OnProgress...,
+//                                     // OnSaved(name, path), OnCompleted
+//   xfer->AddAvatarDownload(name, avatar_name, uid, token, dest_dir, client_path);
 //   chatxfer::FileInfo info; xfer->GetStatus(name, info);
 //   for (auto& e : xfer->PollEvents()) ...  // only when created without a sink
 //   xfer->Shutdown();                 // or let the rust::Box go
@@ -38,6 +42,12 @@
 // calling thread. Only NewFileTransfer/NewTransferEngine can throw
 // (rust::Error), and only on an internal error. No Rust panic crosses into
 // C++, and exceptions thrown by the sink are caught by the library.
+//
+// Downloads (FileTransfer only): the engine has no held state for downloads,
+// so AddDownloadFile/AddAvatarDownload only check and keep the arguments;
+// StartDownload (or Resume/BatchSend) registers and starts the download.
+// Until then GetStatus says Paused (0 of 0 bytes) and Cancel forgets it.
+// Pause/Resume/Cancel/GetStatus then work by name as for uploads.
 //
 // Blocking: AddTransFile/SendFile with an empty md5 read the whole file to
 // compute it; pass the md5 the chat message already carries, or call them

@@ -41,7 +41,12 @@ class EventSink {
   virtual void OnStateChanged(const std::string& name, State state) {
     (void)name, (void)state;
   }
-  // Stored and verified by the server.
+  // A download was verified and renamed into place at `path` (Completed
+  // follows for the same name).
+  virtual void OnSaved(const std::string& name, const std::string& path) {
+    (void)name, (void)path;
+  }
+  // Upload: stored and verified by the server. Download: saved and verified.
   virtual void OnCompleted(const std::string& name, const std::string& md5,
                            std::uint64_t bytes) {
     (void)name, (void)md5, (void)bytes;

@@ -5,7 +5,8 @@
 //! * the C++ upload example against a real `chatxfer serve` process, through
 //!   the networked `FileTransfer` and through the sans-IO `TransferEngine`,
 //! * the same example built with AddressSanitizer (it starts its own server),
-//! * the Qt Widgets demo's self-test, offscreen (screenshot under the build dir),
+//! * the Qt Widgets demo's self-test, offscreen: uploads, pause/resume, a download back
+//!   into an incoming bubble (screenshots under the build dir),
 //! * the C program of bad calls (built with -Wall -Wextra -Werror),
 //!
 //! and checks that the committed C header is what cbindgen generates now.

@@ -1,13 +1,18 @@
 // chat_demo: a chat pane in the style of the llfcchat client whose picture
 // and file bubbles upload through chatxfer, each with a circular percentage
-// while it uploads; clicking a bubble pauses or resumes it.
+// while it uploads; clicking a bubble pauses or resumes it. Incoming
+// pictures (on the left) download through chatxfer the same way and fill in
+// when saved.
 //
 //   chat_demo [--server HOST:PORT] [FILE...]    interactive (embedded server
 //                                               without --server)
 //   chat_demo --selftest OUT.png                generates files, uploads them to
 //       an in-process reference server, pauses and resumes one by clicking its
 //       bubble, grabs the window into OUT.png (and OUT-during.png while one is
-//       paused), exits 0 only if every stored copy has the source's md5.
+//       paused), then downloads sunset.png back by its message id into an
+//       incoming bubble (pausing it once, grabbing OUT-download.png), exits 0
+//       only if every stored copy has the source's md5 and the downloaded
+//       copy is byte-identical.
 //
 // Threading: chatxfer calls the EventSink on its own thread; QtSink re-posts
 // every call to the GUI thread (QMetaObject::invokeMethod, QueuedConnection)
@@ -89,7 +94,7 @@ class Bubble : public QWidget {
   Bubble(const QString& path, bool picture, QWidget* parent = nullptr)
       : QWidget(parent), path_(path), picture_(picture) {
     QFileInfo fi(path);
-    name_ = fi.fileName();
+    name_ = key_ = fi.fileName();
     size_ = fi.size();
     if (picture_) {
       QImage img(path);
@@ -101,6 +106,30 @@ class Bubble : public QWidget {
     }
     setCursor(Qt::PointingHandCursor);
     setToolTip(tr("Click to pause or resume"));
+  }
+
+  // An incoming picture, downloaded as transfer `key`: a grey placeholder
+  // with the percentage until SetPicture(the saved file).
+  Bubble(const QString& key, QWidget* parent = nullptr)
+      : QWidget(parent), key_(key), picture_(true), incoming_(true) {
+    QPixmap pm(220, 147);
+    pm.fill(QColor(0xd8, 0xd8, 0xd8));
+    thumb_ = pm;
+    setFixedSize(thumb_.size());
+    setCursor(Qt::PointingHandCursor);
+    setToolTip(tr("Click to pause or resume"));
+  }
+
+  // The download was saved at `path`: show it.
+  bool SetPicture(const QString& path) {
+    path_ = path;
+    QImage img(path);
+    if (img.isNull()) return false;
+    thumb_ = QPixmap::fromImage(
+        img.scaled(220, 160, Qt::KeepAspectRatio, Qt::SmoothTransformation));
+    setFixedSize(thumb_.size().expandedTo(QSize(60, 60)));
+    update();
+    return true;
   }
 
   std::function<void(Bubble*)> onClick;
@@ -116,6 +145,8 @@ class Bubble : public QWidget {
   }
   Phase phase() const { return phase_; }
   const QString& path() const { return path_; }
+  // The transfer's name.
+  const QString& key() const { return key_; }
 
  protected:
   void mouseReleaseEvent(QMouseEvent* e) override {
@@ -141,7 +172,7 @@ class Bubble : public QWidget {
     }
     if (phase_ != Phase::Done) {
       PaintOverlay(p, clip);
-    } else {
+    } else if (!incoming_) {
       // Sent: a small check badge in the corner.
       QRectF badge(width() - 24, height() - 24, 18, 18);
       p.setPen(Qt::NoPen);
@@ -239,9 +270,10 @@ class Bubble : public QWidget {
     }
   }
 
-  QString path_, name_;
+  QString path_, name_, key_;
   qint64 size_ = 0;
   bool picture_;
+  bool incoming_ = false;
   QPixmap thumb_;
   double fraction_ = 0;
   Phase phase_ = Phase::Waiting;
@@ -258,6 +290,7 @@ class QtSink : public chatxfer::EventSink {
   void OnStateChanged(const std::string& name, chatxfer::State state) override;
   void OnCompleted(const std::string& name, const std::string& md5, std::uint64_t bytes) override;
   void OnFailed(const std::string& name, std::int64_t code, const std::string& message) override;
+  void OnSaved(const std::string& name, const std::string& path) override;
   void OnConnection(bool up, const std::string& detail) override;
 
  private:
@@ -306,6 +339,9 @@ class ChatWindow : public QWidget {
     rows_->addStretch();
     scroll->setWidget(list);
     scroll_ = scroll;
+    // Keep the newest message in view as rows are added (and grow).
+    connect(scroll->verticalScrollBar(), &QScrollBar::rangeChanged, this,
+            [scroll](int, int max) { scroll->verticalScrollBar()->setValue(max); });
     outer->addWidget(scroll, 1);
 
     auto* line2 = new QWidget;
@@ -375,6 +411,11 @@ class ChatWindow : public QWidget {
     std::fprintf(stderr, "%s: failed: %s\n", qPrintable(name), qPrintable(failed_[name]));
     if (onFinished) onFinished();
   }
+  void OnSaved(const QString& name, const QString& path) {
+    CheckThread();
+    saved_[name] = path;
+    if (Bubble* b = Find(name)) b->SetPicture(path);
+  }
   void OnConnection(bool up, const QString& detail) {
     CheckThread();
     status_->setText(up ? "online" : "reconnecting...");
@@ -405,11 +446,39 @@ class ChatWindow : public QWidget {
     bubbles_[name] = b;
     AddRow(b, true);
     if (!xfer_) return b;
+    message_ids_[name] = ++message_id_;
     auto st = xfer_->AddTransFile(path.toStdString(), name.toStdString(), kSelf, kSelf, kPeer,
-                                  ++message_id_, "", picture ? 1 : 0);
+                                  message_id_, "", picture ? 1 : 0);
     if (st != chatxfer::Status::Ok) Refused(name, st);
     else if (send) Send(name);
     return b;
+  }
+
+  // An incoming picture message: a bubble on the left, and the download of
+  // message `message_id`'s file into `dest_dir` (AddDownloadFile registers
+  // it held, StartDownload starts it; the percentage fills as it arrives,
+  // the picture shows once saved).
+  Bubble* AddIncomingPicture(const QString& key, std::int64_t message_id, const QString& dest_dir) {
+    auto* b = new Bubble(key);
+    b->onClick = [this](Bubble* bubble) { Toggle(bubble); };
+    bubbles_[key] = b;
+    AddRow(b, false);
+    if (!xfer_) return b;
+    auto st = xfer_->AddDownloadFile(key.toStdString(), message_id, kSelf, "demo-token",
+                                     dest_dir.toStdString(), "", 1);
+    if (st == chatxfer::Status::Ok) st = xfer_->StartDownload(key.toStdString());
+    if (st != chatxfer::Status::Ok) {
+      Refused(key, st);
+      QTimer::singleShot(0, this, [this] {
+        if (onFinished) onFinished();
+      });
+    }
+    return b;
+  }
+
+  std::int64_t MessageId(const QString& name) const {
+    auto it = message_ids_.find(name);
+    return it == message_ids_.end() ? 0 : it->second;
   }
 
   void Send(const QString& name) {
@@ -428,7 +497,7 @@ class ChatWindow : public QWidget {
   // Clicking a bubble: pause it while it uploads, resume it when paused.
   void Toggle(Bubble* b) {
     if (!xfer_) return;
-    std::string name = QFileInfo(b->path()).fileName().toStdString();
+    std::string name = b->key().toStdString();
     chatxfer::Status st = chatxfer::Status::Ok;
     const char* what = "";
     if (b->phase() == Bubble::Phase::Paused) {
@@ -449,6 +518,7 @@ class ChatWindow : public QWidget {
 
   const std::map<QString, QString>& completed() const { return completed_; }
   const std::map<QString, QString>& failed() const { return failed_; }
+  const std::map<QString, QString>& saved() const { return saved_; }
   int off_thread_calls() const { return off_thread_; }
 
   std::function<void(const QString&, std::uint64_t, std::uint64_t)> onProgress;
@@ -487,7 +557,8 @@ class ChatWindow : public QWidget {
   chatxfer::FileTransfer* xfer_ = nullptr;
   std::int64_t message_id_ = 0;
   std::map<QString, Bubble*> bubbles_;
-  std::map<QString, QString> completed_, failed_;
+  std::map<QString, std::int64_t> message_ids_;
+  std::map<QString, QString> completed_, failed_, saved_;
   int off_thread_ = 0;
 };
 
@@ -513,6 +584,11 @@ void QtSink::OnFailed(const std::string& name, std::int64_t code, const std::str
     w->OnFailed(n, code, m);
   });
 }
+void QtSink::OnSaved(const std::string& name, const std::string& path) {
+  Post([w = w_, n = QString::fromStdString(name), p = QString::fromStdString(path)] {
+    w->OnSaved(n, p);
+  });
+}
 void QtSink::OnConnection(bool up, const std::string& detail) {
   Post([w = w_, up, d = QString::fromStdString(detail)] { w->OnConnection(up, d); });
 }
@@ -534,14 +610,16 @@ bool WriteRandom(const QString& path, qint64 size, quint32 seed) {
 }
 
 bool WritePicture(const QString& path) {
-  QImage img(1200, 800, QImage::Format_RGB32);
+  // 2400x1600, drawn in 1200x800 coordinates.
+  QImage img(2400, 1600, QImage::Format_RGB32);
   QPainter p(&img);
   p.setRenderHint(QPainter::Antialiasing);
+  p.scale(2, 2);
   QLinearGradient sky(0, 0, 0, 800);
   sky.setColorAt(0, QColor(0x2b, 0x5f, 0xa8));
   sky.setColorAt(0.6, QColor(0xf6, 0xa6, 0x5b));
   sky.setColorAt(1, QColor(0xf9, 0xd7, 0x8c));
-  p.fillRect(img.rect(), sky);
+  p.fillRect(QRect(0, 0, 1200, 800), sky);
   p.setPen(Qt::NoPen);
   p.setBrush(QColor(0xff, 0xe8, 0x9a));
   p.drawEllipse(QPointF(820, 470), 110, 110);
@@ -552,6 +630,18 @@ bool WritePicture(const QString& path) {
   p.setBrush(QColor(0x2e, 0x28, 0x48));
   p.drawPolygon(near);
   p.end();
+  // Faint film grain: invisible in the thumbnail, but it makes the PNG a few
+  // MB, so that its download back can be seen filling in.
+  QRandomGenerator rng(7);
+  for (int y = 0; y < img.height(); ++y) {
+    auto* line = reinterpret_cast<QRgb*>(img.scanLine(y));
+    for (int x = 0; x < img.width(); ++x) {
+      int d = int(rng.bounded(7u)) - 3;
+      QRgb c = line[x];
+      line[x] = qRgb(qBound(0, qRed(c) + d, 255), qBound(0, qGreen(c) + d, 255),
+                     qBound(0, qBlue(c) + d, 255));
+    }
+  }
   return img.save(path, "PNG");
 }
 
@@ -577,6 +667,10 @@ struct SelfTest {
   std::uint16_t port = 0;
   QString paused_name = "holiday.mp4";
   bool clicked = false, paused_seen = false, resumed = false, finished = false;
+  // The download back: its transfer name, the picture it fetches, where.
+  QString download = "incoming-sunset", download_of = "sunset.png", download_dir;
+  bool uploads_done = false, download_paused = false, download_resumed = false,
+       download_paused_seen = false;
   int exit_code = 1;
 };
 
@@ -587,6 +681,8 @@ int RunSelfTest(QApplication& app, const QString& out) {
   QString src = t->tmp.filePath("src"), store = t->tmp.filePath("store");
   QDir().mkpath(src);
   QDir().mkpath(store);
+  t->download_dir = t->tmp.filePath("downloads");
+  QDir().mkpath(t->download_dir);
   // Pictures made with QImage, and multi-MB binaries.
   bool ok = WritePicture(src + "/sunset.png") && WriteSecondPicture(src + "/dots.png") &&
             WriteRandom(src + "/holiday.mp4", 48 << 20, 1) &&
@@ -628,7 +724,32 @@ int RunSelfTest(QApplication& app, const QString& out) {
   // is paused grab OUT-during.png; then click again to resume.
   // (On loopback a file is done within a few progress events, so the click
   // comes as soon as it starts sending.)
+  // The download: pause it by a click at its first progress, grab
+  // OUT-download.png showing the percentage, click again to resume.
+  // (Its first event, like the upload's, so that it is caught under way.)
+  auto pause_download = [&, t] {
+    if (t->download_paused) return;
+    t->download_paused = true;
+    click(t->download);
+    QTimer::singleShot(400, &w, [&, t] {
+      QString during = t->out;
+      during.replace(QRegularExpression("\\.png$"), "") += "-download.png";
+      Bubble* b = w.Find(t->download);
+      t->download_paused_seen = b && b->phase() == Bubble::Phase::Paused;
+      w.grab().save(during, "PNG");
+      std::printf("selftest: download of %s %s, window grabbed into %s\n",
+                  qPrintable(t->download_of),
+                  t->download_paused_seen ? "paused" : "not paused (already done)",
+                  qPrintable(during));
+      t->download_resumed = true;
+      click(t->download);
+    });
+  };
+  w.onProgress = [&, t](const QString& name, std::uint64_t acked, std::uint64_t total) {
+    if (name == t->download && acked < total) pause_download();
+  };
   w.onState = [&, t](const QString& name, chatxfer::State s) {
+    if (name == t->download && s == chatxfer::State::Sending) pause_download();
     if (name != t->paused_name || t->paused_seen) return;
     if (s == chatxfer::State::Sending && !t->clicked) {
       t->clicked = true;
@@ -648,7 +769,17 @@ int RunSelfTest(QApplication& app, const QString& out) {
     });
   };
   w.onFinished = [&, t] {
-    if (t->finished || w.completed().size() + w.failed().size() < sources.size()) return;
+    if (t->finished) return;
+    if (!t->uploads_done) {
+      if (w.completed().size() + w.failed().size() < sources.size()) return;
+      // Every upload ended: Alice sends a picture back (the same file, by
+      // its message id), downloaded into an incoming bubble.
+      t->uploads_done = true;
+      w.AddText("Nice! Here is the one I edited:", false);
+      w.AddIncomingPicture(t->download, w.MessageId(t->download_of), t->download_dir);
+      return;
+    }
+    if (!w.completed().count(t->download) && !w.failed().count(t->download)) return;
     t->finished = true;
     // Let the last repaint happen before the grab.
     QTimer::singleShot(300, &w, [&, t] {
@@ -661,6 +792,21 @@ int RunSelfTest(QApplication& app, const QString& out) {
         std::printf("selftest: %-12s %9lld bytes  md5 %s  %s\n", qPrintable(s.first),
                     QFileInfo(s.second).size(), want.constData(), same ? "identical" : "DIFFERENT");
         if (!same) ++bad;
+      }
+      {
+        QString want = sources[t->download_of];
+        QString got = w.saved().count(t->download) ? w.saved().at(t->download) : QString();
+        QFile a(want), b(got);
+        bool same = !got.isEmpty() && w.completed().count(t->download) &&
+                    a.open(QIODevice::ReadOnly) && b.open(QIODevice::ReadOnly) &&
+                    a.readAll() == b.readAll() &&
+                    QFileInfo(got).absolutePath() == QDir(t->download_dir).absolutePath();
+        std::printf("selftest: downloaded %s (message %lld) into %s  %s\n",
+                    qPrintable(t->download_of), (long long)w.MessageId(t->download_of),
+                    qPrintable(got), same ? "byte-identical" : "DIFFERENT or MISSING");
+        if (!same) ++bad;
+        if (!t->download_paused_seen || !t->download_resumed)
+          std::printf("selftest: note: the download ended before it could be paused\n");
       }
       if (!t->paused_seen || !t->resumed) {
         std::printf("selftest: %s was not paused and resumed\n", qPrintable(t->paused_name));

@@ -5,7 +5,9 @@
 
 use cxx::UniquePtr;
 
-use super::{boundary, AddArgs, Code, FfiError, FfiResult, FlatEvent, SansIo, Transfer};
+use super::{
+    boundary, AddArgs, Code, DownloadArgs, FfiError, FfiResult, FlatEvent, SansIo, Transfer,
+};
 
 #[cxx::bridge(namespace = "chatxfer")]
 pub mod ffi {
@@ -53,12 +55,14 @@ pub mod ffi {
         Connected = 4,
         Disconnected = 5,
         Warning = 6,
+        Saved = 7,
     }
 
     /// One event, flat. Progress: `acked`, `total`, `rate` (bytes/s).
     /// StateChanged: `state`. Completed: `md5`, `total`. Failed: `code`
     /// (server error code or 2001/2002), `message`. Connected/Disconnected/
-    /// Warning: `message`. `name` is empty for connection events.
+    /// Warning: `message`. Saved (downloads, just before Completed): `path`.
+    /// `name` is empty for connection events.
     #[derive(Debug)]
     struct Event {
         kind: EventKind,
@@ -70,6 +74,7 @@ pub mod ffi {
         md5: String,
         code: i64,
         message: String,
+        path: String,
     }
 
     /// A snapshot of one transfer.
@@ -124,6 +129,41 @@ pub mod ffi {
             md5: &str,
             priority: u8,
         ) -> Status;
+        /// Registers a download of chat message `message_id`'s file into
+        /// `dest_dir` (saved under the server's file name), held until
+        /// `StartDownload`. `token`: the user's login token. Empty `md5`: none is
+        /// checked (1046 carries none). The engine has no held state for
+        /// downloads: the library keeps these arguments and registers the
+        /// download only at `StartDownload` (until then `GetStatus` says
+        /// Paused, 0 of 0 bytes; `Cancel` forgets it).
+        #[allow(clippy::too_many_arguments)]
+        #[cxx_name = "AddDownloadFile"]
+        fn add_download_file(
+            self: &FileTransfer,
+            name: &str,
+            message_id: i64,
+            uid: i64,
+            token: &str,
+            dest_dir: &str,
+            md5: &str,
+            priority: u8,
+        ) -> Status;
+        /// Registers a download of user `uid`'s avatar `avatar_name` (1033)
+        /// into `dest_dir`, held until `StartDownload` like `AddDownloadFile`.
+        #[cxx_name = "AddAvatarDownload"]
+        fn add_avatar_download(
+            self: &FileTransfer,
+            name: &str,
+            avatar_name: &str,
+            uid: i64,
+            token: &str,
+            dest_dir: &str,
+            client_path: &str,
+        ) -> Status;
+        /// Starts a held download (`Resume`/`BatchSend` on it do the same).
+        /// Events: Progress..., Saved(path), Completed, or Failed.
+        #[cxx_name = "StartDownload"]
+        fn start_download(self: &FileTransfer, name: &str) -> Status;
         /// Starts a held upload, or continues a paused one (= `Resume`).
         #[cxx_name = "BatchSend"]
         fn batch_send(self: &FileTransfer, name: &str) -> Status;
@@ -274,6 +314,7 @@ fn to_event(e: &crate::engine::Event) -> Event {
         md5: f.md5,
         code: f.code,
         message: f.message,
+        path: f.path,
     }
 }
 
@@ -370,6 +411,56 @@ impl FileTransfer {
             path, name, uid, sender, receiver, message_id, md5, priority, false,
         );
         status(boundary(|| self.0.add_file(&a)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_download_file(
+        &self,
+        name: &str,
+        message_id: i64,
+        uid: i64,
+        token: &str,
+        dest_dir: &str,
+        md5: &str,
+        priority: u8,
+    ) -> Status {
+        let a = DownloadArgs {
+            name: name.into(),
+            message_id,
+            uid,
+            token: token.into(),
+            dest_dir: dest_dir.into(),
+            md5: md5.into(),
+            priority,
+            avatar: None,
+        };
+        status(boundary(|| self.0.add_download(a)))
+    }
+
+    fn add_avatar_download(
+        &self,
+        name: &str,
+        avatar_name: &str,
+        uid: i64,
+        token: &str,
+        dest_dir: &str,
+        client_path: &str,
+    ) -> Status {
+        let a = DownloadArgs {
+            name: name.into(),
+            message_id: 0,
+            uid,
+            token: token.into(),
+            dest_dir: dest_dir.into(),
+            md5: String::new(),
+            priority: 0,
+            avatar: Some((avatar_name.into(), client_path.into())),
+        };
+        status(boundary(|| self.0.add_download(a)))
+    }
+
+    fn start_download(&self, name: &str) -> Status {
+        status(boundary(|| self.0.start_download(name)))
     }
 
     fn batch_send(&self, name: &str) -> Status {

@@ -17,7 +17,8 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::AssertUnwindSafe;
 
 use super::{
-    boundary, last_error, AddArgs, Code, EventSinkFn, FfiError, FfiResult, FlatEvent, Transfer,
+    boundary, last_error, AddArgs, Code, DownloadArgs, EventSinkFn, FfiError, FfiResult, FlatEvent,
+    Transfer,
 };
 
 /// Outcome of a call. The numbers are stable (part of the ABI).
@@ -145,6 +146,9 @@ pub enum chatxfer_event_kind {
     Disconnected = 5,
     /// Something to log (`message`).
     Warning = 6,
+    /// A download was verified and renamed into place at `path`;
+    /// `CHATXFER_EVENT_KIND_COMPLETED` follows.
+    Saved = 7,
 }
 
 /// An event; every string is NUL-terminated and valid only during the
@@ -161,6 +165,8 @@ pub struct chatxfer_event {
     pub md5: *const c_char,
     pub code: i64,
     pub message: *const c_char,
+    /// Saved: the downloaded file's path ("" for other kinds).
+    pub path: *const c_char,
 }
 
 /// Receives events on a library thread (`chatxfer-events`), one at a time,
@@ -188,6 +194,29 @@ pub struct chatxfer_file_spec {
     /// Register paused until `chatxfer_client_batch_send` (the client's
     /// BatchSend once the ChatServer confirmed the message).
     pub hold: bool,
+}
+
+/// A download to register (`AddDownloadFile`); it is held until
+/// `chatxfer_client_start_download`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct chatxfer_download_spec {
+    /// Unique name of the transfer (events use it), e.g. "msg-42".
+    pub name: *const c_char,
+    /// The chat message whose file to download (ignored for an avatar).
+    pub message_id: i64,
+    /// The downloading user and their login token.
+    pub uid: i64,
+    pub token: *const c_char,
+    /// Existing directory to save into, under the server's file name.
+    pub dest_dir: *const c_char,
+    /// Hex md5 if known (checked at the end); NULL or "" for no check.
+    pub md5: *const c_char,
+    pub priority: u8,
+    /// Non-NULL: download this avatar of `uid` instead of a chat file.
+    pub avatar_name: *const c_char,
+    /// The client path echoed back for an avatar; NULL for "".
+    pub avatar_client_path: *const c_char,
 }
 
 /// A snapshot of one transfer.
@@ -278,6 +307,7 @@ fn c_kind(k: super::EventKind) -> chatxfer_event_kind {
         K::Connected => chatxfer_event_kind::Connected,
         K::Disconnected => chatxfer_event_kind::Disconnected,
         K::Warning => chatxfer_event_kind::Warning,
+        K::Saved => chatxfer_event_kind::Saved,
     }
 }
 
@@ -301,8 +331,12 @@ pub unsafe extern "C" fn chatxfer_client_new(
         let sink: EventSinkFn = match callback {
             Some(cb) => Box::new(move |e: &crate::engine::Event| {
                 let f = FlatEvent::from_event(e);
-                let (name, md5, message) =
-                    (c_string(&f.name), c_string(&f.md5), c_string(&f.message));
+                let (name, md5, message, path) = (
+                    c_string(&f.name),
+                    c_string(&f.md5),
+                    c_string(&f.message),
+                    c_string(&f.path),
+                );
                 let ev = chatxfer_event {
                     kind: c_kind(f.kind),
                     name: name.as_ptr(),
@@ -313,6 +347,7 @@ pub unsafe extern "C" fn chatxfer_client_new(
                     md5: md5.as_ptr(),
                     code: f.code,
                     message: message.as_ptr(),
+                    path: path.as_ptr(),
                 };
                 // SAFETY: the app gave a valid callback; `ev` and its
                 // strings outlive the call.
@@ -383,6 +418,59 @@ pub unsafe extern "C" fn chatxfer_client_add_file(
     }))
 }
 
+/// A NULL or checked string argument ("" for NULL).
+///
+/// # Safety
+/// As for [`str_arg`].
+unsafe fn opt_str_arg<'a>(p: *const c_char, what: &str) -> FfiResult<&'a str> {
+    if p.is_null() {
+        Ok("")
+    } else {
+        str_arg(p, what)
+    }
+}
+
+/// Registers a download (`AddDownloadFile`, or an avatar when
+/// `spec->avatar_name` is set). It is held: the library keeps it (the
+/// engine has no held downloads) until `chatxfer_client_start_download`
+/// registers and starts it. Until then its status is PAUSED, 0 of 0 bytes,
+/// and `chatxfer_client_cancel` forgets it.
+///
+/// # Safety
+/// `client` as for `chatxfer_client_connect`; `spec` is NULL or points to a
+/// spec whose strings are NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_add_download(
+    client: *const chatxfer_client,
+    spec: *const chatxfer_download_spec,
+) -> chatxfer_result {
+    result(boundary(|| {
+        let c = client_arg(client)?;
+        let s = spec
+            .as_ref()
+            .ok_or_else(|| FfiError::new(Code::NullParameter, "spec is NULL"))?;
+        let avatar = if s.avatar_name.is_null() {
+            None
+        } else {
+            Some((
+                str_arg(s.avatar_name, "avatar_name")?.to_owned(),
+                opt_str_arg(s.avatar_client_path, "avatar_client_path")?.to_owned(),
+            ))
+        };
+        let args = DownloadArgs {
+            name: str_arg(s.name, "name")?.to_owned(),
+            message_id: s.message_id,
+            uid: s.uid,
+            token: str_arg(s.token, "token")?.to_owned(),
+            dest_dir: str_arg(s.dest_dir, "dest_dir")?.to_owned(),
+            md5: opt_str_arg(s.md5, "md5")?.to_owned(),
+            priority: s.priority,
+            avatar,
+        };
+        c.transfer.add_download(args)
+    }))
+}
+
 /// Runs `f` on the client and the checked name.
 unsafe fn with_name(
     client: *const chatxfer_client,
@@ -405,6 +493,19 @@ pub unsafe extern "C" fn chatxfer_client_batch_send(
     name: *const c_char,
 ) -> chatxfer_result {
     with_name(client, name, |t, n| t.resume(n))
+}
+
+/// Starts a download held by `chatxfer_client_add_download`. Events:
+/// PROGRESS..., SAVED (`path`), COMPLETED, or FAILED.
+///
+/// # Safety
+/// As for `chatxfer_client_batch_send`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_start_download(
+    client: *const chatxfer_client,
+    name: *const c_char,
+) -> chatxfer_result {
+    with_name(client, name, |t, n| t.start_download(n))
 }
 
 /// Stops sending new chunks of `name`; chunks in flight still complete.

@@ -1,13 +1,14 @@
 //! [`Transfer`]: a networked client plus its event delivery, the object
 //! behind both `chatxfer::FileTransfer` (C++) and `chatxfer_client` (C).
 
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
-use super::{lock, AddArgs, Code, FfiError, FfiResult};
-use crate::engine::{Event, FileStatus};
+use super::{lock, AddArgs, Code, DownloadArgs, FfiError, FfiResult};
+use crate::engine::{Event, FileState, FileStatus};
 use crate::runtime::{Client, ClientConfig, Events};
 
 /// The app's event handler, called on the `chatxfer-events` thread.
@@ -23,6 +24,9 @@ pub struct Transfer {
     /// Set by a shutdown from inside a callback: the pump drops the sink
     /// itself when the callback returns.
     closing: Arc<AtomicBool>,
+    /// Downloads added but not started: the engine has no held state for
+    /// downloads, so they are registered only by [`Transfer::start_download`].
+    held: Mutex<HashMap<String, DownloadArgs>>,
 }
 
 enum State {
@@ -44,6 +48,7 @@ impl Transfer {
             state: Mutex::new(State::Idle),
             sink: Arc::new(Mutex::new(sink)),
             closing: Arc::new(AtomicBool::new(false)),
+            held: Mutex::new(HashMap::new()),
         }
     }
 
@@ -113,21 +118,91 @@ impl Transfer {
         Ok(self.client()?.add_file(&args.path, spec)?)
     }
 
+    /// `AddDownloadFile` / `AddAvatarDownload`: checked now, kept here (held)
+    /// and registered with the engine only by [`Transfer::start_download`].
+    pub fn add_download(&self, args: DownloadArgs) -> FfiResult {
+        args.check()?;
+        let client = self.client()?;
+        let mut held = lock(&self.held);
+        if held.contains_key(&args.name) || client.status(&args.name).is_some() {
+            return Err(FfiError::new(
+                Code::DuplicateName,
+                format!("a transfer named {:?} is already registered", args.name),
+            ));
+        }
+        held.insert(args.name.clone(), args);
+        Ok(())
+    }
+
+    /// `StartDownload`: registers a held download, which starts at once.
+    pub fn start_download(&self, name: &str) -> FfiResult {
+        let client = self.client()?;
+        let Some(args) = lock(&self.held).remove(name) else {
+            return Err(match client.status(name) {
+                Some(_) => FfiError::new(
+                    Code::WrongState,
+                    format!("{name:?} is not a held download (already started?)"),
+                ),
+                None => FfiError::new(Code::UnknownName, format!("no transfer named {name:?}")),
+            });
+        };
+        let r = client.add_download(args.spec(), &args.dest_dir, None);
+        if r.is_err() {
+            // Still held: the app may fix the cause and start it again.
+            lock(&self.held).insert(name.to_owned(), args);
+        }
+        Ok(r?)
+    }
+
+    fn is_held(&self, name: &str) -> bool {
+        lock(&self.held).contains_key(name)
+    }
+
+    /// A held download stays held (it is not running yet).
     pub fn pause(&self, name: &str) -> FfiResult {
-        Ok(self.client()?.pause(name)?)
+        let client = self.client()?;
+        if self.is_held(name) {
+            return Ok(());
+        }
+        Ok(client.pause(name)?)
     }
 
-    /// Also `BatchSend`: starts a held upload or continues a paused one.
+    /// Also `BatchSend`: starts a held upload (or held download) or continues
+    /// a paused one.
     pub fn resume(&self, name: &str) -> FfiResult {
-        Ok(self.client()?.resume(name)?)
+        let client = self.client()?;
+        if self.is_held(name) {
+            return self.start_download(name);
+        }
+        Ok(client.resume(name)?)
     }
 
+    /// A held download is just forgotten (no event).
     pub fn cancel(&self, name: &str) -> FfiResult {
-        Ok(self.client()?.cancel(name)?)
+        let client = self.client()?;
+        if lock(&self.held).remove(name).is_some() {
+            return Ok(());
+        }
+        Ok(client.cancel(name)?)
     }
 
+    /// A held download reports `Paused` with 0 of 0 bytes.
     pub fn status(&self, name: &str) -> FfiResult<FileStatus> {
-        self.client()?
+        let client = self.client()?;
+        if let Some(a) = lock(&self.held).get(name) {
+            return Ok(FileStatus {
+                name: a.name.clone(),
+                state: FileState::Paused,
+                total: 0,
+                acked: 0,
+                max_seq: 0,
+                acked_prefix: 0,
+                next_seq: 0,
+                in_flight: 0,
+                md5: a.md5.clone(),
+            });
+        }
+        client
             .status(name)
             .ok_or_else(|| FfiError::new(Code::UnknownName, format!("no transfer named {name:?}")))
     }
@@ -154,6 +229,7 @@ impl Transfer {
             return Err(shut_down());
         }
         self.closing.store(true, Ordering::SeqCst);
+        lock(&self.held).clear();
         let pump = match &old {
             State::Connected { pump, .. } => *pump,
             _ => None,

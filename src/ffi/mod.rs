@@ -177,6 +177,8 @@ pub struct FlatEvent {
     pub md5: String,
     pub code: i64,
     pub message: String,
+    /// Saved: where the downloaded file now is.
+    pub path: String,
 }
 
 /// Event kinds, numbered as in the C and C++ enums.
@@ -192,6 +194,8 @@ pub enum EventKind {
     /// Something the app may log: a stalled server, a protocol violation,
     /// a journal that was ignored or offered.
     Warning = 6,
+    /// A download was renamed into place (`path`); `Completed` follows.
+    Saved = 7,
 }
 
 impl FlatEvent {
@@ -220,6 +224,11 @@ impl FlatEvent {
                 f.state = Some(FileState::Completed);
                 f.md5.clone_from(md5);
                 (f.acked, f.total) = (*bytes, *bytes);
+            }
+            Event::Saved { name, path } => {
+                f.kind = EventKind::Saved;
+                f.name.clone_from(name);
+                f.path = path.to_string_lossy().into_owned();
             }
             Event::Failed { name, failure } => {
                 f.kind = EventKind::Failed;
@@ -259,7 +268,7 @@ impl FlatEvent {
                 f.kind = EventKind::Warning;
                 f.message = format!("journal {} ignored: {reason}", path.display());
             }
-            // Download events and whatever the engine adds later: loggable.
+            // Whatever the engine adds later: loggable.
             #[allow(unreachable_patterns)]
             other => {
                 f.kind = EventKind::Warning;
@@ -311,6 +320,73 @@ impl AddArgs {
         spec.priority = self.priority;
         spec.hold = self.hold;
         Ok(spec)
+    }
+}
+
+/// What `AddDownloadFile` / `AddAvatarDownload` take, already checked and
+/// converted. The engine has no held state for downloads, so the ffi layer
+/// keeps these until `StartDownload` registers them.
+#[derive(Debug, Clone)]
+pub struct DownloadArgs {
+    pub name: String,
+    pub message_id: i64,
+    pub uid: i64,
+    pub token: String,
+    pub dest_dir: String,
+    /// Empty: no md5 check at the end (1046 carries none).
+    pub md5: String,
+    pub priority: u8,
+    /// Avatar download: (avatar file name on the server, client path).
+    pub avatar: Option<(String, String)>,
+}
+
+impl DownloadArgs {
+    pub(crate) fn check(&self) -> FfiResult {
+        if self.name.is_empty() {
+            return Err(FfiError::new(Code::InvalidArgument, "empty name"));
+        }
+        if self.dest_dir.is_empty() {
+            return Err(FfiError::new(
+                Code::InvalidArgument,
+                "empty destination directory",
+            ));
+        }
+        if !self.md5.is_empty()
+            && (self.md5.len() != 32 || !self.md5.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(FfiError::new(
+                Code::InvalidArgument,
+                format!("md5 {:?} is not 32 hex digits", self.md5),
+            ));
+        }
+        if let Some((avatar, _)) = &self.avatar {
+            if let Some(why) = crate::engine::unsafe_name(avatar) {
+                return Err(FfiError::new(
+                    Code::InvalidName,
+                    format!("avatar name {avatar:?}: {why}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn spec(&self) -> crate::engine::DownloadSpec {
+        crate::engine::DownloadSpec {
+            name: self.name.clone(),
+            message_id: self.message_id,
+            uid: self.uid,
+            token: self.token.clone(),
+            md5: (!self.md5.is_empty()).then(|| self.md5.to_ascii_lowercase()),
+            priority: self.priority,
+            avatar: self
+                .avatar
+                .as_ref()
+                .map(|(name, client_path)| crate::engine::AvatarRef {
+                    name: name.clone(),
+                    client_path: client_path.clone(),
+                    req_type: "1".into(),
+                }),
+        }
     }
 }
 

@@ -17,6 +17,9 @@ void deliver(EventSink& sink, const Event& e) {
       case EventKind::Completed:
         sink.OnCompleted(name, std::string(e.md5), e.total);
         break;
+      case EventKind::Saved:
+        sink.OnSaved(name, std::string(e.path));
+        break;
       case EventKind::Failed:
         sink.OnFailed(name, e.code, std::string(e.message));
         break;

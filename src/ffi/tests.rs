@@ -170,3 +170,97 @@ fn sans_io_engine_uploads_through_a_socket_the_host_owns() {
     );
     rt.block_on(server.shutdown());
 }
+
+/// A download through the networked [`Transfer`]: held until
+/// `start_download`, then Saved (with the path) and Completed, and the copy
+/// is byte-identical to what was uploaded.
+#[test]
+fn transfer_downloads_a_held_file_back_by_message_id() {
+    let store = tempfile::tempdir().unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let port = server_start(store.path().to_str().unwrap()).unwrap();
+    let src = temp_file(300_000);
+    let t = Transfer::new(None);
+    let dl = |name: &str| DownloadArgs {
+        name: name.into(),
+        message_id: 77,
+        uid: 5,
+        token: "tok".into(),
+        dest_dir: dest.path().to_str().unwrap().into(),
+        md5: String::new(),
+        priority: 0,
+        avatar: None,
+    };
+    assert_eq!(
+        t.add_download(dl("d")).unwrap_err().code,
+        Code::NotConnected
+    );
+    t.connect("127.0.0.1", port).unwrap();
+    let up = AddArgs {
+        path: src.path().to_str().unwrap().into(),
+        name: "up.bin".into(),
+        uid: 5,
+        sender: 5,
+        receiver: 6,
+        message_id: 77,
+        md5: String::new(),
+        priority: 0,
+        hold: false,
+    };
+    t.add_file(&up).unwrap();
+    let mut events = Vec::new();
+    let mut wait_for = |name: &str, kind: EventKind| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            events.extend(t.poll_events().iter().map(FlatEvent::from_event));
+            if let Some(e) = events.iter().find(|e| e.name == name && e.kind == kind) {
+                return e.clone();
+            }
+            if let Some(e) = events
+                .iter()
+                .find(|e| e.name == name && e.kind == EventKind::Failed)
+            {
+                panic!("{name} failed: {e:?}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {kind:?} for {name}: {events:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for("up.bin", EventKind::Completed);
+
+    let bad = DownloadArgs {
+        md5: "xyz".into(),
+        ..dl("d")
+    };
+    assert_eq!(t.add_download(bad).unwrap_err().code, Code::InvalidArgument);
+    t.add_download(dl("d")).unwrap();
+    assert_eq!(
+        t.add_download(dl("d")).unwrap_err().code,
+        Code::DuplicateName
+    );
+    assert_eq!(t.status("d").unwrap().state, FileState::Paused);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!dest.path().join("up.bin").exists(), "held, not started");
+    assert_eq!(
+        t.start_download("nope").unwrap_err().code,
+        Code::UnknownName
+    );
+    t.start_download("d").unwrap();
+    assert_eq!(t.start_download("d").unwrap_err().code, Code::WrongState);
+    let saved = wait_for("d", EventKind::Saved);
+    let done = wait_for("d", EventKind::Completed);
+    assert_eq!(done.total, 300_000);
+    assert_eq!(
+        std::fs::read(&saved.path).unwrap(),
+        std::fs::read(src.path()).unwrap()
+    );
+    // A held one is forgotten by cancel.
+    t.add_download(dl("e")).unwrap();
+    t.cancel("e").unwrap();
+    assert_eq!(t.status("e").unwrap_err().code, Code::UnknownName);
+    t.shutdown().unwrap();
+    server_stop(port).unwrap();
+}

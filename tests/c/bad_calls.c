@@ -47,6 +47,7 @@ int main(void) {
   chatxfer_client *c = NULL;
   chatxfer_file_status st;
   chatxfer_file_spec spec;
+  chatxfer_download_spec dl;
   uint16_t port = 7;
   char msg[256];
 
@@ -59,6 +60,8 @@ int main(void) {
   expect("cancel(NULL)", chatxfer_client_cancel(NULL, "x"), CHATXFER_RESULT_NULL_PARAMETER);
   expect("shutdown(NULL)", chatxfer_client_shutdown(NULL), CHATXFER_RESULT_NULL_PARAMETER);
   expect("add_file(NULL)", chatxfer_client_add_file(NULL, NULL), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("add_download(NULL)", chatxfer_client_add_download(NULL, NULL), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("start_download(NULL)", chatxfer_client_start_download(NULL, "x"), CHATXFER_RESULT_NULL_PARAMETER);
   chatxfer_client_free(NULL); /* allowed */
   check("last_error says NULL", chatxfer_last_error(msg, sizeof msg) > 0 && strstr(msg, "NULL") != NULL);
   check("last_error(NULL, 0) gives the length", chatxfer_last_error(NULL, 0) == strlen(msg));
@@ -77,6 +80,14 @@ int main(void) {
 
   /* Before connect. */
   expect("pause before connect", chatxfer_client_pause(c, "x"), CHATXFER_RESULT_NOT_CONNECTED);
+  memset(&dl, 0, sizeof dl);
+  dl.name = "d1";
+  dl.message_id = 42;
+  dl.uid = 1;
+  dl.token = "tok";
+  dl.dest_dir = "/tmp";
+  expect("add_download before connect", chatxfer_client_add_download(c, &dl), CHATXFER_RESULT_NOT_CONNECTED);
+  expect("start_download before connect", chatxfer_client_start_download(c, "d1"), CHATXFER_RESULT_NOT_CONNECTED);
   expect("connect(host=NULL)", chatxfer_client_connect(c, NULL, 1), CHATXFER_RESULT_NULL_PARAMETER);
   expect("connect(host=bad utf8)", chatxfer_client_connect(c, bad_utf8, 1), CHATXFER_RESULT_INVALID_UTF8);
   expect("connect(port=0)", chatxfer_client_connect(c, "127.0.0.1", 0), CHATXFER_RESULT_INVALID_ARGUMENT);
@@ -112,6 +123,46 @@ int main(void) {
   expect("add_file(held)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_OK);
   expect("add_file(same name)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_DUPLICATE_NAME);
 
+  /* Downloads: bad specs, then one held (nothing listens, so it stays held). */
+  expect("add_download(spec=NULL)", chatxfer_client_add_download(c, NULL), CHATXFER_RESULT_NULL_PARAMETER);
+  dl.name = NULL;
+  expect("add_download(name=NULL)", chatxfer_client_add_download(c, &dl), CHATXFER_RESULT_NULL_PARAMETER);
+  dl.name = bad_utf8;
+  expect("add_download(name=bad utf8)", chatxfer_client_add_download(c, &dl), CHATXFER_RESULT_INVALID_UTF8);
+  dl.name = "";
+  expect("add_download(name=\"\")", chatxfer_client_add_download(c, &dl), CHATXFER_RESULT_INVALID_ARGUMENT);
+  dl.name = "d1";
+  dl.token = NULL;
+  expect("add_download(token=NULL)", chatxfer_client_add_download(c, &dl), CHATXFER_RESULT_NULL_PARAMETER);
+  dl.token = bad_utf8;
+  expect("add_download(token=bad utf8)", chatxfer_client_add_download(c, &dl), CHATXFER_RESULT_INVALID_UTF8);
+  dl.token = "tok";
+  dl.dest_dir = NULL;
+  expect("add_download(dest_dir=NULL)", chatxfer_client_add_download(c, &dl), CHATXFER_RESULT_NULL_PARAMETER);
+  dl.dest_dir = "";
+  expect("add_download(dest_dir=\"\")", chatxfer_client_add_download(c, &dl), CHATXFER_RESULT_INVALID_ARGUMENT);
+  dl.dest_dir = "/tmp";
+  dl.md5 = "not-an-md5";
+  expect("add_download(md5=garbage)", chatxfer_client_add_download(c, &dl), CHATXFER_RESULT_INVALID_ARGUMENT);
+  dl.md5 = bad_utf8;
+  expect("add_download(md5=bad utf8)", chatxfer_client_add_download(c, &dl), CHATXFER_RESULT_INVALID_UTF8);
+  dl.md5 = NULL;
+  dl.avatar_name = "../me.png";
+  expect("add_download(avatar=../me.png)", chatxfer_client_add_download(c, &dl), CHATXFER_RESULT_INVALID_NAME);
+  dl.avatar_name = NULL;
+  expect("add_download(held)", chatxfer_client_add_download(c, &dl), CHATXFER_RESULT_OK);
+  expect("add_download(same name)", chatxfer_client_add_download(c, &dl), CHATXFER_RESULT_DUPLICATE_NAME);
+  dl.name = "a.bin";
+  expect("add_download(name of an upload)", chatxfer_client_add_download(c, &dl), CHATXFER_RESULT_DUPLICATE_NAME);
+  expect("start_download(name=NULL)", chatxfer_client_start_download(c, NULL), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("start_download(bad utf8)", chatxfer_client_start_download(c, bad_utf8), CHATXFER_RESULT_INVALID_UTF8);
+  expect("start_download(unknown)", chatxfer_client_start_download(c, "nope"), CHATXFER_RESULT_UNKNOWN_NAME);
+  expect("start_download(an upload)", chatxfer_client_start_download(c, "a.bin"), CHATXFER_RESULT_WRONG_STATE);
+  expect("status(held download)", chatxfer_client_status(c, "d1", &st), CHATXFER_RESULT_OK);
+  check("held download is paused", st.state == CHATXFER_STATE_PAUSED);
+  expect("cancel(held download)", chatxfer_client_cancel(c, "d1"), CHATXFER_RESULT_OK);
+  expect("start_download(cancelled)", chatxfer_client_start_download(c, "d1"), CHATXFER_RESULT_UNKNOWN_NAME);
+
   expect("pause(name=NULL)", chatxfer_client_pause(c, NULL), CHATXFER_RESULT_NULL_PARAMETER);
   expect("pause(unknown)", chatxfer_client_pause(c, "nope"), CHATXFER_RESULT_UNKNOWN_NAME);
   expect("resume(unknown)", chatxfer_client_resume(c, "nope"), CHATXFER_RESULT_UNKNOWN_NAME);
@@ -141,6 +192,8 @@ int main(void) {
   expect("connect after shutdown", chatxfer_client_connect(c, "127.0.0.1", 1), CHATXFER_RESULT_SHUT_DOWN);
   expect("pause after shutdown", chatxfer_client_pause(c, "a.bin"), CHATXFER_RESULT_SHUT_DOWN);
   expect("add_file after shutdown", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_SHUT_DOWN);
+  expect("add_download after shutdown", chatxfer_client_add_download(c, &dl), CHATXFER_RESULT_SHUT_DOWN);
+  expect("start_download after shutdown", chatxfer_client_start_download(c, "d1"), CHATXFER_RESULT_SHUT_DOWN);
   chatxfer_client_free(c);
 
   /* After the library is shut down nothing can start again. */
