@@ -287,3 +287,52 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Avatars: uploaded with 1031 (stop-and-wait), downloaded with 1033.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avatar_upload_then_download_round_trip() {
+    let srv = server(Storage::Positional, true).await;
+    let files = Files::new();
+    let (path, bytes) = files.make("me.png", 3 * CHUNK + 77, 11);
+    let (client, mut events) = start_client(client_config(
+        srv.handle.local_addr(),
+        ServerStorage::Positional,
+    ));
+    let mut sp = spec("me.png", &path);
+    sp.avatar = true;
+    sp.token = "tok".into();
+    client.add_file(&path, sp).unwrap();
+    let evs = wait_done(
+        &mut events,
+        &["me.png".to_string()],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(completed(&evs, "me.png"), "{evs:?}");
+    assert_eq!(srv.stored_md5(1, "me.png"), Some(md5_of(&bytes)));
+    let out = tempfile::tempdir().unwrap();
+    let spec = DownloadSpec {
+        name: "avatar-me".into(),
+        message_id: 0,
+        uid: 1,
+        token: "tok".into(),
+        md5: Some(md5_of(&bytes)),
+        priority: 0,
+        avatar: Some(chatxfer::engine::AvatarRef {
+            name: "me.png".into(),
+            client_path: "/home/me/avatar.png".into(),
+            req_type: "1".into(),
+        }),
+    };
+    client.add_download(spec, out.path(), None).unwrap();
+    let evs = wait_done(
+        &mut events,
+        &["avatar-me".to_string()],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(completed(&evs, "avatar-me"), "{evs:?}");
+    assert!(read(out.path(), "me.png") == bytes);
+    client.shutdown(None).await;
+    srv.handle.shutdown().await;
+}
