@@ -1,21 +1,24 @@
-//! One connection: a reader that handles requests in arrival order (uploads,
-//! avatars and downloads alike), and a writer task that batches the replies.
+//! One connection: a reader that decodes requests in arrival order, one
+//! *lane* per upload key whose worker thread stores that key's chunks in
+//! order (different keys in parallel), and a writer task that batches the
+//! replies. Downloads are handled by the reader, in order.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use base64::Engine as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::index::MessageInfo;
 use super::store::{name_problem, Chunk, Key};
-use super::{download, shutdown_requested, Shared};
+use super::{download, lock, shutdown_requested, Shared};
 use crate::protocol::messages::{decode_as, IconUploadReq, UploadRsp};
 use crate::protocol::{frame, ErrorCode, MsgId, HEADER_LEN, MAX_1043_SIZE};
 
@@ -27,6 +30,15 @@ const REPLY_QUEUE: usize = 256;
 const BATCH_MAX: usize = 64 * 1024;
 /// After shutdown, how long a peer that does not read may hold up the end.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Upload chunks a connection has decoded but not yet answered (queued in
+/// lanes or being stored): the reader waits beyond this (backpressure, and
+/// a bound on the memory one connection holds).
+const IN_FLIGHT: u32 = 64;
+/// How long an idle lane's worker waits for its next chunk before it ends
+/// (a window of chunks keeps one thread busy instead of one hand-off each).
+const LANE_LINGER: Duration = Duration::from_millis(20);
+/// Lanes kept per connection before idle, unused ones are pruned.
+const LANES_PRUNE_AT: usize = 1024;
 
 enum ReadError {
     TooLong { id: MsgId, len: u32 },
@@ -76,12 +88,31 @@ pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>, stop: watch::R
     let mut conn = Conn {
         shared: shared.clone(),
         tx,
-        touched: HashSet::new(),
+        lanes: HashMap::new(),
+        prune_at: LANES_PRUNE_AT,
+        in_flight: Arc::new(Semaphore::new(IN_FLIGHT as usize)),
     };
     conn.read_loop(BufReader::with_capacity(READ_BUF, rd), stop, peer)
         .await;
-    let Conn { tx, touched, .. } = conn;
-    drop(tx); // the writer drains what is queued, then closes
+    let Conn {
+        tx,
+        lanes,
+        in_flight,
+        ..
+    } = conn;
+    // Every chunk read is stored and answered (or its reply failed) first.
+    let _all = in_flight.acquire_many(IN_FLIGHT).await;
+    let mut touched = Vec::new();
+    for (key, lane) in lanes {
+        let mut st = lock(&lane.state);
+        st.closed = true; // a lingering worker ends now
+        if st.user {
+            touched.push(key);
+        }
+        drop(st);
+        lane.wake.notify_all();
+    }
+    drop(tx); // the writer drains what is queued (workers too), then closes
     if let Err(e) = writer.await {
         shared.count_join_error(&e);
     }
@@ -106,7 +137,44 @@ pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>, stop: watch::R
 struct Conn {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Vec<u8>>,
-    touched: HashSet<Key>,
+    /// Upload keys this connection sent chunks for.
+    lanes: HashMap<Key, Arc<Lane>>,
+    /// `lanes.len()` at which idle lanes without a record are pruned.
+    prune_at: usize,
+    /// Permits for [`IN_FLIGHT`] chunks; a [`Job`] holds one until answered.
+    in_flight: Arc<Semaphore>,
+}
+
+/// A chunk decoded and checked by the reader, to be stored by its lane.
+struct Job {
+    id: MsgId,
+    chunk: Chunk,
+    /// A completed chat upload goes into the message index under this id.
+    message: Option<(i64, MessageInfo)>,
+    /// The reply body if the store accepts the chunk.
+    ok_body: Vec<u8>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The chunks of one upload key on one connection, stored in arrival order
+/// by one worker (a blocking-pool thread that runs while there is work and
+/// lingers briefly after).
+#[derive(Default)]
+struct Lane {
+    state: Mutex<LaneState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct LaneState {
+    jobs: VecDeque<Job>,
+    /// A worker runs (or is about to) and will see `jobs`.
+    running: bool,
+    /// The connection is closing: the worker ends when `jobs` is empty.
+    closed: bool,
+    /// The connection counts as a user of the key's record (see
+    /// [`super::store::Put::user`]); only the worker changes it.
+    user: bool,
 }
 
 impl Conn {
@@ -125,7 +193,7 @@ impl Conn {
             };
             match next {
                 Ok(Some(id)) => {
-                    if !self.handle_frame(id, &body).await {
+                    if !self.handle_frame(id, &body).await || self.tx.is_closed() {
                         return; // the writer is gone: the peer stopped reading
                     }
                 }
@@ -166,22 +234,14 @@ impl Conn {
                 return true;
             }
         };
-        // No reply on purpose (counted by the handler).
+        // No reply on purpose (counted by the handler), or a lane replies.
         let Some((code, body)) = reply else {
             return true;
         };
-        let counters = &self.shared.counters;
-        if self.shared.silent.load(Ordering::Relaxed) {
-            counters.replies_dropped.fetch_add(1, Ordering::Relaxed);
-            return true;
+        match reply_frame(&self.shared, id, code, &body) {
+            Some(out) => self.tx.send(out).await.is_ok(),
+            None => true,
         }
-        counters.replies_sent.fetch_add(1, Ordering::Relaxed);
-        if !code.is_success() {
-            counters.errors_sent.fetch_add(1, Ordering::Relaxed);
-        }
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-        frame::encode(id.reply(), &body, &mut out);
-        self.tx.send(out).await.is_ok()
     }
 
     /// One chunk request: the reply's code and body.
@@ -227,44 +287,58 @@ impl Conn {
             req.message_id,
             MessageInfo::new(req.uid, req.receiver, name),
         );
-        let code = self.store(chunk, Some(message)).await;
-        if !code.is_success() {
-            tracing::debug!(name, seq, %code, "upload chunk refused");
-            return Some(self.error(code, Some(name), Some(seq)));
-        }
-        let reply = UploadRsp::encode_success_for(id.reply(), &req);
-        Some((ErrorCode::Success, reply))
+        let ok_body = UploadRsp::encode_success_for(id.reply(), &req);
+        self.enqueue(id, chunk, Some(message), ok_body).await;
+        None
     }
 
-    /// Stores a chunk on the blocking pool; a completed chat upload is
-    /// recorded in the message index under its message id.
-    async fn store(&mut self, chunk: Chunk, message: Option<(i64, MessageInfo)>) -> ErrorCode {
-        let shared = self.shared.clone();
-        let key = shared.store.key(chunk.uid, &chunk.name);
-        let user = self.touched.contains(&key);
-        let stored = tokio::task::spawn_blocking(move || {
-            let put = shared.store.put(&chunk, user);
-            if let (true, Some((id, info))) = (put.completed, message) {
-                if let Err(e) = shared.index.insert(id, info) {
-                    tracing::warn!(message_id = id, error = %e, "cannot write the message index");
-                }
-            }
-            put
-        })
-        .await;
-        match stored {
-            Ok(put) => {
-                if put.user {
-                    self.touched.insert(key);
-                }
-                put.result.err().unwrap_or(ErrorCode::Success)
-            }
-            Err(e) => {
-                // A bug in storage; the connection and the server carry on.
-                self.shared.count_join_error(&e);
-                ErrorCode::FileWritePermissionFailed
-            }
+    /// Hands a checked chunk to its key's lane (starting the lane's worker
+    /// if none runs); waits for a permit first if [`IN_FLIGHT`] chunks are
+    /// unanswered. The lane sends the reply.
+    async fn enqueue(
+        &mut self,
+        id: MsgId,
+        chunk: Chunk,
+        message: Option<(i64, MessageInfo)>,
+        ok_body: Vec<u8>,
+    ) {
+        let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+            return; // never closed
+        };
+        if self.lanes.len() >= self.prune_at {
+            // Lanes of keys with no record for this connection (refused
+            // chunks of ever new names, say) cost memory only while busy.
+            self.lanes.retain(|_, lane| {
+                let st = lock(&lane.state);
+                st.running || st.user
+            });
+            self.prune_at = (self.lanes.len() * 2).max(LANES_PRUNE_AT);
         }
+        let key = self.shared.store.key(chunk.uid, &chunk.name);
+        let lane = self.lanes.entry(key).or_default().clone();
+        let job = Job {
+            id,
+            chunk,
+            message,
+            ok_body,
+            _permit: permit,
+        };
+        let mut st = lock(&lane.state);
+        st.jobs.push_back(job);
+        if st.running {
+            drop(st);
+            lane.wake.notify_one();
+            return;
+        }
+        st.running = true;
+        drop(st);
+        let shared = self.shared.clone();
+        let tx = self.tx.clone();
+        // Not awaited: the worker catches panics per chunk, and the
+        // connection waits for its permits, not for the thread.
+        drop(tokio::task::spawn_blocking(move || {
+            lane_worker(&shared, &lane, &tx)
+        }));
     }
 
     /// 1031, one avatar chunk: stored like a chat upload chunk (the store
@@ -315,18 +389,15 @@ impl Conn {
             last: req.last,
             data,
         };
-        let code = self.store(chunk, None).await;
-        if !code.is_success() {
-            tracing::debug!(name, seq, %code, "avatar chunk refused");
-            return Some(self.error(code, Some(name), Some(seq)));
-        }
         let v = serde_json::json!({
             "error": 0, "total_size": req.total_size, "seq": seq, "name": name,
             "trans_size": req.trans_size, "last": req.last, "md5": req.md5,
             "uid": req.uid, "last_seq": req.last_seq,
         });
-        let body = serde_json::to_vec(&v).expect("a JSON value always serializes");
-        Some((ErrorCode::Success, body))
+        let ok_body = serde_json::to_vec(&v).expect("a JSON value always serializes");
+        self.enqueue(MsgId::UPLOAD_HEAD_ICON_REQ, chunk, None, ok_body)
+            .await;
+        None
     }
 
     /// 1045, 1047 or 1033, on the blocking pool (file reads).
@@ -344,13 +415,98 @@ impl Conn {
     }
 
     fn error(&self, code: ErrorCode, name: Option<&str>, seq: Option<u32>) -> (ErrorCode, Vec<u8>) {
-        let body = if self.shared.named_errors {
-            UploadRsp::encode_error(code, name, seq)
-        } else {
-            UploadRsp::encode_error(code, None, None)
-        };
-        (code, body)
+        (code, error_body(&self.shared, code, name, seq))
     }
+}
+
+fn error_body(shared: &Shared, code: ErrorCode, name: Option<&str>, seq: Option<u32>) -> Vec<u8> {
+    if shared.named_errors {
+        UploadRsp::encode_error(code, name, seq)
+    } else {
+        UploadRsp::encode_error(code, None, None)
+    }
+}
+
+/// The framed reply to request `id`, counted; `None` if the server is silent.
+fn reply_frame(shared: &Shared, id: MsgId, code: ErrorCode, body: &[u8]) -> Option<Vec<u8>> {
+    let counters = &shared.counters;
+    if shared.silent.load(Ordering::Relaxed) {
+        counters.replies_dropped.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    counters.replies_sent.fetch_add(1, Ordering::Relaxed);
+    if !code.is_success() {
+        counters.errors_sent.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    frame::encode(id.reply(), body, &mut out);
+    Some(out)
+}
+
+/// A lane's worker (on the blocking pool): stores its jobs in order and
+/// sends each reply, until the lane stays idle for [`LANE_LINGER`] or the
+/// connection closes.
+fn lane_worker(shared: &Shared, lane: &Lane, tx: &mpsc::Sender<Vec<u8>>) {
+    loop {
+        let (job, user) = {
+            let mut st = lock(&lane.state);
+            loop {
+                if let Some(job) = st.jobs.pop_front() {
+                    break (job, st.user);
+                }
+                if st.closed {
+                    st.running = false;
+                    return;
+                }
+                let (guard, waited) = lane
+                    .wake
+                    .wait_timeout(st, LANE_LINGER)
+                    .unwrap_or_else(PoisonError::into_inner);
+                st = guard;
+                if waited.timed_out() && st.jobs.is_empty() {
+                    st.running = false;
+                    return;
+                }
+            }
+        };
+        let stored = catch_unwind(AssertUnwindSafe(|| store_job(shared, &job, user)));
+        let (code, now_user) = stored.unwrap_or_else(|_| {
+            // A bug in storage; the connection and the server carry on.
+            shared.counters.panics.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(name = %job.chunk.name, seq = job.chunk.seq, "chunk storage panicked");
+            (ErrorCode::FileWritePermissionFailed, user)
+        });
+        if now_user && !user {
+            lock(&lane.state).user = true;
+        }
+        let c = &job.chunk;
+        let refused;
+        let body = if code.is_success() {
+            job.ok_body.as_slice()
+        } else {
+            tracing::debug!(name = %c.name, seq = c.seq, %code, "upload chunk refused");
+            refused = error_body(shared, code, Some(&c.name), Some(c.seq));
+            refused.as_slice()
+        };
+        if let Some(out) = reply_frame(shared, job.id, code, body) {
+            // Fails only once the writer is gone (the reader stops then).
+            let _ = tx.blocking_send(out);
+        }
+        // The job's permit goes here, after its reply was queued.
+    }
+}
+
+/// Stores one job's chunk; a completed chat upload is recorded in the
+/// message index under its message id. Returns the reply code and whether
+/// the connection now counts as a user of the record.
+fn store_job(shared: &Shared, job: &Job, user: bool) -> (ErrorCode, bool) {
+    let put = shared.store.put(&job.chunk, user);
+    if let (true, Some((id, info))) = (put.completed, &job.message) {
+        if let Err(e) = shared.index.insert(*id, info.clone()) {
+            tracing::warn!(message_id = id, error = %e, "cannot write the message index");
+        }
+    }
+    (put.result.err().unwrap_or(ErrorCode::Success), put.user)
 }
 
 /// `name` and `seq` of a body that did not decode as a request, if they are there.

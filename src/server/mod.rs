@@ -17,11 +17,24 @@
 //! One task per connection reads frames through a buffered reader. The
 //! header's length is checked against [`ServerConfig::max_body_len`] before
 //! the (reused) body buffer grows: a longer body closes the connection
-//! without a reply, as deployed, and costs nothing. Requests are handled one
-//! at a time in arrival order (storage work runs on tokio's blocking pool), so
-//! replies come back in request order (pipelined downloads included). Replies
-//! go through one writer task per connection, which writes everything queued
-//! in one go. Served: 1041/1037/1043 (chat upload), 1031 (avatar upload),
+//! without a reply, as deployed, and costs nothing. The reader decodes and
+//! checks requests in arrival order and keeps reading while chunks are
+//! stored: an upload chunk (1041/1037/1043/1031) that passes the decode-time
+//! checks goes to its key's *lane* (one per `(uid, name)`, the record's key,
+//! per connection), whose worker on tokio's blocking pool stores that lane's
+//! chunks one after the other in arrival order and sends their replies; the
+//! lanes of different files run in parallel. At most 64 chunks per connection
+//! are decoded but unanswered; beyond that the reader waits (backpressure).
+//! So replies for one name come back in request order, while replies of
+//! different names may interleave (as from the deployed server's workers;
+//! the client matches them by name). Errors decided at decode time (bad JSON
+//! or base64, a refused name or uid, an injected error, a bad token) are
+//! replied at once by the reader, as the deployed logic worker does.
+//! Downloads are handled by the reader itself, one at a time, so their
+//! replies keep request order (pipelined downloads included). A closing
+//! connection waits until every chunk it read is stored and answered before
+//! it releases its records. Replies go through one writer task per
+//! connection, which writes everything queued in one go. Served: 1041/1037/1043 (chat upload), 1031 (avatar upload),
 //! 1045/1047 (chat download), 1033 (avatar download); other ids are dropped
 //! silently, like the deployed server.
 //!
@@ -31,7 +44,8 @@
 //!   creates `<dir>/<uid>/.<name>.part`, truncated and preallocated to
 //!   `total_size` (sparse where the file system allows).
 //! * Chunk `seq` is written at `(seq-1)*chunk` with a positional write, so
-//!   order and duplicates do no harm. One mutex per record: one writer per file.
+//!   order and duplicates do no harm. One mutex per record: one writer per
+//!   file (several connections' lanes may send chunks of the same file).
 //! * A seq 1 with the same sizes and md5 as the known upload is a duplicate
 //!   (or a client restarting the same file): chunk 1 is rewritten and the
 //!   chunks already received are kept. Any other seq 1 starts afresh.

@@ -3,8 +3,8 @@
 //! after a verified md5) and [`Storage::AppendStrict`] (the deployed server's
 //! truncate-then-append, with a count of the chunks that would corrupt it).
 //!
-//! Everything here is blocking file IO; the connection tasks call it on
-//! tokio's blocking pool. One mutex per upload record makes its file
+//! Everything here is blocking file IO; the connections' lane workers call
+//! it on tokio's blocking pool. One mutex per upload record makes its file
 //! single-writer; the map lock is only held to find or drop a record.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -456,12 +456,16 @@ impl Store {
         if c.seq == 0 {
             return Err(ErrorCode::FileSeqInvalid);
         }
+        // No state file on disk for this key (known from a load that found
+        // none): a new seq 1 need not look for one to remove.
+        let mut no_state = false;
         if !slot.loaded {
             slot.rec = self.load(c.uid, &c.name);
             slot.loaded = true;
+            no_state = matches!(slot.rec, Rec::None);
         }
         if c.seq == 1 {
-            self.first_chunk(&mut slot.rec, c)?;
+            self.first_chunk(&mut slot.rec, c, no_state)?;
         } else {
             match &mut slot.rec {
                 Rec::None | Rec::Append(_) => return Err(ErrorCode::FileNotExists),
@@ -506,7 +510,8 @@ impl Store {
 
     /// Seq 1 (as 1041, 1037 or 1043): fixes the geometry and starts the
     /// upload, unless the same upload (same sizes and md5) is already known.
-    fn first_chunk(&self, rec: &mut Rec, c: &Chunk) -> Result<(), ErrorCode> {
+    /// `no_state`: there is no state file to remove (checked just before).
+    fn first_chunk(&self, rec: &mut Rec, c: &Chunk, no_state: bool) -> Result<(), ErrorCode> {
         if !is_md5_hex(&c.md5) {
             // It is checked at the end; refusing it now saves a useless upload.
             return Err(ErrorCode::ErrorJson);
@@ -525,22 +530,18 @@ impl Store {
             _ => {}
         }
         *rec = Rec::None; // closes an old upload's file before it is truncated
-        let mut u = self.fresh(c, geo)?;
+        let mut u = self.fresh(c, geo, no_state)?;
         self.write_chunk(&mut u, c)?;
         *rec = Rec::Active(Box::new(u));
         Ok(())
     }
 
-    fn fresh(&self, c: &Chunk, geo: Geometry) -> Result<Upload, ErrorCode> {
+    fn fresh(&self, c: &Chunk, geo: Geometry, no_state: bool) -> Result<Upload, ErrorCode> {
         let dir = self.dir_of(c.uid);
-        fs::create_dir_all(&dir).map_err(|e| {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot create upload directory");
-            ErrorCode::CreateDirFailed
-        })?;
         // An older upload's state must go before its .part is truncated, or
         // a crash in between would leave a state claiming zeroed chunks.
         let state = self.state_path(c.uid, &c.name);
-        if state.exists() {
+        if !no_state && state.exists() {
             remove_if_exists(&state)
                 .and_then(|()| sync_dir(&dir))
                 .map_err(|e| {
@@ -549,12 +550,27 @@ impl Store {
                 })?;
         }
         let part = self.part_path(c.uid, &c.name);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&part)
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&part)
+        };
+        // The uid's directory usually exists: it is created (and the open
+        // retried) only when the first open fails.
+        let file = match open() {
+            Err(_) => {
+                fs::create_dir_all(&dir).map_err(|e| {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot create upload directory");
+                    ErrorCode::CreateDirFailed
+                })?;
+                open()
+            }
+            r => r,
+        };
+        let file = file
             .and_then(|f| f.set_len(geo.total).map(|()| f))
             .map_err(|e| {
                 tracing::warn!(path = %part.display(), error = %e, "cannot create upload file");
