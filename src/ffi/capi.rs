@@ -601,7 +601,7 @@ pub unsafe extern "C" fn chatxfer_client_free(client: *mut chatxfer_client) {
 }
 
 /// Starts the reference ResourceServer in this process on 127.0.0.1, storing
-/// uploads as `dir`/<uid>/<name>; `*out_port` is its port (on success).
+/// uploads as `dir/<uid>/<name>`; `*out_port` is its port (on success).
 ///
 /// # Safety
 /// `dir` is NULL or NUL-terminated; `out_port` is NULL or valid for a write.

@@ -37,7 +37,7 @@
 //! is guarded the same way, and the C++ side of delivery catches every
 //! exception the app's sink throws (`src/ffi/sink.cc`), so a throwing sink
 //! loses that event, not the process. Fallible C++ calls return a
-//! [`bridge::Status`] instead of throwing; the text of the last error on the
+//! `Status` instead of throwing; the text of the last error on the
 //! calling thread is kept for `LastError()` / `chatxfer_last_error`.
 
 pub mod bridge;
