@@ -322,17 +322,7 @@ fn chat_chunk(shared: &Shared, body: &[u8]) -> Option<(ErrorCode, Vec<u8>)> {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(error = %e, "undecodable 1047");
-            let (name, seq) = name_and_seq(body);
-            let mut v = json!({ "error": ErrorCode::ErrorJson.code() });
-            if shared.named_errors {
-                if let Some(n) = name {
-                    v["name"] = n.into();
-                }
-                if let Some(s) = seq {
-                    v["seq"] = s.into();
-                }
-            }
-            return Some((ErrorCode::ErrorJson, to_body(&v)));
+            return undecodable(shared, body);
         }
     };
     let error = |code: ErrorCode| {
@@ -353,32 +343,69 @@ fn chat_chunk(shared: &Shared, body: &[u8]) -> Option<(ErrorCode, Vec<u8>)> {
         tracing::debug!(name = %req.name, seq = req.seq, %code, "download chunk refused");
         Some((code, to_body(&v)))
     };
-    if let Some(code) = shared.injected(&req.name) {
-        return error(code);
-    }
-    if req.seq == 1 {
-        if let Err(code) = shared.check_token(req.uid, Some(&req.token)) {
-            return error(code);
-        }
-    }
-    let served = shared.downloads.serve(req.sender_id, &req.name, req.seq);
-    let fault = shared.downloads.take_fault(&req.name, req.seq);
-    if drops(&fault, req.seq) {
-        shared.count(|c| &c.replies_dropped);
-        return None;
-    }
-    let c = match served {
-        Ok(c) => c,
+    let (c, data, seq) = match serve(
+        shared,
+        req.uid,
+        req.sender_id,
+        &req.name,
+        req.seq,
+        &req.token,
+    ) {
+        Ok(Some(served)) => served,
+        Ok(None) => return None,
         Err(code) => return error(code),
     };
-    shared.count_served(&c);
-    let (data, seq) = chunk_payload(&c, req.seq, fault.as_ref());
     let v = json!({
         "error": 0, "data": data, "seq": seq, "total_size": c.total.to_string(),
         "current_size": c.current.to_string(), "is_last": c.is_last, "name": req.name,
         "sender_id": req.sender_id, "receiver_id": req.receiver_id,
     });
     Some((ErrorCode::Success, to_body(&v)))
+}
+
+/// A 1001 for a body that does not decode (named: with what could be read of
+/// `name` and `seq`), so every request still gets one reply.
+fn undecodable(shared: &Shared, body: &[u8]) -> Option<(ErrorCode, Vec<u8>)> {
+    let (name, seq) = name_and_seq(body);
+    let mut v = json!({ "error": ErrorCode::ErrorJson.code() });
+    if shared.named_errors {
+        if let Some(n) = name {
+            v["name"] = n.into();
+        }
+        if let Some(s) = seq {
+            v["seq"] = s.into();
+        }
+    }
+    Some((ErrorCode::ErrorJson, to_body(&v)))
+}
+
+/// The step 1047 and 1033 share: injected errors, the token on seq 1, the
+/// per-name expected seq and the read, test faults. `Ok(None)`: the reply is
+/// dropped (a fault); `Ok(Some((chunk, base64, seq to report)))`: serve it.
+fn serve(
+    shared: &Shared,
+    uid: i64,
+    owner: i64,
+    name: &str,
+    seq: u32,
+    token: &str,
+) -> Result<Option<(Served, String, u32)>, ErrorCode> {
+    if let Some(code) = shared.injected(name) {
+        return Err(code);
+    }
+    if seq == 1 {
+        shared.check_token(uid, Some(token))?;
+    }
+    let served = shared.downloads.serve(owner, name, seq);
+    let fault = shared.downloads.take_fault(name, seq);
+    if drops(&fault, seq) {
+        shared.count(|c| &c.replies_dropped);
+        return Ok(None);
+    }
+    let c = served?;
+    shared.count_served(&c);
+    let (data, seq) = chunk_payload(&c, seq, fault.as_ref());
+    Ok(Some((c, data, seq)))
 }
 
 /// True if `fault` drops the reply to `seq`.
@@ -396,17 +423,7 @@ fn avatar_chunk(shared: &Shared, body: &[u8]) -> Option<(ErrorCode, Vec<u8>)> {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(error = %e, "undecodable 1033");
-            let (name, seq) = name_and_seq(body);
-            let mut v = json!({ "error": ErrorCode::ErrorJson.code() });
-            if shared.named_errors {
-                if let Some(n) = name {
-                    v["name"] = n.into();
-                }
-                if let Some(s) = seq {
-                    v["seq"] = s.into();
-                }
-            }
-            return Some((ErrorCode::ErrorJson, to_body(&v)));
+            return undecodable(shared, body);
         }
     };
     let error = |code: ErrorCode| {
@@ -422,26 +439,11 @@ fn avatar_chunk(shared: &Shared, body: &[u8]) -> Option<(ErrorCode, Vec<u8>)> {
         tracing::debug!(name = %req.name, seq = req.seq, %code, "avatar download refused");
         Some((code, to_body(&v)))
     };
-    if let Some(code) = shared.injected(&req.name) {
-        return error(code);
-    }
-    if req.seq == 1 {
-        if let Err(code) = shared.check_token(req.uid, Some(&req.token)) {
-            return error(code);
-        }
-    }
-    let served = shared.downloads.serve(req.uid, &req.name, req.seq);
-    let fault = shared.downloads.take_fault(&req.name, req.seq);
-    if drops(&fault, req.seq) {
-        shared.count(|c| &c.replies_dropped);
-        return None;
-    }
-    let c = match served {
-        Ok(c) => c,
+    let (c, data, seq) = match serve(shared, req.uid, req.uid, &req.name, req.seq, &req.token) {
+        Ok(Some(served)) => served,
+        Ok(None) => return None,
         Err(code) => return error(code),
     };
-    shared.count_served(&c);
-    let (data, seq) = chunk_payload(&c, req.seq, fault.as_ref());
     let v = json!({
         "error": 0, "data": data, "seq": seq, "total_size": c.total.to_string(),
         "current_size": c.current.to_string(), "is_last": c.is_last,
