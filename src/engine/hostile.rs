@@ -367,9 +367,10 @@ proptest! {
 }
 
 /// The reply that used to panic the engine: an upload reply named like a
-/// download in progress.
+/// download in progress. It never acts on the download's data; the download
+/// fails with a clear reason instead of waiting on a confused server.
 #[test]
-fn an_upload_reply_naming_a_download_is_ignored() {
+fn an_upload_reply_naming_a_download_fails_it_clearly() {
     let mut h = Harness::new(ServerStorage::Appending);
     h.transmit(50);
     h.reply(
@@ -379,6 +380,7 @@ fn an_upload_reply_naming_a_download_is_ignored() {
     h.transmit(50);
     let before = h.engine.file_status("dl0").unwrap();
     assert!(before.in_flight > 0, "{before:?}");
+    assert_eq!(lock(&h.sinks["dl0"].0).0.len(), 70_000, "the sink is open");
     for id in [1042, 1038, 1044, 1032] {
         h.reply(id, serde_json::json!({"error": 0, "name": "dl0", "seq": 1}));
         h.reply(
@@ -387,17 +389,26 @@ fn an_upload_reply_naming_a_download_is_ignored() {
         );
     }
     assert_eq!(h.engine.stats().wrong_kind_replies, 8);
+    assert_eq!(h.engine.stats().acks, 0, "nothing was taken as an ack");
     let dl = h.engine.file_status("dl0").unwrap();
-    assert_eq!(dl.state, FileState::Sending);
-    assert_eq!(dl, before, "the download is untouched");
-    // And a download reply naming an upload finds no download.
+    assert_eq!((dl.state, dl.acked), (FileState::Failed, 0));
+    assert!(
+        lock(&h.sinks["dl0"].0).0.is_empty(),
+        "the partial file is removed"
+    );
+    let reason = std::iter::from_fn(|| h.engine.poll_event())
+        .find_map(|e| match e {
+            Event::Failed { name, failure } if name == "dl0" => Some(failure.to_string()),
+            _ => None,
+        })
+        .expect("a Failed event for dl0");
+    assert!(reason.contains("an upload reply (1042"), "{reason}");
+    // A download reply naming an upload finds no download and changes nothing.
+    let up = h.engine.file_status("up0").unwrap();
     h.reply(
         1048,
         serde_json::json!({"error": 0, "name": "up0", "seq": 1, "data": ""}),
     );
-    assert_eq!(
-        h.engine.file_status("up0").unwrap().state,
-        FileState::Sending
-    );
+    assert_eq!(h.engine.file_status("up0").unwrap(), up);
     h.check_liveness();
 }

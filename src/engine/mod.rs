@@ -328,13 +328,13 @@ impl Engine {
             let (Some(name), Some(seq)) = (rsp.name.as_deref(), rsp.seq) else {
                 return self.violation(format!("success reply {id} without name or seq"));
             };
-            self.on_upload_ack(now, name, seq);
+            self.on_upload_ack(now, id, name, seq);
         } else {
             self.stats.error_replies += 1;
             // The reference server names the request; the deployed one does not.
             if let (Some(name), Some(seq)) = (rsp.name.as_deref(), rsp.seq) {
                 let request = self
-                    .find_kind(name, RequestKind::UploadChunk)
+                    .find_kind(now, name, id, RequestKind::UploadChunk)
                     .and_then(|t| self.in_flight.find(t, seq));
                 match request {
                     Some(no) => {
@@ -429,20 +429,38 @@ impl Engine {
             .expect("callers pass numbers found in the table")
     }
 
-    /// The transfer called `name` if it takes replies of `kind`; replies of
-    /// the wrong kind or for unknown names are counted.
-    fn find_kind(&mut self, name: &str, kind: RequestKind) -> Option<FileId> {
-        let Some(&id) = self.names.get(name) else {
+    /// The transfer called `name` if it takes replies of `kind`; replies for
+    /// unknown names are counted. A reply of the wrong kind is counted and
+    /// never acts on the transfer's data; as no request of ours can have
+    /// caused it (names are unique across kinds, and a name is reused only
+    /// with nothing in flight), the server is confused or hostile, and the
+    /// named transfer fails with that explanation instead of waiting on it.
+    fn find_kind(
+        &mut self,
+        now: Instant,
+        name: &str,
+        id: MsgId,
+        kind: RequestKind,
+    ) -> Option<FileId> {
+        let Some(&tid) = self.names.get(name) else {
             self.stats.unknown_replies += 1;
             return None;
         };
-        let is_upload = matches!(self.transfers.get(&id)?.dir, Direction::Upload(_));
+        let is_upload = matches!(self.transfers.get(&tid)?.dir, Direction::Upload(_));
         if is_upload != (kind == RequestKind::UploadChunk) {
             self.stats.wrong_kind_replies += 1;
-            tracing::debug!(name, "reply of the wrong kind for this transfer; ignored");
+            let (asked, got) = if is_upload {
+                ("an upload", "a download reply")
+            } else {
+                ("a download", "an upload reply")
+            };
+            let message = format!(
+                "the server sent {got} ({id}) naming {name:?}, which is {asked}; refusing a confused server"
+            );
+            self.fail(tid, Failure::BadReply { seq: 0, message }, now);
             return None;
         }
-        Some(id)
+        Some(tid)
     }
 
     fn lookup(&self, name: &str) -> Result<FileId> {

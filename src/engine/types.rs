@@ -256,7 +256,7 @@ pub struct Stats {
     /// Replies naming a file the engine does not know.
     pub unknown_replies: u64,
     /// Replies of one kind naming a transfer of the other (an upload reply
-    /// naming a download, say): ignored.
+    /// naming a download, say): never applied; the named transfer fails.
     pub wrong_kind_replies: u64,
     pub malformed_replies: u64,
     /// Frames of message ids the upload engine does not consume.

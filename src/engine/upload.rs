@@ -406,8 +406,8 @@ impl Engine {
     }
 
     /// A success reply (1042/1038/1044/1032) for `name`'s `seq`.
-    pub(super) fn on_upload_ack(&mut self, now: Instant, name: &str, seq: u32) {
-        let Some(id) = self.find_kind(name, RequestKind::UploadChunk) else {
+    pub(super) fn on_upload_ack(&mut self, now: Instant, msg_id: MsgId, name: &str, seq: u32) {
+        let Some(id) = self.find_kind(now, name, msg_id, RequestKind::UploadChunk) else {
             return;
         };
         let Some(no) = self.in_flight.find(id, seq) else {
