@@ -377,12 +377,12 @@ impl Client {
             sender: entry.sender,
             receiver: entry.receiver,
             message_id: entry.message_id,
-            token: String::new(),
+            token: entry.token.clone(),
             md5: Some(entry.md5.clone()),
             chunk_size: Some(entry.chunk_size),
             priority: entry.priority,
             hold: false,
-            avatar: false,
+            avatar: entry.avatar,
         };
         tracing::info!(
             name,
@@ -415,6 +415,8 @@ impl Client {
             receiver: spec.receiver,
             message_id: spec.message_id,
             priority: spec.priority,
+            token: spec.token.clone(),
+            avatar: spec.avatar,
             acked_prefix: 0,
             acked_beyond: Vec::new(),
             exact: false,
@@ -563,13 +565,13 @@ async fn drive(shared: Arc<Shared>, config: ClientConfig) {
             retry_in: Some(delay),
         });
         shared.changed.notify_waiters();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shared.wake.notified() => {
-                // Woken by an API call: keep the backoff unless shutting down.
-                if !is_shutdown(&shared) {
-                    tokio::time::sleep(delay).await;
-                }
+        // An API call wakes the driver: the backoff keeps its deadline (a
+        // busy app must not postpone the reconnect), shutdown ends it.
+        let deadline = tokio::time::Instant::now() + delay;
+        while !is_shutdown(&shared) {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = shared.wake.notified() => {}
             }
         }
     }

@@ -41,6 +41,13 @@ pub struct JournalEntry {
     pub receiver: i64,
     pub message_id: i64,
     pub priority: u8,
+    /// The login token the upload was registered with (avatars send it on
+    /// seq 1). The journal is written readable by its owner only.
+    #[serde(default)]
+    pub token: String,
+    /// An avatar upload (1031), which must resume as one.
+    #[serde(default)]
+    pub avatar: bool,
     pub acked_prefix: u32,
     pub acked_beyond: Vec<u32>,
     /// Written after every in-flight chunk was answered (graceful shutdown).
@@ -66,7 +73,11 @@ pub fn write(dir: &Path, entry: &JournalEntry) -> std::io::Result<()> {
     let final_path = path_for(dir, &entry.name);
     let tmp = dir.join(format!(".{}{SUFFIX}.tmp", entry.name));
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut f = options.open(&tmp)?;
         f.write_all(&serde_json::to_vec_pretty(entry).map_err(std::io::Error::other)?)?;
         f.sync_data()?;
     }
@@ -149,6 +160,8 @@ mod tests {
             receiver: 2,
             message_id: 3,
             priority: 0,
+            token: String::new(),
+            avatar: false,
             acked_prefix: 2,
             acked_beyond: vec![],
             exact: false,
@@ -172,5 +185,34 @@ mod tests {
         assert!(bad.iter().any(|(_, r)| r.contains("version")));
         remove(dir.path(), "a.mp4");
         assert!(scan(dir.path()).0.is_empty());
+    }
+
+    #[test]
+    fn an_avatar_keeps_its_kind_and_token_and_older_journals_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut avatar = entry("face.png");
+        avatar.avatar = true;
+        avatar.token = "login-token".into();
+        write(dir.path(), &avatar).unwrap();
+        // A journal written before these fields existed.
+        let mut old = serde_json::to_value(entry("old.mp4")).unwrap();
+        let fields = old.as_object_mut().unwrap();
+        fields.remove("token");
+        fields.remove("avatar");
+        std::fs::write(dir.path().join("old.mp4.journal.json"), old.to_string()).unwrap();
+        let (mut ok, bad) = scan(dir.path());
+        ok.sort_by(|a, b| a.name.cmp(&b.name));
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(ok, vec![avatar, entry("old.mp4")]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(path_for(dir.path(), "face.png")).unwrap();
+            assert_eq!(
+                meta.permissions().mode() & 0o077,
+                0,
+                "holds a token: owner only"
+            );
+        }
     }
 }

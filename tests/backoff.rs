@@ -1,0 +1,51 @@
+//! The reconnect backoff keeps its deadline when the app calls in, and a
+//! shutdown during the backoff ends the driver at once.
+
+use std::time::Duration;
+
+use chatxfer::engine::Event;
+use chatxfer::runtime::{Backoff, Client, ClientConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_the_backoff_ends_the_driver_at_once() {
+    // A port nobody listens on: connecting fails at once.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut config = ClientConfig::new(addr.to_string());
+    config.backoff = Backoff {
+        initial: Duration::from_secs(600),
+        max: Duration::from_secs(600),
+        jitter: 0.0,
+    };
+    let (client, mut events) = Client::start(config).unwrap();
+    let (_, retry_in) = next(&mut events).await.expect("the first connect fails");
+    assert_eq!(retry_in, Some(Duration::from_secs(600)));
+    // API calls wake the driver during its backoff; they must not restart it.
+    assert!(client.pause("no such transfer").is_err());
+    // The scenario, not a synchronisation: the user quits a while after the
+    // call, when the driver is back in its backoff.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.shutdown(None).await;
+    let (reason, retry_in) = next(&mut events)
+        .await
+        .expect("the driver ends long before its 600 s backoff");
+    assert_eq!((reason.as_str(), retry_in), ("client shut down", None));
+}
+
+/// The next `Disconnected` event, within 30 s.
+async fn next(
+    events: &mut chatxfer::runtime::Events,
+) -> Result<(String, Option<Duration>), tokio::time::error::Elapsed> {
+    let fut = async {
+        loop {
+            match events.recv().await {
+                Some(Event::Disconnected { reason, retry_in }) => break (reason, retry_in),
+                Some(_) => {}
+                None => panic!("event stream ended"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), fut).await
+}
