@@ -1211,10 +1211,10 @@ mod downloads {
     }
 
     /// A cut with requests in flight: the server's expected seq ran ahead of
-    /// what arrived, so the first request after the reconnect fails, and the
-    /// download starts again from seq 1 and completes byte-identical.
+    /// what arrived, so the probe after the reconnect fails, and the download
+    /// starts again from seq 1 (once) and completes byte-identical.
     #[test]
-    fn a_cut_download_resumes_or_restarts_and_completes() {
+    fn a_cut_with_requests_in_flight_restarts_from_seq_1_and_completes() {
         let mut s = sim(WindowPolicy::Fixed(8), ServerStorage::Positional);
         let data = pattern(40 * 32_768 + 11, 4);
         serve(&mut s, 1, "v.bin", &data);
@@ -1222,7 +1222,11 @@ mod downloads {
         while s.engine.file_status("d").unwrap().acked_prefix < 5 {
             s.step();
         }
+        let status = s.engine.file_status("d").unwrap();
+        assert!(status.in_flight > 0, "{status:?}");
+        let received = status.acked_prefix;
         s.cut();
+        let logged = s.server.down_log.len();
         s.run(Duration::from_secs(60));
         assert_eq!(
             state(&s, "d"),
@@ -1231,6 +1235,61 @@ mod downloads {
             failure(&s, "d")
         );
         assert!(sink.0.lock().unwrap().0 == data);
+        assert_eq!(s.engine.stats().restarts, 1);
+        let after: Vec<u32> = s.server.down_log[logged..]
+            .iter()
+            .map(|(_, q)| *q)
+            .collect();
+        assert_eq!(
+            after[0],
+            received + 1,
+            "the probe asks for the first missing chunk"
+        );
+        assert_eq!(after[1], 1, "then the download starts again from seq 1");
+        assert_eq!(
+            after[1..],
+            (1..=41).collect::<Vec<u32>>()[..],
+            "each chunk once after that"
+        );
+    }
+
+    /// A cut with nothing in flight (paused and drained): the server's
+    /// expected seq is ours, so the download resumes exactly, with no restart.
+    #[test]
+    fn a_cut_with_nothing_in_flight_resumes_exactly() {
+        let mut s = sim(WindowPolicy::Fixed(8), ServerStorage::Positional);
+        let data = pattern(40 * 32_768 + 11, 4);
+        serve(&mut s, 1, "v.bin", &data);
+        let sink = download(&mut s, "d", 1, Some(md5_of(&data)));
+        while s.engine.file_status("d").unwrap().acked_prefix < 5 {
+            s.step();
+        }
+        s.engine.pause("d", s.now).unwrap();
+        while s.engine.file_status("d").unwrap().in_flight > 0 {
+            s.step();
+        }
+        let received = s.engine.file_status("d").unwrap().acked_prefix;
+        s.cut();
+        s.engine.resume("d", s.now).unwrap();
+        let logged = s.server.down_log.len();
+        s.run(Duration::from_secs(60));
+        assert_eq!(
+            state(&s, "d"),
+            FileState::Completed,
+            "{:?}",
+            failure(&s, "d")
+        );
+        assert!(sink.0.lock().unwrap().0 == data);
+        assert_eq!(s.engine.stats().restarts, 0);
+        let after: Vec<u32> = s.server.down_log[logged..]
+            .iter()
+            .map(|(_, q)| *q)
+            .collect();
+        assert_eq!(
+            after,
+            (received + 1..=41).collect::<Vec<u32>>(),
+            "each missing chunk once"
+        );
     }
 
     #[test]
