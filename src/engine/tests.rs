@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
+use super::pair::Pair;
 use super::sim::{Sim, SimConfig};
 use super::*;
 use crate::protocol::messages::DownChunkRsp;
@@ -140,54 +141,40 @@ fn events(engine: &mut Engine) -> Vec<Event> {
 
 #[test]
 fn one_file_goes_1041_then_waits_then_1037_up_to_the_window() {
-    let mut e = Engine::new(config(WindowPolicy::Fixed(5), ServerStorage::Appending));
-    let now = Instant::now();
-    e.connected(now);
-    let bytes = pattern(10 * CHUNK as usize + 5, 1);
-    e.add_file_hashing(spec("a"), Box::new(MemorySource::new(bytes)), now)
-        .unwrap();
-    let first = drain(&mut e, now);
+    let mut p = Pair::new(config(WindowPolicy::Fixed(5), ServerStorage::Appending));
+    p.upload(spec("a"), pattern(10 * CHUNK as usize + 5, 1));
+    let first = p.client_sends();
     assert_eq!(first.len(), 1, "only seq 1 before its 1042");
-    assert_eq!(first[0].0, MsgId(1041));
-    assert_eq!(first[0].1["seq"], 1);
-    assert_eq!(first[0].1["total_size"], (10 * CHUNK + 5).to_string());
-    assert!(drain(&mut e, now).is_empty());
-    ack(&mut e, now, MsgId(1041), "a", 1);
-    let burst = drain(&mut e, now);
-    let seqs: Vec<_> = burst
-        .iter()
-        .map(|(id, v)| (id.0, v["seq"].as_u64().unwrap()))
-        .collect();
+    let c = first[0].chunk();
+    assert_eq!((first[0].id, c.seq), (MsgId(1041), 1));
+    assert_eq!(c.total_size.0, 10 * CHUNK as u64 + 5);
+    assert!(first[0].is_string("total_size"), "1041 sizes are strings");
+    assert!(p.client_sends().is_empty());
+    p.server_acks(&first[0]);
+    let burst = p.client_sends();
+    let seqs: Vec<_> = burst.iter().map(|s| (s.id.0, s.chunk().seq)).collect();
     assert_eq!(
         seqs,
         vec![(1037, 2), (1037, 3), (1037, 4), (1037, 5), (1037, 6)]
     );
-    assert_eq!(burst[0].1["last_seq"], 11);
-    assert_eq!(burst[0].1["trans_size"], (2 * CHUNK).to_string());
+    let c = burst[0].chunk();
+    assert_eq!((c.last_seq, c.trans_size.0), (Some(11), 2 * CHUNK as u64));
 }
 
 #[test]
 fn zero_byte_file_is_one_1041_and_completes_on_its_1042() {
-    let mut e = Engine::new(EngineConfig::default());
-    let now = Instant::now();
-    e.connected(now);
-    e.add_file_hashing(spec("empty"), Box::new(MemorySource::new(Vec::new())), now)
-        .unwrap();
-    let frames = drain(&mut e, now);
-    assert_eq!(frames.len(), 1);
-    let (id, v) = &frames[0];
-    assert_eq!(*id, MsgId(1041));
+    let mut p = Pair::new(EngineConfig::default());
+    p.upload(spec("empty"), Vec::new());
+    let sent = p.client_sends();
+    assert_eq!(sent.len(), 1);
+    let c = sent[0].chunk();
+    assert_eq!(sent[0].id, MsgId(1041));
     assert_eq!(
-        (
-            v["data"].as_str(),
-            v["trans_size"].as_str(),
-            v["total_size"].as_str()
-        ),
-        (Some(""), Some("0"), Some("0"))
+        (&*c.data, c.trans_size.0, c.total_size.0, c.last),
+        ("", 0, 0, 1)
     );
-    assert_eq!(v["last"], 1);
-    ack(&mut e, now, MsgId(1041), "empty", 1);
-    let ev = events(&mut e);
+    p.server_acks(&sent[0]);
+    let ev = p.events();
     assert!(ev.contains(&Event::Completed {
         name: "empty".into(),
         md5: "d41d8cd98f00b204e9800998ecf8427e".into(),
@@ -259,41 +246,28 @@ fn no_file_sends_past_seq_1_before_its_own_1042() {
 /// re-sends chunks still in flight, which an appending server duplicates.
 #[test]
 fn pause_then_resume_before_in_flight_acks_sends_no_duplicate() {
-    let mut e = Engine::new(config(WindowPolicy::Fixed(5), ServerStorage::Appending));
-    let now = Instant::now();
-    e.connected(now);
-    e.add_file_hashing(
-        spec("v"),
-        Box::new(MemorySource::new(pattern(20 * CHUNK as usize, 5))),
-        now,
-    )
-    .unwrap();
-    drain(&mut e, now);
-    ack(&mut e, now, MsgId(1041), "v", 1);
-    let burst = drain(&mut e, now); // seqs 2..=6 in flight
-    assert_eq!(burst.len(), 5);
-    e.pause("v", now).unwrap();
-    ack(&mut e, now, MsgId(1037), "v", 2); // one ack drains while paused
+    let mut p = Pair::new(config(WindowPolicy::Fixed(5), ServerStorage::Appending));
+    p.upload(spec("v"), pattern(20 * CHUNK as usize, 5));
+    let first = p.client_sends();
+    p.server_acks(&first[0]);
+    let burst = p.client_sends();
+    assert_eq!(burst.len(), 5, "seqs 2..=6 in flight");
+    p.engine.pause("v", p.now).unwrap();
+    p.server_acks(&burst[0]); // one ack drains while paused
     assert!(
-        drain(&mut e, now).is_empty(),
+        p.client_sends().is_empty(),
         "a paused file sends nothing new"
     );
-    e.resume("v", now).unwrap(); // 3..=6 still in flight
-    let after = drain(&mut e, now);
-    let seqs: Vec<_> = after
-        .iter()
-        .map(|(id, v)| (id.0, v["seq"].as_u64().unwrap()))
-        .collect();
+    p.engine.resume("v", p.now).unwrap(); // 3..=6 still in flight
+    let after = p.client_sends();
+    let seqs: Vec<_> = after.iter().map(|s| (s.id.0, s.chunk().seq)).collect();
     assert_eq!(
         seqs,
         vec![(1043, 7)],
         "continues after the highest chunk sent, first as 1043"
     );
-    assert_eq!(
-        after[0].1["trans_size"],
-        7 * CHUNK as u64,
-        "1043 sizes are ints"
-    );
+    assert_eq!(after[0].chunk().trans_size.0, 7 * CHUNK as u64);
+    assert!(!after[0].is_string("trans_size"), "1043 sizes are ints");
 }
 
 #[test]
@@ -1388,5 +1362,116 @@ mod avatars {
             s.events
         );
         assert!(sink.0.lock().unwrap().0 == bytes);
+    }
+}
+
+/// Scripted stories with the `Pair`: the protocol's order of events, told
+/// by hand.
+mod stories {
+    use super::*;
+
+    /// Two files; the deployed server answers one chunk with an anonymous
+    /// error, then acknowledges a later chunk of the same file: the error can
+    /// only be that file's, which fails alone; the other completes.
+    #[test]
+    fn an_anonymous_error_is_attributed_by_elimination() {
+        let mut p = Pair::new(config(WindowPolicy::Fixed(4), ServerStorage::Appending));
+        p.upload(spec("a"), pattern(4 * CHUNK as usize, 1));
+        p.upload(spec("b"), pattern(4 * CHUNK as usize, 2));
+        for first in p.client_sends() {
+            p.server_acks(&first);
+        }
+        let burst = p.client_sends();
+        let names: Vec<_> = burst
+            .iter()
+            .map(|s| (s.chunk().name.to_string(), s.chunk().seq))
+            .collect();
+        assert_eq!(names.len(), 4, "{names:?}");
+        let a2 = burst
+            .iter()
+            .find(|s| s.chunk().name == "a" && s.chunk().seq == 2)
+            .unwrap();
+        let a3 = burst
+            .iter()
+            .find(|s| s.chunk().name == "a" && s.chunk().seq == 3)
+            .unwrap();
+        p.server_errs(a2, ErrorCode::FileWritePermissionFailed);
+        assert_eq!(p.state("a"), FileState::Sending, "not attributable yet");
+        assert!(
+            p.client_sends().iter().all(|s| s.chunk().last == 0),
+            "no candidate sends its last chunk while the error is unattributed"
+        );
+        p.server_acks(a3); // replies per name are ordered: a2 was the error
+        assert_eq!(p.state("a"), FileState::Failed);
+        assert!(p.events().contains(&Event::Failed {
+            name: "a".into(),
+            failure: Failure::Server {
+                code: ErrorCode::FileWritePermissionFailed,
+                seq: 2
+            }
+        }));
+        for _ in 0..4 {
+            for s in p.client_sends() {
+                if s.chunk().name == "b" {
+                    p.server_acks(&s);
+                }
+            }
+            for s in burst.iter().filter(|s| s.chunk().name == "b") {
+                p.server_acks(s);
+            }
+        }
+        assert_eq!(p.state("b"), FileState::Completed);
+    }
+
+    /// A download asks 1045 by message id; the deployed server answers
+    /// nothing for an unknown id, so it fails alone after the info timeout.
+    /// Another, told its size, pipelines 1047s in order with the token; after
+    /// a cut it probes with one request from the first missing chunk.
+    #[test]
+    fn downloads_ask_info_pipeline_in_order_and_probe_after_a_cut() {
+        let mut p = Pair::new(config(WindowPolicy::Fixed(4), ServerStorage::Appending));
+        let mut unknown = DownloadSpec::new("lost", 404);
+        unknown.token = "tok".into();
+        p.engine
+            .add_download(unknown, Box::new(MemorySink::default()), p.now)
+            .unwrap();
+        let mut spec = DownloadSpec::new("d", 5);
+        spec.token = "tok".into();
+        let sink = MemorySink::default();
+        p.engine
+            .add_download(spec, Box::new(sink.clone()), p.now)
+            .unwrap();
+        let asks = p.client_sends();
+        let ids: Vec<i64> = asks.iter().map(|s| s.down_info().message_id).collect();
+        assert_eq!(ids, vec![404, 5]);
+        let info = serde_json::json!({"error": 0, "message_id": 5, "name": "x.bin",
+            "total_size": (6 * 32_768).to_string(), "sender_id": 1, "recv_id": 2});
+        let body = serde_json::to_vec(&info).unwrap();
+        p.engine.handle_frame(p.now, MsgId(1046), &body);
+        let chunks = p.client_sends();
+        let seqs: Vec<u32> = chunks.iter().map(|s| s.down_chunk().seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3], "pipelined in order, up to the window");
+        assert!(chunks
+            .iter()
+            .all(|s| s.has("token") && s.down_chunk().name == "x.bin"));
+        p.advance(p.engine.config().info_timeout);
+        assert_eq!(p.state("lost"), FileState::Failed);
+        assert_eq!(
+            p.state("d"),
+            FileState::Sending,
+            "the other download is untouched"
+        );
+        // Chunk 1 arrives, then the link is cut with 2 and 3 in flight.
+        let data =
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [9u8; 32_768]);
+        let rsp = serde_json::json!({"error": 0, "name": "x.bin", "seq": 1, "data": data,
+            "total_size": (6 * 32_768).to_string()});
+        p.engine
+            .handle_frame(p.now, MsgId(1048), &serde_json::to_vec(&rsp).unwrap());
+        p.cut();
+        p.reconnect();
+        let probe = p.client_sends();
+        let seqs: Vec<u32> = probe.iter().map(|s| s.down_chunk().seq).collect();
+        assert_eq!(seqs, vec![2], "one probe from the first missing chunk");
     }
 }
