@@ -5,5 +5,7 @@ pub mod linkemu;
 pub mod protocol;
 pub mod runtime;
 pub mod server;
+#[doc(hidden)]
+pub mod sync;
 
 pub use error::{Error, Result};

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use proptest::prelude::*;
 
-use super::io::lock;
 use super::*;
+use crate::sync::lock;
 
 const UPLOADS: [&str; 3] = ["up0", "up1", "av0"];
 const DOWNLOADS: [&str; 3] = ["dl0", "dl1", "avd0"];

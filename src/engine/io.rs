@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use md5::{Digest, Md5};
 
 use crate::protocol::name::name_problem;
+use crate::sync::lock;
 
 /// A positional reader of one file's bytes.
 pub trait ChunkSource: Send {
@@ -119,12 +120,6 @@ impl ChunkSink for MemorySink {
     fn abort(&mut self) {
         lock(&self.0).0.clear();
     }
-}
-
-/// Locks a mutex, taking the data of a poisoned one (a panic elsewhere must
-/// not make every later call panic too).
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use crate::engine::{
 };
 use crate::error::Result;
 use crate::protocol::{Frame, FrameDecoder};
+use crate::sync::lock;
 
 /// Reconnect delays: `initial`, doubling to `max`, each with ±`jitter` (0..1).
 #[derive(Debug, Clone, Copy)]
@@ -123,14 +124,14 @@ impl Shared {
         // The engine never panics with the lock held in normal operation; a
         // poisoned lock still holds a consistent engine (every mutation is
         // a single call), so keep going rather than cascade the panic.
-        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.engine)
     }
 
     /// Moves the engine's events to the application; returns a reason to
     /// recycle the connection if one of them asks for it.
     fn forward_events(&self, engine: &mut Engine) -> Option<String> {
         let mut recycle = None;
-        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        let mut journal = lock(&self.journal);
         while let Some(e) = engine.poll_event() {
             match &e {
                 Event::StateChanged { name, state } if state.is_terminal() => {
@@ -299,11 +300,7 @@ impl Client {
 
     /// Uploads found unfinished in the state directory at start.
     pub fn offered(&self) -> Vec<JournalEntry> {
-        let j = self
-            .shared
-            .journal
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let j = lock(&self.shared.journal);
         let mut v: Vec<_> = j.offers.values().cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
@@ -314,11 +311,7 @@ impl Client {
     /// changed, the upload fails with a clear error and its journal is removed.
     pub fn resume_offered(&self, name: &str) -> Result<()> {
         let (entry, dir) = {
-            let mut j = self
-                .shared
-                .journal
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut j = lock(&self.shared.journal);
             (j.offers.remove(name), j.dir.clone())
         };
         let entry = entry.ok_or_else(|| crate::Error::UnknownName { name: name.into() })?;
@@ -424,11 +417,7 @@ impl Client {
     }
 
     fn remember(&self, template: JournalEntry) {
-        let mut j = self
-            .shared
-            .journal
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut j = lock(&self.shared.journal);
         if j.dir.is_some() {
             j.templates.insert(template.name.clone(), template);
             j.dirty = true;
@@ -491,11 +480,7 @@ impl Client {
         }
         {
             let engine = self.shared.engine();
-            let mut j = self
-                .shared
-                .journal
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut j = lock(&self.shared.journal);
             j.write_all(&engine, drain.is_some());
         }
         self.shared

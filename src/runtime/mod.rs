@@ -38,7 +38,7 @@ pub enum RuntimeError {
 
 /// A handle to the library's runtime, starting it on first use.
 pub fn handle() -> Result<tokio::runtime::Handle, RuntimeError> {
-    let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut slot = crate::sync::lock(&RUNTIME);
     match &*slot {
         RuntimeSlot::Running(rt) => Ok(rt.handle().clone()),
         RuntimeSlot::ShutDown => Err(RuntimeError::ShutDown),
@@ -63,7 +63,7 @@ pub fn handle() -> Result<tokio::runtime::Handle, RuntimeError> {
 /// Must not be called from inside the runtime's own threads.
 pub fn shutdown(timeout: Duration) {
     let taken = {
-        let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = crate::sync::lock(&RUNTIME);
         std::mem::replace(&mut *slot, RuntimeSlot::ShutDown)
     };
     if let RuntimeSlot::Running(rt) = taken {
