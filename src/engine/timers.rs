@@ -124,7 +124,7 @@ impl Engine {
                 .transfers
                 .get_mut(&r.transfer)
                 .and_then(|t| t.upload_mut())
-                .is_some_and(|u| u.acked_prefix + 1 == r.seq);
+                .is_some_and(|u| u.acked_prefix() + 1 == r.seq);
             if only_last_missing && !self.is_terminal(r.transfer) {
                 let failure = Failure::Unconfirmed { seq: r.seq, waited };
                 self.fail(r.transfer, failure, now);

@@ -13,7 +13,6 @@
 //! * an upload completes if and only if every seq `1..=max_seq` was acknowledged;
 //! * avatars are stop-and-wait (the deployed server handles 1031 one at a time).
 
-use std::collections::BTreeSet;
 use std::time::Instant;
 
 use super::inflight::{ReqNo, Request, RequestKind};
@@ -23,7 +22,7 @@ use super::types::*;
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::protocol::name::name_problem;
-use crate::protocol::{ChunkFrame, ErrorCode, MsgId, MAX_1043_SIZE};
+use crate::protocol::{ChunkFrame, ErrorCode, MsgId, SeqRanges, MAX_1043_SIZE};
 
 /// How often one file may start again from seq 1 after the server answered
 /// 1012 (no record); past that the 1012 fails it.
@@ -50,9 +49,8 @@ pub(super) struct Upload {
     pub max_seq: u32,
     /// The next seq to send on this connection.
     pub next_seq: u32,
-    pub acked_prefix: u32,
-    /// Acknowledged seqs above `acked_prefix + 1`; bounded by the window.
-    pub acked_beyond: BTreeSet<u32>,
+    /// Acknowledged seqs; beyond the prefix it is bounded by the window.
+    pub acked: SeqRanges,
     pub acked_bytes: u64,
     pub phase: UploadPhase,
     /// Restarts from seq 1 because the server had lost its record (1012).
@@ -66,32 +64,25 @@ impl Upload {
     }
 
     pub fn first_acked(&self) -> bool {
-        self.acked_prefix >= 1
+        self.acked.contains(1)
     }
 
-    fn is_acked(&self, seq: u32) -> bool {
-        seq <= self.acked_prefix || self.acked_beyond.contains(&seq)
+    /// Every seq up to this one is acknowledged.
+    pub fn acked_prefix(&self) -> u32 {
+        self.acked.prefix()
     }
 
     /// Records an acknowledgement; false if `seq` was already acknowledged.
     pub fn record_ack(&mut self, seq: u32) -> bool {
-        if seq == 0 || seq > self.max_seq || self.is_acked(seq) {
+        if seq == 0 || seq > self.max_seq || !self.acked.insert(seq) {
             return false;
         }
         self.acked_bytes += self.chunk_len(seq) as u64;
-        if seq == self.acked_prefix + 1 {
-            self.acked_prefix = seq;
-            while self.acked_beyond.remove(&(self.acked_prefix + 1)) {
-                self.acked_prefix += 1;
-            }
-        } else {
-            self.acked_beyond.insert(seq);
-        }
         true
     }
 
     pub fn is_complete(&self) -> bool {
-        self.acked_prefix == self.max_seq
+        self.acked.covers(self.max_seq)
     }
 
     /// The seq this file would send next, if it may send now; `in_flight` is
@@ -113,7 +104,7 @@ impl Upload {
         if !self.first_acked() {
             return None; // nothing but seq 1 before its 1042
         }
-        while self.next_seq <= self.max_seq && self.is_acked(self.next_seq) {
+        while self.next_seq <= self.max_seq && self.acked.contains(self.next_seq) {
             self.next_seq += 1;
         }
         (self.next_seq <= self.max_seq).then_some(self.next_seq)
@@ -122,16 +113,15 @@ impl Upload {
     fn reset_to_start(&mut self) {
         self.phase = UploadPhase::Streaming;
         self.next_seq = 1;
-        self.acked_prefix = 0;
-        self.acked_beyond.clear();
+        self.acked.clear();
         self.acked_bytes = 0;
     }
 
     /// The record a journal keeps.
     pub fn ack_record(&self, in_flight: usize) -> AckRecord {
         AckRecord {
-            acked_prefix: self.acked_prefix,
-            acked_beyond: self.acked_beyond.iter().copied().collect(),
+            acked_prefix: self.acked_prefix(),
+            acked_beyond: self.acked.beyond_prefix().collect(),
             in_flight,
         }
     }
@@ -148,7 +138,7 @@ impl Upload {
             self.phase = UploadPhase::RestartWhenDrained;
             self.first_acked()
         } else {
-            self.next_seq = self.acked_prefix + 1;
+            self.next_seq = self.acked_prefix() + 1;
             self.phase = UploadPhase::Resuming;
             false
         }
@@ -161,7 +151,7 @@ impl Upload {
             total: self.size,
             acked: self.acked_bytes,
             max_seq: self.max_seq,
-            acked_prefix: self.acked_prefix,
+            acked_prefix: self.acked_prefix(),
             next_seq: self.next_seq,
             in_flight: 0,
             md5: self.md5.clone(),
@@ -307,8 +297,7 @@ impl Engine {
             chunk,
             max_seq,
             next_seq: 1,
-            acked_prefix: 0,
-            acked_beyond: BTreeSet::new(),
+            acked: SeqRanges::default(),
             acked_bytes: 0,
             phase: UploadPhase::Streaming,
             lost_record_restarts: 0,
@@ -319,7 +308,7 @@ impl Engine {
             for seq in (1..=rec.acked_prefix.min(max_seq)).chain(beyond) {
                 upload.record_ack(seq);
             }
-            upload.next_seq = upload.acked_prefix + 1;
+            upload.next_seq = upload.acked_prefix() + 1;
             upload.phase = UploadPhase::Resuming;
         }
         let (name, priority, hold) = (

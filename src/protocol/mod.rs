@@ -19,11 +19,13 @@ pub mod frame;
 pub mod messages;
 mod msg_id;
 pub mod name;
+pub mod seqset;
 
 pub use chunk::{ChunkFrame, SizeEncoding};
 pub use error_code::ErrorCode;
 pub use frame::{Frame, FrameDecoder, FrameError, HEADER_LEN, MAX_BODY_LEN};
 pub use msg_id::MsgId;
+pub use seqset::SeqRanges;
 
 /// Default raw chunk size, as the deployed client (`MAX_FILE_LEN`).
 pub const DEFAULT_CHUNK_SIZE: u32 = 32_768;
