@@ -1,13 +1,17 @@
-//! Typed errors of the library's API calls. Failures of a transfer after it
-//! was accepted are not errors of a call: they arrive as
-//! [`Event::Failed`](crate::engine::Event::Failed) with a [`Failure`](crate::engine::Failure).
+//! Typed errors of the library's API calls: the engine's (a refused
+//! transfer, a wrong state), and the edge's (a source file that cannot be
+//! read, or changed). Failures of a transfer after it was accepted are not
+//! errors of a call: they arrive as
+//! [`Event::Failed`](crate::engine::Event::Failed) with a
+//! [`Failure`](crate::engine::Failure).
 
 use std::path::PathBuf;
 
-use crate::engine::FileState;
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Refused by the engine.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::Error),
     #[error("{}: cannot upload: {source}", path.display())]
     Source {
         path: PathBuf,
@@ -18,36 +22,6 @@ pub enum Error {
     NotAFile { path: PathBuf },
     #[error("{}: changed since the upload started ({detail}); not resumed", path.display())]
     SourceChanged { path: PathBuf, detail: String },
-    #[error("file name {name:?} is already being transferred")]
-    DuplicateName { name: String },
-    #[error("file name {name:?} is not acceptable: {reason}")]
-    InvalidName { name: String, reason: &'static str },
-    #[error("no transfer named {name:?}")]
-    UnknownName { name: String },
-    #[error("{name:?}: cannot {action} a transfer that is {state:?}")]
-    WrongState {
-        name: String,
-        action: &'static str,
-        state: FileState,
-    },
-    #[error("{name:?}: chunk size {chunk} gives {body_len}-byte frames, over the server limit of {limit} bytes")]
-    ChunkTooLarge {
-        name: String,
-        chunk: u32,
-        body_len: usize,
-        limit: usize,
-    },
-    #[error("{name:?}: chunk size must be at least 1 byte")]
-    ZeroChunk { name: String },
-    #[error("{name:?}: file of {size} bytes needs more than {max} chunks of {chunk} bytes")]
-    TooManyChunks {
-        name: String,
-        size: u64,
-        chunk: u32,
-        max: u64,
-    },
-    #[error("{name:?}: md5 {md5:?} is not 32 hex digits")]
-    InvalidMd5 { name: String, md5: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -30,12 +30,12 @@ use std::time::Instant;
 
 use md5::{Digest, Md5};
 
+use super::error::{Error, Result};
 use super::inflight::{Request, RequestKind};
 use super::io::ChunkSink;
 use super::transfer::Direction;
 use super::types::*;
 use super::Engine;
-use crate::error::{Error, Result};
 use crate::protocol::messages::{
     decode_as, DownChunkReq, DownChunkRsp, DownInfoReq, DownInfoRsp, StrU64,
 };

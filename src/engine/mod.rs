@@ -71,6 +71,7 @@
 
 mod attribution;
 mod download;
+mod error;
 mod inflight;
 mod io;
 mod scheduler;
@@ -89,11 +90,11 @@ use std::time::Instant;
 
 pub use crate::protocol::DOWNLOAD_CHUNK;
 pub use download::{AvatarRef, DownloadSpec};
+pub use error::{Error, Result};
 pub use io::{md5_hex, md5_of, ChunkSink, ChunkSource, MemorySink, MemorySource};
 pub use types::*;
 pub use window::{Window, WindowPolicy};
 
-use crate::error::{Error, Result};
 use crate::protocol::messages::UploadRsp;
 use crate::protocol::MsgId;
 use attribution::Attribution;

@@ -22,7 +22,7 @@ impl Engine {
         spec: FileSpec,
         source: Box<dyn ChunkSource>,
         now: Instant,
-    ) -> crate::Result<FileId> {
+    ) -> Result<FileId> {
         let (spec, source) = with_md5(spec, source);
         self.add_file(spec, source, now)
     }
@@ -33,7 +33,7 @@ impl Engine {
         source: Box<dyn ChunkSource>,
         acked: &AckRecord,
         now: Instant,
-    ) -> crate::Result<FileId> {
+    ) -> Result<FileId> {
         let (spec, source) = with_md5(spec, source);
         self.add_resumed(spec, source, acked, now)
     }

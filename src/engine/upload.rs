@@ -15,12 +15,12 @@
 
 use std::time::Instant;
 
+use super::error::{Error, Result};
 use super::inflight::{ReqNo, Request, RequestKind};
 use super::io::ChunkSource;
 use super::transfer::Direction;
 use super::types::*;
 use super::Engine;
-use crate::error::{Error, Result};
 use crate::protocol::name::name_problem;
 use crate::protocol::{ChunkFrame, ErrorCode, MsgId, SeqRanges, MAX_1043_SIZE};
 

@@ -96,9 +96,18 @@ impl FfiError {
 impl From<crate::Error> for FfiError {
     fn from(e: crate::Error) -> FfiError {
         use crate::Error as E;
+        match e {
+            E::Engine(e) => FfiError::from(e),
+            E::Source { .. } | E::SourceChanged { .. } => FfiError::new(Code::Io, e.to_string()),
+            E::NotAFile { .. } => FfiError::new(Code::NotAFile, e.to_string()),
+        }
+    }
+}
+
+impl From<crate::engine::Error> for FfiError {
+    fn from(e: crate::engine::Error) -> FfiError {
+        use crate::engine::Error as E;
         let code = match &e {
-            E::Source { .. } | E::SourceChanged { .. } => Code::Io,
-            E::NotAFile { .. } => Code::NotAFile,
             E::DuplicateName { .. } => Code::DuplicateName,
             E::InvalidName { .. } => Code::InvalidName,
             E::UnknownName { .. } => Code::UnknownName,

@@ -289,10 +289,11 @@ impl Client {
             .as_deref()
             .and_then(crate::protocol::name::name_problem)
         {
-            return Err(crate::Error::InvalidName {
+            return Err(crate::engine::Error::InvalidName {
                 name: file_name.unwrap_or_default(),
                 reason: why,
-            });
+            }
+            .into());
         }
         let sink = FileSink::new(dest_dir, file_name);
         self.with_engine(|e, now| e.add_download(spec, Box::new(sink), now).map(|_| ()))
@@ -314,7 +315,7 @@ impl Client {
             let mut j = lock(&self.shared.journal);
             (j.offers.remove(name), j.dir.clone())
         };
-        let entry = entry.ok_or_else(|| crate::Error::UnknownName { name: name.into() })?;
+        let entry = entry.ok_or_else(|| crate::engine::Error::UnknownName { name: name.into() })?;
         let fail = |e: crate::Error| {
             if let Some(dir) = &dir {
                 journal::remove(dir, name);
@@ -489,9 +490,15 @@ impl Client {
         self.shared.wake.notify_one();
     }
 
-    fn with_engine<T>(&self, f: impl FnOnce(&mut Engine, Instant) -> Result<T>) -> Result<T> {
+    fn with_engine<T, E>(
+        &self,
+        f: impl FnOnce(&mut Engine, Instant) -> std::result::Result<T, E>,
+    ) -> Result<T>
+    where
+        crate::Error: From<E>,
+    {
         let mut engine = self.shared.engine();
-        let r = f(&mut engine, Instant::now());
+        let r = f(&mut engine, Instant::now()).map_err(crate::Error::from);
         self.shared.forward_events(&mut engine);
         drop(engine);
         self.shared.wake.notify_one();
