@@ -49,3 +49,39 @@ async fn next(
     };
     tokio::time::timeout(Duration::from_secs(30), fut).await
 }
+
+/// A server that answers every connection with an undecodable reply and
+/// closes: the reply is no progress, so the backoff keeps growing instead of
+/// starting over at every connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_replies_do_not_reset_the_backoff() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut out = Vec::new();
+            chatxfer::protocol::frame::encode(
+                chatxfer::protocol::MsgId(1042),
+                b"not json",
+                &mut out,
+            );
+            let _ = sock.write_all(&out).await;
+        }
+    });
+    let mut config = ClientConfig::new(addr.to_string());
+    config.backoff = Backoff {
+        initial: Duration::from_millis(2),
+        max: Duration::from_secs(60),
+        jitter: 0.0,
+    };
+    let (client, mut events) = Client::start(config).unwrap();
+    let mut delays = Vec::new();
+    while delays.len() < 5 {
+        let (_, retry_in) = next(&mut events).await.expect("the client reconnects");
+        delays.push(retry_in.unwrap());
+    }
+    client.shutdown(None).await;
+    let ms: Vec<u128> = delays.iter().map(|d| d.as_millis()).collect();
+    assert_eq!(ms, vec![2, 4, 8, 16, 32], "doubling: no reply reset it");
+}

@@ -387,6 +387,7 @@ impl Engine {
         if let Err(message) = self.open_sink(id, info) {
             return self.fail(id, Failure::Local { message }, now);
         }
+        self.stats.download_progress += 1;
         if max_seq == 0 {
             // A 0-byte file needs no 1047 (the deployed server cannot serve one).
             self.finish_download(id, now);
@@ -566,6 +567,7 @@ impl Engine {
         d.hasher.update(&self.scratch[..n]);
         d.bytes += n as u64;
         d.received = seq;
+        self.stats.download_progress += 1;
         let done = d.info().is_some_and(|i| seq == i.max_seq);
         let t = self.transfers.get_mut(&tid).expect("looked up above");
         t.common.progress.dirty = true;

@@ -250,7 +250,11 @@ pub enum Event {
 pub struct Stats {
     pub requests_sent: u64,
     pub bytes_sent: u64,
+    /// Upload chunks acknowledged.
     pub acks: u64,
+    /// Download replies that moved a download on: a 1046 with a name and
+    /// size, or a chunk written.
+    pub download_progress: u64,
     /// Success replies for a seq that was not in flight (duplicates, or after a reset).
     pub duplicate_acks: u64,
     /// Replies naming a file the engine does not know.
@@ -264,6 +268,14 @@ pub struct Stats {
     pub error_replies: u64,
     /// Files that restarted from seq 1 (appending server after an uncertain cut, or a lost server record).
     pub restarts: u64,
+}
+
+impl Stats {
+    /// Replies that moved some transfer on; a connection that got none
+    /// made no progress, whatever else it received.
+    pub fn useful_replies(&self) -> u64 {
+        self.acks + self.download_progress
+    }
 }
 
 /// A frame `poll_transmit` appended.

@@ -591,7 +591,7 @@ fn backoff_delay(b: &Backoff, attempt: u32, rng: &mut u64) -> Duration {
 }
 
 /// Runs one connection until it fails or the client shuts down. Returns the
-/// reason, and whether any reply arrived (which resets the backoff).
+/// reason, and whether any reply moved a transfer on (which resets the backoff).
 async fn run_connection(
     shared: &Arc<Shared>,
     stream: TcpStream,
@@ -705,8 +705,8 @@ async fn run_connection(
         tokio::select! {
             frame = frame_rx.recv() => match frame {
                 Some(Ok(f)) => {
-                    made_progress = true;
                     let mut e = shared.engine();
+                    let useful_before = e.stats().useful_replies();
                     let now = Instant::now();
                     e.handle_frame(now, f.id, &f.body);
                     // Take whatever else already arrived under the same lock.
@@ -720,6 +720,9 @@ async fn run_connection(
                             }
                         }
                     }
+                    // Only replies that moved a transfer on reset the
+                    // backoff: garbage must not make the client hammer.
+                    made_progress |= e.stats().useful_replies() > useful_before;
                     let recycle = shared.forward_events(&mut e);
                     if let Some(r) = failed.or(recycle) {
                         break r;
