@@ -58,6 +58,7 @@ mod types;
 mod window;
 
 #[doc(hidden)]
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};

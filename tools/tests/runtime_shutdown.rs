@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chatxfer::engine::ServerStorage;
 use chatxfer::runtime::{self, RuntimeError};
-use chatxfer::server::Storage;
+use chatxfer_tools::server::Storage;
 use common::*;
 
 fn library_threads() -> usize {

@@ -10,9 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use chatxfer::engine::{md5_hex, Event, FileSource, FileSpec, ServerStorage, WindowPolicy};
-use chatxfer::linkemu::{LinkConfig, LinkEmulator};
 use chatxfer::runtime::{Client, ClientConfig};
-use chatxfer::server::{self, ServerConfig, ServerHandle};
+use chatxfer_tools::linkemu::{LinkConfig, LinkEmulator};
+use chatxfer_tools::server::{self, ServerConfig, ServerHandle};
 
 #[derive(Parser)]
 #[command(
