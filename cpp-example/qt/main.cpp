@@ -676,6 +676,8 @@ class ServeProcess {
   bool Start(const QString& dir) {
     proc_.setProgram(QStringLiteral(CHATXFER_COMMAND_PATH));
     proc_.setArguments({"serve", "--listen", "127.0.0.1:0", "--dir", dir});
+    // waitForReadyRead watches the read channel: the line is on stderr.
+    proc_.setReadChannel(QProcess::StandardError);
     proc_.start();
     if (!proc_.waitForStarted(10000)) {
       std::fprintf(stderr, "cannot run %s: %s\n", CHATXFER_COMMAND_PATH,

@@ -2,7 +2,7 @@
  * crash or undefined behaviour), out-parameters must stay untouched on
  * failure, and the library must stay usable afterwards.
  * Built with -Wall -Wextra -Werror by cpp-example/CMakeLists.txt; run by
- * tests/cpp.rs. Prints "N passed, M failed"; exits 0 only if M == 0. */
+ * tools/tests/cpp.rs. Prints "N passed, M failed"; exits 0 only if M == 0. */
 #define _POSIX_C_SOURCE 200809L /* nanosleep */
 #include <stdatomic.h>
 #include <stdio.h>
