@@ -74,3 +74,87 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("chatxfer").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_option_values_are_usage_errors() {
+        for args in [
+            &["upload", "f", "--server-storage", "sideways"][..],
+            &["upload", "f", "--window", "fixed:0"],
+            &["demo", "--rtt", "40"],
+            &["download", "--rate", "10mbps"],
+        ] {
+            let e = parse(args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} parsed"));
+            // InvalidValue from a ValueEnum, ValueValidation from a parser.
+            assert!(
+                matches!(
+                    e.kind(),
+                    clap::error::ErrorKind::InvalidValue | clap::error::ErrorKind::ValueValidation
+                ),
+                "{args:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn documented_invocations_parse() {
+        for args in [
+            &[
+                "demo", "--rtt", "40ms", "--rate", "200mbit", "--window", "fixed:5",
+            ][..],
+            &[
+                "upload",
+                "a",
+                "b",
+                "--server",
+                "h:1",
+                "--server-storage",
+                "positional",
+            ],
+            &[
+                "upload",
+                "--resume",
+                "--state-dir",
+                "s",
+                "--window",
+                "adaptive:64",
+            ],
+            &[
+                "download",
+                "--message-id",
+                "3",
+                "--avatar",
+                "x.png",
+                "--dest",
+                "d",
+            ],
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--dir",
+                "d",
+                "--deployed-errors",
+            ],
+        ] {
+            assert!(parse(args).is_ok(), "{args:?}");
+        }
+        // --resume needs --state-dir.
+        assert!(parse(&["upload", "--resume"]).is_err());
+    }
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use chatxfer::engine::{Event, FileSpec, ServerStorage, WindowPolicy};
 use chatxfer::runtime::journal::JournalEntry;
@@ -196,7 +196,9 @@ impl Board {
     /// A bar for a file of `total` bytes, starting at `acked` (a resumed
     /// upload), and its row.
     fn add(&mut self, name: &str, path: &Path, total: u64, acked: u64) -> &mut Row {
-        let bar = self.multi.add(ProgressBar::new(total));
+        // Positioned while hidden: set_position draws at once, and before
+        // reset_eta that draw would show the jump to `acked` as a rate.
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
         bar.set_style(self.style.clone());
         bar.set_prefix(name.chars().take(22).collect::<String>());
         if acked > 0 {
@@ -204,6 +206,7 @@ impl Board {
             bar.set_position(acked);
             bar.reset_eta();
         }
+        let bar = self.multi.add(bar);
         self.bars.insert(name.to_string(), bar);
         self.rows.push(Row {
             name: name.into(),
@@ -387,5 +390,50 @@ fn check_stored(stored: &Path, md5: &str) -> (bool, String) {
         Ok(m) if m == md5 => (true, "stored copy md5 OK".to_string()),
         Ok(m) => (false, format!("STORED COPY DIFFERS (md5 {m})")),
         Err(err) => (false, format!("stored copy unreadable: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn journal(size: u64, chunk_size: u32, acked_prefix: u32) -> JournalEntry {
+        JournalEntry {
+            version: 1,
+            name: "f".into(),
+            path: "f".into(),
+            size,
+            mtime: None,
+            md5: String::new(),
+            chunk_size,
+            uid: 1,
+            sender: 1,
+            receiver: 2,
+            message_id: 1,
+            priority: 0,
+            acked_prefix,
+            acked_beyond: Vec::new(),
+            exact: true,
+        }
+    }
+
+    #[test]
+    fn acknowledged_bytes_are_whole_chunks_capped_at_the_size() {
+        assert_eq!(acked_bytes(&journal(100_000, 32_768, 0)), 0);
+        assert_eq!(acked_bytes(&journal(100_000, 32_768, 2)), 65_536);
+        // The last chunk is short.
+        assert_eq!(acked_bytes(&journal(100_000, 32_768, 4)), 100_000);
+    }
+
+    #[test]
+    fn a_resumed_bar_starts_at_its_acknowledged_offset() {
+        let mut board = Board::new().unwrap();
+        board.add("resumed", Path::new("resumed"), 1000, 400);
+        board.add("new", Path::new("new"), 1000, 0);
+        assert_eq!(board.bars["resumed"].position(), 400);
+        assert_eq!(board.bars["new"].position(), 0);
+        // The jump to 400 is not taken for this run's rate.
+        assert_eq!(board.bars["resumed"].per_sec(), 0.0);
+        assert!(board.pending());
     }
 }
