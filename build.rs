@@ -4,7 +4,7 @@
 //! The C header is generated into `$OUT_DIR/chatxfer.h` on every build; the
 //! committed `include/chatxfer.h` is rewritten only when
 //! `CHATXFER_UPDATE_HEADER=1` is set, so that a build never edits the
-//! source tree behind anyone's back and `tests/cpp.rs` can fail when the
+//! source tree behind anyone's back and `tests/header.rs` can fail when the
 //! committed header is stale (it compares the two files).
 
 use std::path::PathBuf;
@@ -35,7 +35,7 @@ fn main() {
         std::fs::copy(&generated, root.join("include/chatxfer.h"))
             .expect("include/chatxfer.h is writable");
     }
-    // For the staleness check in tests/cpp.rs.
+    // For the staleness check in tests/header.rs.
     println!(
         "cargo:rustc-env=CHATXFER_GENERATED_HEADER={}",
         generated.display()

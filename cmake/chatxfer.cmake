@@ -1,6 +1,7 @@
 # chatxfer for CMake projects, in the image of corrosion (which is not a
-# Debian package): builds the crate with cargo and defines the target
-# `chatxfer` carrying the static library, the include directories (include/
+# Debian package): builds the core package `chatxfer` with cargo (only it:
+# the workspace's tools package, with the server and the command, stays out
+# unless asked for) and defines the target `chatxfer` carrying the static library, the include directories (include/
 # and the cxx-generated headers) and the system libraries Rust needs.
 #
 # In a Qt project's CMakeLists.txt:
@@ -12,8 +13,9 @@
 #                              else <build dir>/chatxfer-cargo)
 #   CHATXFER_PROFILE           debug or release (default: release for
 #                              Release/RelWithDebInfo/MinSizeRel, else debug)
-#   CHATXFER_BUILD_COMMAND     also build the `chatxfer` command (ON/OFF);
-#                              its path is then in CHATXFER_COMMAND
+#   CHATXFER_BUILD_COMMAND     also build the `chatxfer` command of the
+#                              chatxfer-tools package (ON/OFF); its path is
+#                              then in CHATXFER_COMMAND
 include_guard(GLOBAL)
 cmake_minimum_required(VERSION 3.19)  # add_dependencies on INTERFACE targets
 
@@ -42,12 +44,19 @@ option(CHATXFER_BUILD_COMMAND "also build the chatxfer command" OFF)
 find_program(CHATXFER_CARGO cargo HINTS "$ENV{HOME}/.cargo/bin" REQUIRED)
 find_package(Threads REQUIRED)
 
-set(_chatxfer_args build --manifest-path "${CHATXFER_ROOT}/Cargo.toml" --lib)
-if(CHATXFER_BUILD_COMMAND)
-  list(APPEND _chatxfer_args --bin chatxfer)
-endif()
+set(_chatxfer_args build --manifest-path "${CHATXFER_ROOT}/Cargo.toml" -p chatxfer --lib)
+set(_chatxfer_command_args build --manifest-path "${CHATXFER_ROOT}/Cargo.toml"
+    -p chatxfer-tools --bin chatxfer)
 if(CHATXFER_PROFILE STREQUAL "release")
   list(APPEND _chatxfer_args --release)
+  list(APPEND _chatxfer_command_args --release)
+endif()
+set(_chatxfer_command_step "")
+if(CHATXFER_BUILD_COMMAND)
+  # A separate cargo run, so the library build never sees the tools package.
+  set(_chatxfer_command_step
+    COMMAND "${CMAKE_COMMAND}" -E env "CARGO_TARGET_DIR=${CHATXFER_CARGO_TARGET_DIR}"
+            "${CHATXFER_CARGO}" ${_chatxfer_command_args})
 endif()
 set(_chatxfer_out "${CHATXFER_CARGO_TARGET_DIR}/${CHATXFER_PROFILE}")
 set(CHATXFER_LIBRARY "${_chatxfer_out}/libchatxfer.a")
@@ -58,6 +67,7 @@ set(CHATXFER_CXXBRIDGE_DIR "${CHATXFER_CARGO_TARGET_DIR}/cxxbridge")
 add_custom_target(chatxfer_cargo
   COMMAND "${CMAKE_COMMAND}" -E env "CARGO_TARGET_DIR=${CHATXFER_CARGO_TARGET_DIR}"
           "${CHATXFER_CARGO}" ${_chatxfer_args}
+  ${_chatxfer_command_step}
   WORKING_DIRECTORY "${CHATXFER_ROOT}"
   BYPRODUCTS "${CHATXFER_LIBRARY}" "${CHATXFER_COMMAND}"
   COMMENT "cargo build: chatxfer (${CHATXFER_PROFILE})"

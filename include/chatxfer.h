@@ -398,21 +398,7 @@ chatxfer_result chatxfer_client_shutdown(const struct chatxfer_client *client);
 void chatxfer_client_free(struct chatxfer_client *client);
 
 /*
- Starts the reference ResourceServer in this process on 127.0.0.1, storing
- uploads as `dir/<uid>/<name>`; `*out_port` is its port (on success).
-
- # Safety
- `dir` is NULL or NUL-terminated; `out_port` is NULL or valid for a write.
- */
-chatxfer_result chatxfer_server_start(const char *dir, uint16_t *out_port);
-
-/*
- Stops a server started by `chatxfer_server_start`.
- */
-chatxfer_result chatxfer_server_stop(uint16_t port);
-
-/*
- Stops every server and the library's threads, for a clean exit. Clients
+ Stops the library's threads, for a clean exit. Clients
  should be shut down first; afterwards nothing can connect again.
  */
 void chatxfer_library_shutdown(void);

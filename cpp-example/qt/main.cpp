@@ -4,10 +4,10 @@
 // pictures (on the left) download through chatxfer the same way and fill in
 // when saved.
 //
-//   chat_demo [--server HOST:PORT] [FILE...]    interactive (embedded server
-//                                               without --server)
+//   chat_demo [--server HOST:PORT] [FILE...]    interactive (without --server:
+//                                               a `chatxfer serve` it starts)
 //   chat_demo --selftest OUT.png                generates files, uploads them to
-//       an in-process reference server, pauses and resumes one by clicking its
+//       a `chatxfer serve` it starts, pauses and resumes one by clicking its
 //       bubble, grabs the window into OUT.png (and OUT-during.png while one is
 //       paused), then downloads sunset.png back by its message id into an
 //       incoming bubble (pausing it once, grabbing OUT-download.png), exits 0
@@ -30,6 +30,7 @@
 #include <QPainter>
 #include <QPainterPath>
 #include <QPointer>
+#include <QProcess>
 #include <QPushButton>
 #include <QRandomGenerator>
 #include <QRegularExpression>
@@ -43,6 +44,7 @@
 #include <QWidget>
 
 #include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <functional>
 #include <map>
@@ -661,9 +663,65 @@ bool WriteSecondPicture(const QString& path) {
   return img.save(path, "PNG");
 }
 
+// The reference server is not in the library the app links (it carries the
+// transfer core only), so the demo runs the `chatxfer serve` command that
+// CMake built as a child process. Its "serving on HOST:PORT" line on stderr
+// gives the port; SIGINT stops it gracefully.
+class ServeProcess {
+ public:
+  ~ServeProcess() { Stop(); }
+
+  // Starts the server storing into `dir`; false (with a message on stderr)
+  // if it does not start or announce its address.
+  bool Start(const QString& dir) {
+    proc_.setProgram(QStringLiteral(CHATXFER_COMMAND_PATH));
+    proc_.setArguments({"serve", "--listen", "127.0.0.1:0", "--dir", dir});
+    // waitForReadyRead watches the read channel: the line is on stderr.
+    proc_.setReadChannel(QProcess::StandardError);
+    proc_.start();
+    if (!proc_.waitForStarted(10000)) {
+      std::fprintf(stderr, "cannot run %s: %s\n", CHATXFER_COMMAND_PATH,
+                   qPrintable(proc_.errorString()));
+      return false;
+    }
+    QByteArray seen;
+    while (true) {
+      int at = seen.indexOf("serving on ");
+      int end = at < 0 ? -1 : seen.indexOf(' ', at + 11);
+      if (end > 0) {
+        QByteArray addr = seen.mid(at + 11, end - at - 11);
+        port_ = static_cast<std::uint16_t>(addr.mid(addr.lastIndexOf(':') + 1).toUInt());
+        break;
+      }
+      if (!proc_.waitForReadyRead(10000)) {
+        std::fprintf(stderr, "chatxfer serve did not start: %s\n", seen.constData());
+        return false;
+      }
+      seen += proc_.readAllStandardError();
+    }
+    // Keep draining so the server never blocks on a full pipe.
+    QObject::connect(&proc_, &QProcess::readyReadStandardError,
+                     [this] { proc_.readAllStandardError(); });
+    return port_ != 0;
+  }
+
+  std::uint16_t Port() const { return port_; }
+
+  void Stop() {
+    if (proc_.state() == QProcess::NotRunning) return;
+    ::kill(static_cast<pid_t>(proc_.processId()), SIGINT);
+    if (!proc_.waitForFinished(10000)) proc_.kill();
+  }
+
+ private:
+  QProcess proc_;
+  std::uint16_t port_ = 0;
+};
+
 struct SelfTest {
   QString out;
   QTemporaryDir tmp;
+  ServeProcess server;
   std::uint16_t port = 0;
   QString paused_name = "holiday.mp4";
   bool clicked = false, paused_seen = false, resumed = false, finished = false;
@@ -692,10 +750,8 @@ int RunSelfTest(QApplication& app, const QString& out) {
     std::fprintf(stderr, "selftest: cannot write the test files\n");
     return 1;
   }
-  if (chatxfer::StartServer(store.toStdString(), t->port) != chatxfer::Status::Ok) {
-    std::fprintf(stderr, "selftest: server: %s\n", std::string(chatxfer::LastError()).c_str());
-    return 1;
-  }
+  if (!t->server.Start(store)) return 1;
+  t->port = t->server.Port();
 
   ChatWindow w;
   auto xfer = chatxfer::NewFileTransfer(std::make_unique<QtSink>(&w));
@@ -835,7 +891,7 @@ int RunSelfTest(QApplication& app, const QString& out) {
   // No callback runs after Shutdown; events already posted are dropped with
   // the window.
   xfer->Shutdown();
-  chatxfer::StopServer(t->port);
+  t->server.Stop();
   return rc == 0 ? t->exit_code : rc;
 }
 
@@ -857,12 +913,11 @@ int main(int argc, char** argv) {
     std::uint16_t port = 0;
     QString host = "127.0.0.1";
     QTemporaryDir store;
+    ServeProcess serve;
     if (server.isEmpty()) {
-      if (chatxfer::StartServer(store.path().toStdString(), port) != chatxfer::Status::Ok) {
-        std::fprintf(stderr, "chat_demo: %s\n", std::string(chatxfer::LastError()).c_str());
-        return 1;
-      }
-      std::printf("embedded server on port %u storing into %s\n", port, qPrintable(store.path()));
+      if (!serve.Start(store.path())) return 1;
+      port = serve.Port();
+      std::printf("chatxfer serve on port %u storing into %s\n", port, qPrintable(store.path()));
     } else {
       host = server.section(':', 0, -2);
       port = static_cast<std::uint16_t>(server.section(':', -1).toUInt());

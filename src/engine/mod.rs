@@ -83,6 +83,7 @@ mod window;
 
 #[cfg(any(test, feature = "sim"))]
 #[doc(hidden)]
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};

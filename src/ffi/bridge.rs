@@ -253,13 +253,7 @@ pub mod ffi {
         fn last_error() -> String;
         #[cxx_name = "StatusName"]
         fn status_name(status: Status) -> &'static str;
-        /// Starts the reference ResourceServer in-process on 127.0.0.1
-        /// storing into `dir`/<uid>/<name>; `port` is written on success.
-        #[cxx_name = "StartServer"]
-        fn start_server(dir: &str, port: &mut u16) -> Status;
-        #[cxx_name = "StopServer"]
-        fn stop_server(port: u16) -> Status;
-        /// Stops servers and the library's threads (before exit; optional).
+        /// Stops the library's threads (before exit; optional).
         #[cxx_name = "ShutdownLibrary"]
         fn shutdown_library();
     }
@@ -615,17 +609,6 @@ fn last_error() -> String {
 fn status_name(s: Status) -> &'static str {
     std::panic::catch_unwind(|| super::capi::chatxfer_result::from_repr(s.repr).name())
         .unwrap_or("PANIC")
-}
-
-fn start_server(dir: &str, port: &mut u16) -> Status {
-    status(boundary(|| {
-        *port = super::server_start(dir)?;
-        Ok(())
-    }))
-}
-
-fn stop_server(port: u16) -> Status {
-    status(boundary(|| super::server_stop(port)))
 }
 
 fn shutdown_library() {

@@ -600,33 +600,7 @@ pub unsafe extern "C" fn chatxfer_client_free(client: *mut chatxfer_client) {
     }
 }
 
-/// Starts the reference ResourceServer in this process on 127.0.0.1, storing
-/// uploads as `dir/<uid>/<name>`; `*out_port` is its port (on success).
-///
-/// # Safety
-/// `dir` is NULL or NUL-terminated; `out_port` is NULL or valid for a write.
-#[no_mangle]
-pub unsafe extern "C" fn chatxfer_server_start(
-    dir: *const c_char,
-    out_port: *mut u16,
-) -> chatxfer_result {
-    result(boundary(|| {
-        if out_port.is_null() {
-            return Err(FfiError::new(Code::NullParameter, "out_port is NULL"));
-        }
-        let port = super::server_start(str_arg(dir, "dir")?)?;
-        *out_port = port;
-        Ok(())
-    }))
-}
-
-/// Stops a server started by `chatxfer_server_start`.
-#[no_mangle]
-pub extern "C" fn chatxfer_server_stop(port: u16) -> chatxfer_result {
-    result(boundary(|| super::server_stop(port)))
-}
-
-/// Stops every server and the library's threads, for a clean exit. Clients
+/// Stops the library's threads, for a clean exit. Clients
 /// should be shut down first; afterwards nothing can connect again.
 #[no_mangle]
 pub extern "C" fn chatxfer_library_shutdown() {

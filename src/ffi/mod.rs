@@ -400,52 +400,9 @@ impl DownloadArgs {
     }
 }
 
-/// Servers started by [`server_start`], by port.
-static SERVERS: Mutex<Vec<(u16, crate::server::ServerHandle)>> = Mutex::new(Vec::new());
-
-/// Starts the reference ResourceServer in-process on `127.0.0.1:0`, storing
-/// into `dir`; returns its port. For demos and tests (the Qt self-test).
-pub fn server_start(dir: &str) -> FfiResult<u16> {
-    if dir.is_empty() {
-        return Err(FfiError::new(Code::InvalidArgument, "empty directory"));
-    }
-    let rt = crate::runtime::handle()?;
-    let server = rt
-        .block_on(crate::server::start(
-            "127.0.0.1:0",
-            crate::server::ServerConfig::new(dir),
-        ))
-        .map_err(|e| FfiError::new(Code::Io, format!("cannot start server in {dir}: {e}")))?;
-    let port = server.local_addr().port();
-    lock(&SERVERS).push((port, server));
-    Ok(port)
-}
-
-/// Stops a server [`server_start`] started (waits for its tasks).
-pub fn server_stop(port: u16) -> FfiResult {
-    let server = {
-        let mut servers = lock(&SERVERS);
-        let i = servers
-            .iter()
-            .position(|(p, _)| *p == port)
-            .ok_or_else(|| FfiError::new(Code::UnknownName, format!("no server on port {port}")))?;
-        servers.swap_remove(i).1
-    };
-    let rt = crate::runtime::handle()?;
-    rt.block_on(server.shutdown());
-    Ok(())
-}
-
-/// Stops every server and the library's runtime (joining its threads), for
-/// a clean process exit. Later calls that need the runtime fail with
-/// [`Code::ShutDown`].
+/// Stops the library's runtime (joining its threads), for a clean process
+/// exit. Later calls that need the runtime fail with [`Code::ShutDown`].
 pub fn library_shutdown() {
-    let servers = std::mem::take(&mut *lock(&SERVERS));
-    if let Ok(rt) = crate::runtime::handle() {
-        for (_, s) in servers {
-            rt.block_on(s.shutdown());
-        }
-    }
     crate::runtime::shutdown(std::time::Duration::from_secs(2));
 }
 

@@ -13,7 +13,7 @@
 //! runtime, the real [`Client`]); every peer runs in a child process started
 //! by re-executing this binary with `--child ...`, so that the CPU time
 //! measured here (getrusage of this process) is the client's alone:
-//! * `--child serve`: the reference server (`chatxfer::server::start`, two
+//! * `--child serve`: the reference server (`chatxfer_tools::server::start`, two
 //!   tokio workers like `chatxfer serve`), optionally behind the link emulator;
 //! * `--child sink`: a peer that parses just enough of each chunk (name and
 //!   seq from the JSON head) to acknowledge it at once, and discards the data;
@@ -298,16 +298,18 @@ fn child_serve(dir: PathBuf, link: Option<(String, String)>) {
         .build()
         .expect("runtime");
     let (server, emu) = rt.block_on(async {
-        let server =
-            chatxfer::server::start("127.0.0.1:0", chatxfer::server::ServerConfig::new(dir))
-                .await
-                .expect("start server");
+        let server = chatxfer_tools::server::start(
+            "127.0.0.1:0",
+            chatxfer_tools::server::ServerConfig::new(dir),
+        )
+        .await
+        .expect("start server");
         let emu = match link {
             Some((rtt, rate)) => Some(
-                chatxfer::linkemu::LinkEmulator::start(
+                chatxfer_tools::linkemu::LinkEmulator::start(
                     "127.0.0.1:0",
                     server.local_addr(),
-                    chatxfer::linkemu::LinkConfig::parse_rtt_rate(&rtt, &rate).expect("link"),
+                    chatxfer_tools::linkemu::LinkConfig::parse_rtt_rate(&rtt, &rate).expect("link"),
                 )
                 .await
                 .expect("start link emulator"),
@@ -702,7 +704,7 @@ fn wan(
 ) {
     let store = store_dir();
     let server = start_server(store.path(), Some((rtt, rate)));
-    let link = chatxfer::linkemu::parse_rate(rate).unwrap().unwrap() as f64 / 8.0 / 1e6;
+    let link = chatxfer_tools::linkemu::parse_rate(rate).unwrap().unwrap() as f64 / 8.0 / 1e6;
     for w in windows() {
         // Slow windows are latency-bound from the first chunk on (no slow
         // start), so a shorter file measures the same rate in less time.

@@ -16,9 +16,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use chatxfer::engine::md5_of;
-use chatxfer::linkemu::{LinkConfig, LinkEmulator};
 use chatxfer::runtime::journal;
-use chatxfer::server::Storage;
+use chatxfer_tools::linkemu::{LinkConfig, LinkEmulator};
+use chatxfer_tools::server::Storage;
 use common::*;
 
 const SIZE: usize = 6 << 20;

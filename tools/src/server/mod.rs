@@ -6,7 +6,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use chatxfer::server::{start, ServerConfig};
+//! use chatxfer_tools::server::{start, ServerConfig};
 //! let server = start("127.0.0.1:0", ServerConfig::new("/srv/chat-files")).await?;
 //! println!("listening on {}", server.local_addr());
 //! server.shutdown().await;
@@ -196,7 +196,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 
-use crate::protocol::{ErrorCode, MAX_BODY_LEN};
+use chatxfer::protocol::{ErrorCode, MAX_BODY_LEN};
 use download::Downloads;
 pub use download::{DownloadFault, DOWNLOAD_CHUNK};
 use index::MessageIndex;

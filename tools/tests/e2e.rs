@@ -6,9 +6,9 @@ mod common;
 use std::time::Duration;
 
 use chatxfer::engine::{md5_of, Event, Failure, ServerStorage, WindowPolicy};
-use chatxfer::linkemu::{LinkConfig, LinkEmulator, RandomCut};
 use chatxfer::protocol::ErrorCode;
-use chatxfer::server::Storage;
+use chatxfer_tools::linkemu::{LinkConfig, LinkEmulator, RandomCut};
+use chatxfer_tools::server::Storage;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,9 +188,9 @@ async fn server_restarted_mid_upload_resumes_and_completes() {
         }
     }
     srv.handle.shutdown().await;
-    let mut cfg = chatxfer::server::ServerConfig::new(store.path());
+    let mut cfg = chatxfer_tools::server::ServerConfig::new(store.path());
     cfg.storage = Storage::Positional;
-    let srv2 = chatxfer::server::start(&addr.to_string(), cfg)
+    let srv2 = chatxfer_tools::server::start(&addr.to_string(), cfg)
         .await
         .unwrap();
     let evs = wait_done(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use chatxfer::engine::md5_of;
 use chatxfer::protocol::{frame, ChunkFrame, FrameDecoder, MsgId, HEADER_LEN, MAX_BODY_LEN};
-use chatxfer::server::{start, ServerConfig, ServerHandle, Storage, MD5_MISMATCH};
+use chatxfer_tools::server::{start, ServerConfig, ServerHandle, Storage, MD5_MISMATCH};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -212,7 +212,7 @@ fn assert_contained(tmp: &Path) -> Vec<String> {
     for uid in std::fs::read_dir(tmp.join("store")).unwrap() {
         let uid = uid.unwrap();
         let uname = uid.file_name().into_string().unwrap();
-        if uname == chatxfer::server::INDEX_FILE {
+        if uname == chatxfer_tools::server::INDEX_FILE {
             continue;
         }
         assert!(

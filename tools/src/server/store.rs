@@ -19,7 +19,7 @@ use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
 use super::{lock, CompletedFile, Counters, Storage, MD5_MISMATCH};
-use crate::protocol::ErrorCode;
+use chatxfer::protocol::ErrorCode;
 
 /// Longest accepted file name in bytes: with the `.` prefix and the
 /// `.state.tmp` suffix of the server's own files it stays under the usual

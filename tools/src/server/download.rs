@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 
 use super::store::name_problem;
 use super::{lock, Shared};
-use crate::protocol::messages::{decode_as, AvatarDownReq, DownChunkReq, DownInfoReq};
-use crate::protocol::{ErrorCode, MsgId};
+use chatxfer::protocol::messages::{decode_as, AvatarDownReq, DownChunkReq, DownInfoReq};
+use chatxfer::protocol::{ErrorCode, MsgId};
 
 /// Download chunk size: `MAX_FILE_LEN` of the deployed server, fixed.
 pub const DOWNLOAD_CHUNK: u64 = 32_768;

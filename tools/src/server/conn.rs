@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use super::index::MessageInfo;
 use super::store::{name_problem, Chunk, Key};
 use super::{download, lock, shutdown_requested, Shared};
-use crate::protocol::messages::{decode_as, IconUploadReq, UploadRsp};
-use crate::protocol::{frame, ErrorCode, MsgId, HEADER_LEN, MAX_1043_SIZE};
+use chatxfer::protocol::messages::{decode_as, IconUploadReq, UploadRsp};
+use chatxfer::protocol::{frame, ErrorCode, MsgId, HEADER_LEN, MAX_1043_SIZE};
 
 /// Read buffer: a whole default-limit frame fits, so a chunk is one read.
 const READ_BUF: usize = 64 * 1024;
@@ -246,7 +246,7 @@ impl Conn {
 
     /// One chunk request: the reply's code and body.
     async fn upload(&mut self, id: MsgId, body: &[u8]) -> Option<(ErrorCode, Vec<u8>)> {
-        use crate::protocol::messages::UploadChunkReq;
+        use chatxfer::protocol::messages::UploadChunkReq;
         self.shared
             .counters
             .chunks_received

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chatxfer::engine::{md5_of, Event, FileSpec, ServerStorage, WindowPolicy};
 use chatxfer::runtime::{Backoff, Client, ClientConfig, Events};
-use chatxfer::server::{self, ServerConfig, ServerHandle, Storage};
+use chatxfer_tools::server::{self, ServerConfig, ServerHandle, Storage};
 
 pub const CHUNK: usize = 32_768;
 

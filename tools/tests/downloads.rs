@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use chatxfer::engine::{md5_of, DownloadSpec, Event, ServerStorage, WindowPolicy};
-use chatxfer::linkemu::{LinkConfig, LinkEmulator, RandomCut};
-use chatxfer::server::Storage;
+use chatxfer_tools::linkemu::{LinkConfig, LinkEmulator, RandomCut};
+use chatxfer_tools::server::Storage;
 use common::*;
 
 fn down_spec(name: &str, message_id: i64, md5: Option<String>) -> DownloadSpec {
@@ -219,7 +219,7 @@ async fn pipelined_download_fills_an_emulated_40ms_200mbit_link() {
 /// no partial file is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_server_gets_clear_failures_and_nothing_outside_the_destination() {
-    use chatxfer::server::DownloadFault;
+    use chatxfer_tools::server::DownloadFault;
     let faults = [
         DownloadFault::HostileInfoName("../../escape.bin".into()),
         DownloadFault::HostileInfoName("/tmp/chatxfer-abs-escape.bin".into()),

@@ -1,4 +1,4 @@
-//! The loopback link emulator (`chatxfer::linkemu`) against small in-test
+//! The loopback link emulator (`chatxfer_tools::linkemu`) against small in-test
 //! echo and sink servers on 127.0.0.1: delay, rate, bulk throughput, cuts
 //! (fixed, seeded random, `cut_all`), half-close, backpressure, shutdown.
 //!
@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use chatxfer::linkemu::{parse_duration, parse_rate, LinkConfig, LinkEmulator, RandomCut};
+use chatxfer_tools::linkemu::{parse_duration, parse_rate, LinkConfig, LinkEmulator, RandomCut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;

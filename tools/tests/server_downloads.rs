@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use chatxfer::engine::md5_of;
 use chatxfer::protocol::{frame, ChunkFrame, FrameDecoder, MsgId};
-use chatxfer::server::{
+use chatxfer_tools::server::{
     start, DownloadFault, MessageInfo, ServerConfig, ServerHandle, Storage, INDEX_FILE,
 };
 use serde_json::{json, Value};

@@ -1,0 +1,195 @@
+//! The foreign layers' Rust side (`chatxfer::ffi`) against the reference
+//! server: the sans-IO engine over a socket the test owns, and a download
+//! through the networked `Transfer`. (The server is not part of the core
+//! library, so these are not among the core's unit tests.)
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use chatxfer::engine::FileState;
+use chatxfer::ffi::{AddArgs, Code, DownloadArgs, EventKind, FlatEvent, SansIo, Transfer};
+
+fn temp_file(len: usize) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    f.write_all(&data).unwrap();
+    f
+}
+
+/// The sans-IO engine over a std socket this test owns, against the
+/// reference server: the loop a host like `FileTcpMgr` runs.
+#[test]
+fn sans_io_engine_uploads_through_a_socket_the_host_owns() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let server = rt
+        .block_on(chatxfer_tools::server::start(
+            "127.0.0.1:0",
+            chatxfer_tools::server::ServerConfig::new(store.path()),
+        ))
+        .unwrap();
+    let file = temp_file(300_000);
+    let mut sock = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+
+    let mut e = SansIo::new(false);
+    let args = AddArgs {
+        path: file.path().display().to_string(),
+        name: "x.bin".into(),
+        uid: 7,
+        sender: 7,
+        receiver: 8,
+        message_id: 1,
+        md5: String::new(),
+        priority: 0,
+        hold: true,
+    };
+    e.add_file(&args).unwrap();
+    assert_eq!(e.add_file(&args).unwrap_err().code, Code::DuplicateName);
+    e.connected();
+    assert!(e.poll_transmit(1 << 20).is_empty(), "held: nothing to send");
+    e.resume("x.bin").unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut completed = None;
+    while completed.is_none() && Instant::now() < deadline {
+        let out = e.poll_transmit(256 * 1024);
+        sock.write_all(&out).unwrap();
+        match sock.read(&mut buf) {
+            Ok(0) => panic!("server closed"),
+            Ok(n) => e.handle_bytes(&buf[..n]).unwrap(),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(err) => panic!("read: {err}"),
+        }
+        if e.next_timeout_ms() == 0 {
+            e.handle_timeout();
+        }
+        for ev in e.poll_events() {
+            if let chatxfer::engine::Event::Completed { md5, .. } = ev {
+                completed = Some(md5);
+            }
+        }
+    }
+    let md5 = completed.expect("upload completed");
+    let stored = std::fs::read(store.path().join("7").join("x.bin")).unwrap();
+    assert_eq!(stored, std::fs::read(file.path()).unwrap());
+    assert_eq!(md5, chatxfer::engine::md5_of(&stored));
+    assert_eq!(
+        e.status("x.bin").unwrap().state,
+        chatxfer::engine::FileState::Completed
+    );
+    assert!(e.is_idle());
+    assert_eq!(e.status("nope").unwrap_err().code, Code::UnknownName);
+    // A header announcing an over-long body is refused, not buffered.
+    assert_eq!(
+        e.handle_bytes(&[0x04, 0x12, 0xff, 0xff, 0xff, 0xff])
+            .unwrap_err()
+            .code,
+        Code::BadFrame
+    );
+    rt.block_on(server.shutdown());
+}
+
+/// A download through the networked [`Transfer`]: held until
+/// `start_download`, then Saved (with the path) and Completed, and the copy
+/// is byte-identical to what was uploaded.
+#[test]
+fn transfer_downloads_a_held_file_back_by_message_id() {
+    let store = tempfile::tempdir().unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt
+        .block_on(chatxfer_tools::server::start(
+            "127.0.0.1:0",
+            chatxfer_tools::server::ServerConfig::new(store.path()),
+        ))
+        .unwrap();
+    let port = server.local_addr().port();
+    let src = temp_file(300_000);
+    let t = Transfer::new(None);
+    let dl = |name: &str| DownloadArgs {
+        name: name.into(),
+        message_id: 77,
+        uid: 5,
+        token: "tok".into(),
+        dest_dir: dest.path().to_str().unwrap().into(),
+        md5: String::new(),
+        priority: 0,
+        avatar: None,
+    };
+    assert_eq!(
+        t.add_download(dl("d")).unwrap_err().code,
+        Code::NotConnected
+    );
+    t.connect("127.0.0.1", port).unwrap();
+    let up = AddArgs {
+        path: src.path().to_str().unwrap().into(),
+        name: "up.bin".into(),
+        uid: 5,
+        sender: 5,
+        receiver: 6,
+        message_id: 77,
+        md5: String::new(),
+        priority: 0,
+        hold: false,
+    };
+    t.add_file(&up).unwrap();
+    let mut events = Vec::new();
+    let mut wait_for = |name: &str, kind: EventKind| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            events.extend(t.poll_events().iter().map(FlatEvent::from_event));
+            if let Some(e) = events.iter().find(|e| e.name == name && e.kind == kind) {
+                return e.clone();
+            }
+            if let Some(e) = events
+                .iter()
+                .find(|e| e.name == name && e.kind == EventKind::Failed)
+            {
+                panic!("{name} failed: {e:?}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {kind:?} for {name}: {events:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for("up.bin", EventKind::Completed);
+
+    let bad = DownloadArgs {
+        md5: "xyz".into(),
+        ..dl("d")
+    };
+    assert_eq!(t.add_download(bad).unwrap_err().code, Code::InvalidArgument);
+    t.add_download(dl("d")).unwrap();
+    assert_eq!(
+        t.add_download(dl("d")).unwrap_err().code,
+        Code::DuplicateName
+    );
+    assert_eq!(t.status("d").unwrap().state, FileState::Paused);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!dest.path().join("up.bin").exists(), "held, not started");
+    assert_eq!(
+        t.start_download("nope").unwrap_err().code,
+        Code::UnknownName
+    );
+    t.start_download("d").unwrap();
+    assert_eq!(t.start_download("d").unwrap_err().code, Code::WrongState);
+    let saved = wait_for("d", EventKind::Saved);
+    let done = wait_for("d", EventKind::Completed);
+    assert_eq!(done.total, 300_000);
+    assert_eq!(
+        std::fs::read(&saved.path).unwrap(),
+        std::fs::read(src.path()).unwrap()
+    );
+    // A held one is forgotten by cancel.
+    t.add_download(dl("e")).unwrap();
+    t.cancel("e").unwrap();
+    assert_eq!(t.status("e").unwrap_err().code, Code::UnknownName);
+    t.shutdown().unwrap();
+    rt.block_on(server.shutdown());
+}
