@@ -5,9 +5,7 @@
 
 use cxx::UniquePtr;
 
-use super::{
-    boundary, AddArgs, Code, DownloadArgs, FfiError, FfiResult, FlatEvent, SansIo, Transfer,
-};
+use super::{boundary, AddArgs, Code, DownloadArgs, FfiError, FfiResult, FlatEvent, SansIo};
 
 #[cxx::bridge(namespace = "chatxfer")]
 pub mod ffi {
@@ -88,24 +86,24 @@ pub mod ffi {
     }
 
     extern "Rust" {
-        /// A connection to a ResourceServer with its uploads (the library's
-        /// own threads do the IO). Destroying it shuts it down.
-        type FileTransfer;
+        /// A connection to a ResourceServer with its uploads and downloads
+        /// (the library's own threads do the IO). Destroying it shuts it down.
+        type Client;
         /// The sans-IO engine for a host that keeps its own socket.
         type TransferEngine;
 
         /// `sink` may be null: events then queue for `PollEvents`.
         /// Throws `rust::Error` only on an internal error.
-        #[cxx_name = "NewFileTransfer"]
-        fn new_file_transfer(sink: UniquePtr<EventSink>) -> Result<Box<FileTransfer>>;
+        #[cxx_name = "NewClient"]
+        fn new_client(sink: UniquePtr<EventSink>) -> Result<Box<Client>>;
         #[cxx_name = "Connect"]
-        fn connect(self: &FileTransfer, host: &str, port: u16) -> Status;
+        fn connect(self: &Client, host: &str, port: u16) -> Status;
         /// Registers an upload, held until `BatchSend`. Empty `md5`: computed
         /// here by reading the file (pass it if known; big files take time).
         #[allow(clippy::too_many_arguments)]
         #[cxx_name = "AddTransFile"]
         fn add_trans_file(
-            self: &FileTransfer,
+            self: &Client,
             path: &str,
             name: &str,
             uid: i64,
@@ -119,7 +117,7 @@ pub mod ffi {
         #[allow(clippy::too_many_arguments)]
         #[cxx_name = "SendFile"]
         fn send_file(
-            self: &FileTransfer,
+            self: &Client,
             path: &str,
             name: &str,
             uid: i64,
@@ -139,7 +137,7 @@ pub mod ffi {
         #[allow(clippy::too_many_arguments)]
         #[cxx_name = "AddDownloadFile"]
         fn add_download_file(
-            self: &FileTransfer,
+            self: &Client,
             name: &str,
             message_id: i64,
             uid: i64,
@@ -152,7 +150,7 @@ pub mod ffi {
         /// into `dest_dir`, held until `StartDownload` like `AddDownloadFile`.
         #[cxx_name = "AddAvatarDownload"]
         fn add_avatar_download(
-            self: &FileTransfer,
+            self: &Client,
             name: &str,
             avatar_name: &str,
             uid: i64,
@@ -163,26 +161,26 @@ pub mod ffi {
         /// Starts a held download (`Resume`/`BatchSend` on it do the same).
         /// Events: Progress..., Saved(path), Completed, or Failed.
         #[cxx_name = "StartDownload"]
-        fn start_download(self: &FileTransfer, name: &str) -> Status;
+        fn start_download(self: &Client, name: &str) -> Status;
         /// Starts a held upload, or continues a paused one (= `Resume`).
         #[cxx_name = "BatchSend"]
-        fn batch_send(self: &FileTransfer, name: &str) -> Status;
+        fn batch_send(self: &Client, name: &str) -> Status;
         #[cxx_name = "Pause"]
-        fn pause(self: &FileTransfer, name: &str) -> Status;
+        fn pause(self: &Client, name: &str) -> Status;
         #[cxx_name = "Resume"]
-        fn resume(self: &FileTransfer, name: &str) -> Status;
+        fn resume(self: &Client, name: &str) -> Status;
         #[cxx_name = "Cancel"]
-        fn cancel(self: &FileTransfer, name: &str) -> Status;
+        fn cancel(self: &Client, name: &str) -> Status;
         /// Writes `out` only on `Status::Ok`.
         #[cxx_name = "GetStatus"]
-        fn get_status(self: &FileTransfer, name: &str, out: &mut FileInfo) -> Status;
+        fn get_status(self: &Client, name: &str, out: &mut FileInfo) -> Status;
         /// Events queued since the last call (always empty with a sink).
         #[cxx_name = "PollEvents"]
-        fn poll_events(self: &FileTransfer) -> Vec<Event>;
+        fn poll_events(self: &Client) -> Vec<Event>;
         /// Closes the connection and deletes the sink; no callback runs after
         /// it returns. A second call returns `Status::ShutDown`.
         #[cxx_name = "Shutdown"]
-        fn shutdown(self: &FileTransfer) -> Status;
+        fn shutdown(self: &Client) -> Status;
 
         /// `server_appends`: true for the deployed ResourceServer.
         #[cxx_name = "NewTransferEngine"]
@@ -276,10 +274,10 @@ pub mod ffi {
 use ffi::{Event, EventKind, FileInfo, State, Status};
 
 // SAFETY: the header's contract: a sink is called from one library thread
-// at a time (the transfer's event thread) and may be deleted there.
+// at a time (the client's event thread) and may be deleted there.
 unsafe impl Send for ffi::EventSink {}
 
-pub struct FileTransfer(Transfer);
+pub struct Client(super::Client);
 
 pub struct TransferEngine(SansIo);
 
@@ -357,7 +355,7 @@ fn internal(e: FfiError) -> String {
     e.message
 }
 
-fn new_file_transfer(sink: UniquePtr<ffi::EventSink>) -> Result<Box<FileTransfer>, String> {
+fn new_client(sink: UniquePtr<ffi::EventSink>) -> Result<Box<Client>, String> {
     boundary(|| {
         let sink: Option<super::EventSinkFn> = if sink.is_null() {
             None
@@ -367,12 +365,12 @@ fn new_file_transfer(sink: UniquePtr<ffi::EventSink>) -> Result<Box<FileTransfer
                 ffi::deliver(sink.pin_mut(), &to_event(e));
             }))
         };
-        Ok(Box::new(FileTransfer(Transfer::new(sink))))
+        Ok(Box::new(Client(super::Client::new(sink))))
     })
     .map_err(internal)
 }
 
-impl FileTransfer {
+impl Client {
     fn connect(&self, host: &str, port: u16) -> Status {
         status(boundary(|| self.0.connect(host, port)))
     }

@@ -17,8 +17,8 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::AssertUnwindSafe;
 
 use super::{
-    boundary, last_error, AddArgs, Code, DownloadArgs, EventSinkFn, FfiError, FfiResult, FlatEvent,
-    Transfer,
+    boundary, last_error, AddArgs, Client, Code, DownloadArgs, EventSinkFn, FfiError, FfiResult,
+    FlatEvent,
 };
 
 /// Outcome of a call. The numbers are stable (part of the ABI).
@@ -234,7 +234,7 @@ pub struct chatxfer_file_status {
 /// `chatxfer_client_new`, released by `chatxfer_client_free`. Its functions
 /// may be called from any thread.
 pub struct chatxfer_client {
-    transfer: Transfer,
+    inner: Client,
 }
 
 /// The app's `user_data`, handed to the callback on the event thread.
@@ -357,7 +357,7 @@ pub unsafe extern "C" fn chatxfer_client_new(
             None => Box::new(|_: &crate::engine::Event| {}),
         };
         let client = Box::new(chatxfer_client {
-            transfer: Transfer::new(Some(sink)),
+            inner: Client::new(Some(sink)),
         });
         *out = Box::into_raw(client);
         Ok(())
@@ -378,7 +378,7 @@ pub unsafe extern "C" fn chatxfer_client_connect(
 ) -> chatxfer_result {
     result(boundary(|| {
         let c = client_arg(client)?;
-        c.transfer.connect(str_arg(host, "host")?, port)
+        c.inner.connect(str_arg(host, "host")?, port)
     }))
 }
 
@@ -414,7 +414,7 @@ pub unsafe extern "C" fn chatxfer_client_add_file(
             priority: s.priority,
             hold: s.hold,
         };
-        c.transfer.add_file(&args)
+        c.inner.add_file(&args)
     }))
 }
 
@@ -467,7 +467,7 @@ pub unsafe extern "C" fn chatxfer_client_add_download(
             priority: s.priority,
             avatar,
         };
-        c.transfer.add_download(args)
+        c.inner.add_download(args)
     }))
 }
 
@@ -475,11 +475,11 @@ pub unsafe extern "C" fn chatxfer_client_add_download(
 unsafe fn with_name(
     client: *const chatxfer_client,
     name: *const c_char,
-    f: impl FnOnce(&Transfer, &str) -> FfiResult,
+    f: impl FnOnce(&Client, &str) -> FfiResult,
 ) -> chatxfer_result {
     result(boundary(|| {
         let c = client_arg(client)?;
-        f(&c.transfer, str_arg(name, "name")?)
+        f(&c.inner, str_arg(name, "name")?)
     }))
 }
 
@@ -584,7 +584,7 @@ pub unsafe extern "C" fn chatxfer_client_status(
 pub unsafe extern "C" fn chatxfer_client_shutdown(
     client: *const chatxfer_client,
 ) -> chatxfer_result {
-    result(boundary(|| client_arg(client)?.transfer.shutdown()))
+    result(boundary(|| client_arg(client)?.inner.shutdown()))
 }
 
 /// Shuts the client down if needed and releases it. NULL is allowed.

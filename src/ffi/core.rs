@@ -1,5 +1,5 @@
-//! [`Transfer`]: a networked client plus its event delivery, the object
-//! behind both `chatxfer::FileTransfer` (C++) and `chatxfer_client` (C).
+//! [`Client`]: a networked client plus its event delivery, the object
+//! behind both `chatxfer::Client` (C++) and `chatxfer_client` (C).
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -9,30 +9,30 @@ use std::thread::ThreadId;
 
 use super::{lock, AddArgs, Code, DownloadArgs, FfiError, FfiResult};
 use crate::engine::{Event, FileState, FileStatus};
-use crate::runtime::{Client, ClientConfig, Events};
+use crate::runtime::{self, ClientConfig, Events};
 
 /// The app's event handler, called on the `chatxfer-events` thread.
 pub type EventSinkFn = Box<dyn FnMut(&Event) + Send>;
 
-/// A transfer: idle until [`Transfer::connect`], then a [`Client`] with
-/// either a pump thread feeding the sink or a queue for [`Transfer::poll_events`].
-pub struct Transfer {
+/// Idle until [`Client::connect`], then a [`runtime::Client`] with either a
+/// pump thread feeding the sink or a queue for [`Client::poll_events`].
+pub struct Client {
     state: Mutex<State>,
-    /// Held while the sink runs, so [`Transfer::shutdown`] returns only once
+    /// Held while the sink runs, so [`Client::shutdown`] returns only once
     /// no callback is running and none will run again.
     sink: Arc<Mutex<Option<EventSinkFn>>>,
     /// Set by a shutdown from inside a callback: the pump drops the sink
     /// itself when the callback returns.
     closing: Arc<AtomicBool>,
     /// Downloads added but not started: the engine has no held state for
-    /// downloads, so they are registered only by [`Transfer::start_download`].
+    /// downloads, so they are registered only by [`Client::start_download`].
     held: Mutex<HashMap<String, DownloadArgs>>,
 }
 
 enum State {
     Idle,
     Connected {
-        client: Client,
+        client: runtime::Client,
         /// `None` when events go to a sink through the pump thread.
         queue: Option<Events>,
         pump: Option<ThreadId>,
@@ -40,11 +40,11 @@ enum State {
     ShutDown,
 }
 
-impl Transfer {
+impl Client {
     /// With `sink`, events are pushed to it; without, they queue for
-    /// [`Transfer::poll_events`].
-    pub fn new(sink: Option<EventSinkFn>) -> Transfer {
-        Transfer {
+    /// [`Client::poll_events`].
+    pub fn new(sink: Option<EventSinkFn>) -> Client {
+        Client {
             state: Mutex::new(State::Idle),
             sink: Arc::new(Mutex::new(sink)),
             closing: Arc::new(AtomicBool::new(false)),
@@ -75,7 +75,7 @@ impl Transfer {
         } else {
             format!("{host}:{port}")
         };
-        let (client, events) = Client::start(ClientConfig::new(server))?;
+        let (client, events) = runtime::Client::start(ClientConfig::new(server))?;
         let has_sink = lock(&self.sink).is_some();
         let (queue, pump) = if has_sink {
             let sink = self.sink.clone();
@@ -100,7 +100,7 @@ impl Transfer {
         Ok(())
     }
 
-    fn client(&self) -> FfiResult<Client> {
+    fn client(&self) -> FfiResult<runtime::Client> {
         match &*lock(&self.state) {
             State::Idle => Err(FfiError::new(
                 Code::NotConnected,
@@ -111,7 +111,7 @@ impl Transfer {
         }
     }
 
-    /// `AddTransFile` (held when `args.hold`, until [`Transfer::resume`]).
+    /// `AddTransFile` (held when `args.hold`, until [`Client::resume`]).
     pub fn add_file(&self, args: &AddArgs) -> FfiResult {
         let spec = args.spec()?;
         // Outside the state lock: without an md5 this reads the whole file.
@@ -119,7 +119,7 @@ impl Transfer {
     }
 
     /// `AddDownloadFile` / `AddAvatarDownload`: checked now, kept here (held)
-    /// and registered with the engine only by [`Transfer::start_download`].
+    /// and registered with the engine only by [`Client::start_download`].
     pub fn add_download(&self, args: DownloadArgs) -> FfiResult {
         args.check()?;
         let client = self.client()?;
@@ -244,7 +244,7 @@ impl Transfer {
     }
 }
 
-impl Drop for Transfer {
+impl Drop for Client {
     fn drop(&mut self) {
         // Dropped from C++ (`rust::Box`) or C (`chatxfer_client_free`): a
         // panic must not unwind out of here.
@@ -253,11 +253,11 @@ impl Drop for Transfer {
 }
 
 fn shut_down() -> FfiError {
-    FfiError::new(Code::ShutDown, "this transfer was shut down")
+    FfiError::new(Code::ShutDown, "this client was shut down")
 }
 
 /// The `chatxfer-events` thread: delivers events in order until the client
-/// is gone or the transfer is shut down.
+/// is gone or shut down.
 fn pump(mut events: Events, sink: Arc<Mutex<Option<EventSinkFn>>>, closing: Arc<AtomicBool>) {
     while let Some(e) = events.blocking_recv() {
         let mut slot = lock(&sink);

@@ -73,8 +73,8 @@ fn a_panic_becomes_the_panic_code_and_the_last_error() {
 }
 
 #[test]
-fn transfer_refuses_calls_before_connect_and_after_shutdown() {
-    let t = Transfer::new(None);
+fn client_refuses_calls_before_connect_and_after_shutdown() {
+    let t = Client::new(None);
     assert_eq!(t.pause("x").unwrap_err().code, Code::NotConnected);
     assert_eq!(t.connect("", 1).unwrap_err().code, Code::InvalidArgument);
     assert_eq!(
@@ -171,16 +171,16 @@ fn sans_io_engine_uploads_through_a_socket_the_host_owns() {
     rt.block_on(server.shutdown());
 }
 
-/// A download through the networked [`Transfer`]: held until
+/// A download through the networked [`Client`]: held until
 /// `start_download`, then Saved (with the path) and Completed, and the copy
 /// is byte-identical to what was uploaded.
 #[test]
-fn transfer_downloads_a_held_file_back_by_message_id() {
+fn client_downloads_a_held_file_back_by_message_id() {
     let store = tempfile::tempdir().unwrap();
     let dest = tempfile::tempdir().unwrap();
     let port = server_start(store.path().to_str().unwrap()).unwrap();
     let src = temp_file(300_000);
-    let t = Transfer::new(None);
+    let t = Client::new(None);
     let dl = |name: &str| DownloadArgs {
         name: name.into(),
         message_id: 77,
