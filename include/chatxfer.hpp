@@ -39,10 +39,28 @@
 // the app's own thread.
 //
 // Errors: calls return chatxfer::Status (same numbers as the C API's
-// chatxfer_result); LastError() has the text of the last failure on the
-// calling thread. Only NewClient/NewTransferEngine can throw
-// (rust::Error), and only on an internal error. No Rust panic crosses into
-// C++, and exceptions thrown by the sink are caught by the library.
+// chatxfer_result, whose header explains each value; StatusName() and
+// StatusDescription() give them at run time); LastError() has the text of
+// the last failure on the calling thread. Only NewClient/NewTransferEngine
+// can throw (rust::Error), and only on an internal error. No Rust panic
+// crosses into C++, and exceptions thrown by the sink are caught by the
+// library.
+//
+// Failures: EventSink::OnFailed(name, code, message) and Event::code carry
+// either the server's error code or one of the library's own codes,
+// chatxfer::Failure (the C API's chatxfer_failure, same numbers):
+//   2001 Failure::Source       the source file could not be read, or
+//                              changed while uploading;
+//   2002 Failure::Unconfirmed  every chunk was sent but the server never
+//                              confirmed the last one; against an appending
+//                              server a resend could corrupt the file, so
+//                              the transfer stops;
+//   2003 Failure::BadReply     the server's reply was unusable: wrong seq,
+//                              bad data, a hostile name, no data, no answer
+//                              to 1045, or a downloaded file whose md5 does
+//                              not match;
+//   2004 Failure::Local        the local side failed: the downloaded file
+//                              could not be written or renamed.
 //
 // Downloads (Client only): the engine has no held state for downloads,
 // so AddDownloadFile/AddAvatarDownload only check and keep the arguments;

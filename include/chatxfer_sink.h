@@ -51,8 +51,8 @@ class EventSink {
                            std::uint64_t bytes) {
     (void)name, (void)md5, (void)bytes;
   }
-  // `code`: the server's error code, or 2001 (source unreadable/changed),
-  // 2002 (last chunk never confirmed).
+  // `code`: the server's error code, or one of the library's codes 2001..2004
+  // (chatxfer::Failure; chatxfer.hpp explains each).
   virtual void OnFailed(const std::string& name, std::int64_t code,
                         const std::string& message) {
     (void)name, (void)code, (void)message;

@@ -2,14 +2,21 @@
 //! the Qt client's `FileTcpMgr` names things. See the module docs of
 //! [`crate::ffi`] for ownership, threading and panics; `include/chatxfer.hpp`
 //! says the same for C++ readers.
+//!
+//! The shared enums here must mirror the table in `src/ffi/enums.rs`:
+//! `ffi_enums!` asserts at compile time that every variant of the table is
+//! here with the same number.
 
 use cxx::UniquePtr;
 
-use super::{boundary, AddArgs, Code, DownloadArgs, FfiError, FfiResult, FlatEvent, SansIo};
+use super::{
+    boundary, AddArgs, Code, DownloadArgs, FfiError, FfiResult, FlatEvent, SansIo, XferState,
+};
 
 #[cxx::bridge(namespace = "chatxfer")]
 pub mod ffi {
-    /// Outcome of a call; same numbers as the C `chatxfer_result`.
+    /// Outcome of a call; the numbers of the C `chatxfer_result` (whose
+    /// header documents each value).
     #[repr(u32)]
     #[derive(Debug)]
     enum Status {
@@ -31,7 +38,7 @@ pub mod ffi {
         Panic = 15,
     }
 
-    /// Where a transfer stands.
+    /// Where a transfer stands (`Queued` also for events that carry no state).
     #[repr(u32)]
     #[derive(Debug)]
     enum State {
@@ -56,11 +63,31 @@ pub mod ffi {
         Saved = 7,
     }
 
+    /// The library's own codes in `Event::code` / `OnFailed(code)`; any
+    /// other code is the server's.
+    #[repr(u32)]
+    #[derive(Debug)]
+    enum Failure {
+        /// The source file could not be read, or changed while uploading.
+        Source = 2001,
+        /// Every chunk was sent but the server never confirmed the last one;
+        /// against an appending server a resend could corrupt the file, so
+        /// the transfer stops.
+        Unconfirmed = 2002,
+        /// The server's reply was unusable: wrong seq, bad data, a hostile
+        /// name, no data, no answer to 1045, or a downloaded file whose md5
+        /// does not match.
+        BadReply = 2003,
+        /// The local side failed: the downloaded file could not be written
+        /// or renamed.
+        Local = 2004,
+    }
+
     /// One event, flat. Progress: `acked`, `total`, `rate` (bytes/s).
     /// StateChanged: `state`. Completed: `md5`, `total`. Failed: `code`
-    /// (server error code or 2001/2002), `message`. Connected/Disconnected/
-    /// Warning: `message`. Saved (downloads, just before Completed): `path`.
-    /// `name` is empty for connection events.
+    /// (the server's error code or a `Failure`), `message`.
+    /// Connected/Disconnected/Warning: `message`. Saved (downloads, just
+    /// before Completed): `path`. `name` is empty for connection events.
     #[derive(Debug)]
     struct Event {
         kind: EventKind,
@@ -249,8 +276,12 @@ pub mod ffi {
         /// Message of the last failed call on this thread.
         #[cxx_name = "LastError"]
         fn last_error() -> String;
+        /// "OK", "NULL_PARAMETER", ...; "UNKNOWN" for a number not in the table.
         #[cxx_name = "StatusName"]
         fn status_name(status: Status) -> &'static str;
+        /// What a status means (the C header's text); "" if unknown.
+        #[cxx_name = "StatusDescription"]
+        fn status_description(status: Status) -> &'static str;
         /// Starts the reference ResourceServer in-process on 127.0.0.1
         /// storing into `dir`/<uid>/<name>; `port` is written on success.
         #[cxx_name = "StartServer"]
@@ -271,7 +302,7 @@ pub mod ffi {
     }
 }
 
-use ffi::{Event, EventKind, FileInfo, State, Status};
+use ffi::{Event, FileInfo, Status};
 
 // SAFETY: the header's contract: a sink is called from one library thread
 // at a time (the client's event thread) and may be deleted there.
@@ -283,29 +314,17 @@ pub struct TransferEngine(SansIo);
 
 fn status(r: FfiResult<()>) -> Status {
     match r {
-        Ok(()) => Status::Ok,
-        Err(e) => to_status(e.code),
-    }
-}
-
-pub(crate) fn to_status(c: Code) -> Status {
-    Status { repr: c as u32 }
-}
-
-fn to_state(s: Option<crate::engine::FileState>) -> State {
-    State {
-        repr: s.map_or(0, super::state_number),
+        Ok(()) => Code::Ok.into(),
+        Err(e) => e.code.into(),
     }
 }
 
 fn to_event(e: &crate::engine::Event) -> Event {
     let f = FlatEvent::from_event(e);
     Event {
-        kind: EventKind {
-            repr: f.kind as u32,
-        },
+        kind: f.kind.into(),
+        state: f.xfer_state().into(),
         name: f.name,
-        state: to_state(f.state),
         acked: f.acked,
         total: f.total,
         rate: f.rate,
@@ -319,7 +338,7 @@ fn to_event(e: &crate::engine::Event) -> Event {
 fn to_info(s: crate::engine::FileStatus) -> FileInfo {
     FileInfo {
         name: s.name,
-        state: to_state(Some(s.state)),
+        state: XferState::from(s.state).into(),
         acked: s.acked,
         total: s.total,
         md5: s.md5,
@@ -611,8 +630,11 @@ fn last_error() -> String {
 }
 
 fn status_name(s: Status) -> &'static str {
-    std::panic::catch_unwind(|| super::capi::chatxfer_result::from_repr(s.repr).name())
-        .unwrap_or("PANIC")
+    Code::from_u32(s.repr).map_or("UNKNOWN", Code::name)
+}
+
+fn status_description(s: Status) -> &'static str {
+    Code::from_u32(s.repr).map_or("", Code::description)
 }
 
 fn start_server(dir: &str, port: &mut u16) -> Status {

@@ -1,7 +1,14 @@
 //! The plain C ABI; `include/chatxfer.h` is generated from this file by
-//! cbindgen (`build.rs`). Conventions, as in rustls-ffi:
-//! * every function returns a [`chatxfer_result`] (stable numbers) and runs
-//!   inside a panic boundary: a panic becomes `CHATXFER_RESULT_PANIC`;
+//! cbindgen (`build.rs`), together with the enums of `src/ffi/enums.rs`
+//! (`chatxfer_result`, `chatxfer_state`, `chatxfer_event_kind`,
+//! `chatxfer_failure`). Conventions, as in rustls-ffi:
+//! * every function that can fail returns a [`chatxfer_result`] (stable
+//!   numbers); the others (`chatxfer_client_free`,
+//!   `chatxfer_library_shutdown`, `chatxfer_result_name`,
+//!   `chatxfer_result_description`, `chatxfer_last_error`) cannot fail;
+//! * every function that could panic runs inside a panic boundary: a panic
+//!   becomes `CHATXFER_RESULT_PANIC` (or is swallowed where nothing is
+//!   returned);
 //! * NULL pointers give `CHATXFER_RESULT_NULL_PARAMETER`, strings that are not
 //!   UTF-8 `CHATXFER_RESULT_INVALID_UTF8`, calls on a shut-down client
 //!   `CHATXFER_RESULT_SHUT_DOWN` — never undefined behaviour;
@@ -20,136 +27,7 @@ use super::{
     boundary, last_error, AddArgs, Client, Code, DownloadArgs, EventSinkFn, FfiError, FfiResult,
     FlatEvent,
 };
-
-/// Outcome of a call. The numbers are stable (part of the ABI).
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum chatxfer_result {
-    Ok = 0,
-    /// A pointer argument was NULL.
-    NullParameter = 1,
-    /// A string argument was not UTF-8.
-    InvalidUtf8 = 2,
-    /// An argument is out of range (empty path or host, port 0, bad md5 ...).
-    InvalidArgument = 3,
-    /// The file name cannot be used on the server (path separators, ...).
-    InvalidName = 4,
-    /// The file (or the server's directory) cannot be read or created.
-    Io = 5,
-    NotAFile = 6,
-    /// A transfer of that name is already registered.
-    DuplicateName = 7,
-    /// No transfer of that name.
-    UnknownName = 8,
-    /// The transfer's state does not allow this (e.g. pausing a completed one).
-    WrongState = 9,
-    /// `chatxfer_client_connect` was not called yet.
-    NotConnected = 10,
-    AlreadyConnected = 11,
-    /// The client (or the library) was shut down.
-    ShutDown = 12,
-    /// The library's threads could not be started.
-    Runtime = 13,
-    /// Bytes from the server do not form a valid frame (sans-IO engine).
-    BadFrame = 14,
-    /// An internal error (a bug); the library stays usable.
-    Panic = 15,
-}
-
-impl chatxfer_result {
-    const ALL: [chatxfer_result; 16] = [
-        chatxfer_result::Ok,
-        chatxfer_result::NullParameter,
-        chatxfer_result::InvalidUtf8,
-        chatxfer_result::InvalidArgument,
-        chatxfer_result::InvalidName,
-        chatxfer_result::Io,
-        chatxfer_result::NotAFile,
-        chatxfer_result::DuplicateName,
-        chatxfer_result::UnknownName,
-        chatxfer_result::WrongState,
-        chatxfer_result::NotConnected,
-        chatxfer_result::AlreadyConnected,
-        chatxfer_result::ShutDown,
-        chatxfer_result::Runtime,
-        chatxfer_result::BadFrame,
-        chatxfer_result::Panic,
-    ];
-
-    pub(crate) fn from_code(c: Code) -> chatxfer_result {
-        Self::from_repr(c as u32)
-    }
-
-    /// Unknown numbers map to `Panic`.
-    pub(crate) fn from_repr(n: u32) -> chatxfer_result {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|r| *r as u32 == n)
-            .unwrap_or(chatxfer_result::Panic)
-    }
-
-    pub(crate) fn name(self) -> &'static str {
-        self.c_name().to_str().unwrap_or("?")
-    }
-
-    fn c_name(self) -> &'static CStr {
-        match self {
-            chatxfer_result::Ok => c"OK",
-            chatxfer_result::NullParameter => c"NULL_PARAMETER",
-            chatxfer_result::InvalidUtf8 => c"INVALID_UTF8",
-            chatxfer_result::InvalidArgument => c"INVALID_ARGUMENT",
-            chatxfer_result::InvalidName => c"INVALID_NAME",
-            chatxfer_result::Io => c"IO",
-            chatxfer_result::NotAFile => c"NOT_A_FILE",
-            chatxfer_result::DuplicateName => c"DUPLICATE_NAME",
-            chatxfer_result::UnknownName => c"UNKNOWN_NAME",
-            chatxfer_result::WrongState => c"WRONG_STATE",
-            chatxfer_result::NotConnected => c"NOT_CONNECTED",
-            chatxfer_result::AlreadyConnected => c"ALREADY_CONNECTED",
-            chatxfer_result::ShutDown => c"SHUT_DOWN",
-            chatxfer_result::Runtime => c"RUNTIME",
-            chatxfer_result::BadFrame => c"BAD_FRAME",
-            chatxfer_result::Panic => c"PANIC",
-        }
-    }
-}
-
-/// Where a transfer stands.
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum chatxfer_state {
-    Queued = 0,
-    Sending = 1,
-    Paused = 2,
-    Completed = 3,
-    Failed = 4,
-    Cancelled = 5,
-}
-
-/// What a `chatxfer_event` reports.
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum chatxfer_event_kind {
-    /// `acked` of `total` bytes acknowledged, at `rate` bytes/s.
-    Progress = 0,
-    /// `state` is the new state.
-    StateChanged = 1,
-    /// Stored and verified: `md5`, `total` bytes.
-    Completed = 2,
-    /// `code` (the server's error code, or 2001 source / 2002 unconfirmed)
-    /// and `message`.
-    Failed = 3,
-    /// The connection is up; `message` names the server.
-    Connected = 4,
-    /// The connection is down; `message` says why and when it retries.
-    Disconnected = 5,
-    /// Something to log (`message`).
-    Warning = 6,
-    /// A download was verified and renamed into place at `path`;
-    /// `CHATXFER_EVENT_KIND_COMPLETED` follows.
-    Saved = 7,
-}
+pub use super::{chatxfer_event_kind, chatxfer_result, chatxfer_state};
 
 /// An event; every string is NUL-terminated and valid only during the
 /// callback (`name` is "" for connection events, never NULL).
@@ -253,8 +131,8 @@ impl UserData {
 
 fn result(r: FfiResult) -> chatxfer_result {
     match r {
-        Ok(()) => chatxfer_result::Ok,
-        Err(e) => chatxfer_result::from_code(e.code),
+        Ok(()) => Code::Ok,
+        Err(e) => e.code,
     }
 }
 
@@ -286,31 +164,6 @@ fn c_string(s: &str) -> CString {
     CString::new(s.replace('\0', " ")).unwrap_or_default()
 }
 
-fn c_state(s: Option<crate::engine::FileState>) -> chatxfer_state {
-    match s.map_or(0, super::state_number) {
-        1 => chatxfer_state::Sending,
-        2 => chatxfer_state::Paused,
-        3 => chatxfer_state::Completed,
-        4 => chatxfer_state::Failed,
-        5 => chatxfer_state::Cancelled,
-        _ => chatxfer_state::Queued,
-    }
-}
-
-fn c_kind(k: super::EventKind) -> chatxfer_event_kind {
-    use super::EventKind as K;
-    match k {
-        K::Progress => chatxfer_event_kind::Progress,
-        K::StateChanged => chatxfer_event_kind::StateChanged,
-        K::Completed => chatxfer_event_kind::Completed,
-        K::Failed => chatxfer_event_kind::Failed,
-        K::Connected => chatxfer_event_kind::Connected,
-        K::Disconnected => chatxfer_event_kind::Disconnected,
-        K::Warning => chatxfer_event_kind::Warning,
-        K::Saved => chatxfer_event_kind::Saved,
-    }
-}
-
 /// Creates a client (not yet connected). `callback` may be NULL: events are
 /// then dropped. On success `*out` is the new client.
 ///
@@ -338,9 +191,9 @@ pub unsafe extern "C" fn chatxfer_client_new(
                     c_string(&f.path),
                 );
                 let ev = chatxfer_event {
-                    kind: c_kind(f.kind),
+                    kind: f.kind,
                     name: name.as_ptr(),
-                    state: c_state(f.state),
+                    state: f.xfer_state(),
                     acked: f.acked,
                     total: f.total,
                     rate: f.rate,
@@ -564,7 +417,7 @@ pub unsafe extern "C" fn chatxfer_client_status(
             *d = b as c_char;
         }
         *out = chatxfer_file_status {
-            state: c_state(Some(s.state)),
+            state: s.state.into(),
             acked: s.acked,
             total: s.total,
             md5,
@@ -636,14 +489,22 @@ pub extern "C" fn chatxfer_library_shutdown() {
     });
 }
 
-/// The name of a result ("OK", "NULL_PARAMETER", ...); a static string.
+/// The name of a result ("OK", "NULL_PARAMETER", ...; "UNKNOWN" for a
+/// number that is not a `chatxfer_result`); a static string.
 #[no_mangle]
 pub extern "C" fn chatxfer_result_name(result: u32) -> *const c_char {
-    if chatxfer_result::ALL.iter().any(|r| *r as u32 == result) {
-        chatxfer_result::from_repr(result).c_name().as_ptr()
-    } else {
-        c"UNKNOWN".as_ptr()
-    }
+    Code::from_u32(result)
+        .map_or(c"UNKNOWN", Code::c_name)
+        .as_ptr()
+}
+
+/// What a result means (the text documented above for its value; "" for a
+/// number that is not a `chatxfer_result`); a static string.
+#[no_mangle]
+pub extern "C" fn chatxfer_result_description(result: u32) -> *const c_char {
+    Code::from_u32(result)
+        .map_or(c"", Code::c_description)
+        .as_ptr()
 }
 
 /// Copies the message of the last failed call on this thread into `buf`

@@ -70,6 +70,13 @@ int main(void) {
   check("port untouched", port == 7);
   expect("server_stop(unknown)", chatxfer_server_stop(9), CHATXFER_RESULT_UNKNOWN_NAME);
   check("result_name(unknown)", strcmp(chatxfer_result_name(4242), "UNKNOWN") == 0);
+  check("result_name(SHUT_DOWN)", strcmp(chatxfer_result_name(CHATXFER_RESULT_SHUT_DOWN), "SHUT_DOWN") == 0);
+  check("result_description(NULL_PARAMETER)",
+        strcmp(chatxfer_result_description(CHATXFER_RESULT_NULL_PARAMETER), "A pointer argument was NULL.") == 0);
+  check("result_description(unknown)", strcmp(chatxfer_result_description(4242), "") == 0);
+  /* The failure codes of a FAILED event are the documented numbers. */
+  check("failure codes", CHATXFER_FAILURE_SOURCE == 2001 && CHATXFER_FAILURE_UNCONFIRMED == 2002 &&
+                             CHATXFER_FAILURE_BAD_REPLY == 2003 && CHATXFER_FAILURE_LOCAL == 2004);
 
   expect("new", chatxfer_client_new(on_event, &events, &c), CHATXFER_RESULT_OK);
   if (c == NULL) {
