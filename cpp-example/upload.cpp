@@ -233,7 +233,17 @@ static int RunClient(const std::string& host, std::uint16_t port,
   for (const auto& path : files) {
     std::string name = BaseName(path);
     // As the Qt client: register held, start once the message is confirmed.
-    auto st = client->AddTransFile(path, name, uid, uid, 2002, message_id++, "", 0);
+    // The spec form; `hold` keeps it registered until BatchSend, as the chat
+    // client does until the ChatServer confirms the message.
+    chatxfer::UploadSpec spec{};
+    spec.path = path;
+    spec.name = name;
+    spec.uid = uid;
+    spec.sender = uid;
+    spec.receiver = 2002;
+    spec.message_id = message_id++;
+    spec.hold = true;
+    auto st = client->AddTransFile(spec);
     if (st == chatxfer::Status::Ok) st = client->BatchSend(name);
     if (st != chatxfer::Status::Ok) {
       std::fprintf(stderr, "upload: %s: %s (%s)\n", path.c_str(),
@@ -335,7 +345,8 @@ static int RunSansIo(const std::string& host, std::uint16_t port,
   std::int64_t message_id = 1;
   for (const auto& path : files) {
     std::string name = BaseName(path);
-    auto st = engine->AddTransFile(path, name, uid, uid, 2002, message_id++, "", 0);
+    // The positional form the Qt client uses (it builds the same spec).
+    auto st = chatxfer::AddTransFile(*engine, path, name, uid, uid, 2002, message_id++, "", 0);
     if (st == chatxfer::Status::Ok) st = engine->BatchSend(name);
     if (st != chatxfer::Status::Ok) {
       std::fprintf(stderr, "upload: %s: %s\n", path.c_str(),

@@ -265,9 +265,9 @@ typedef struct chatxfer_event {
 typedef void (*chatxfer_event_callback)(void *user_data, const struct chatxfer_event *event);
 
 /*
- An upload to register (`AddTransFile`).
+ An upload to register (`AddTransFile`; C++ `chatxfer::UploadSpec`).
  */
-typedef struct chatxfer_file_spec {
+typedef struct chatxfer_upload_spec {
   /*
    The file to upload (UTF-8).
    */
@@ -293,11 +293,11 @@ typedef struct chatxfer_file_spec {
    BatchSend once the ChatServer confirmed the message).
    */
   bool hold;
-} chatxfer_file_spec;
+} chatxfer_upload_spec;
 
 /*
- A download to register (`AddDownloadFile`); it is held until
- `chatxfer_client_start_download`.
+ A download to register (`AddDownloadFile`; C++ `chatxfer::DownloadSpec`);
+ it is held until `chatxfer_client_start_download`.
  */
 typedef struct chatxfer_download_spec {
   /*
@@ -377,7 +377,7 @@ chatxfer_result chatxfer_client_connect(const struct chatxfer_client *client, co
  `client` as for `chatxfer_client_connect`; `spec` is NULL or points to a
  spec whose strings are NULL or NUL-terminated.
  */
-chatxfer_result chatxfer_client_add_file(const struct chatxfer_client *client, const struct chatxfer_file_spec *spec);
+chatxfer_result chatxfer_client_add_upload(const struct chatxfer_client *client, const struct chatxfer_upload_spec *spec);
 
 /*
  Registers a download (`AddDownloadFile`, or an avatar when

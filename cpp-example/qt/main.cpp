@@ -447,8 +447,8 @@ class ChatWindow : public QWidget {
     AddRow(b, true);
     if (!client_) return b;
     message_ids_[name] = ++message_id_;
-    auto st = client_->AddTransFile(path.toStdString(), name.toStdString(), kSelf, kSelf, kPeer,
-                                    message_id_, "", picture ? 1 : 0);
+    auto st = chatxfer::AddTransFile(*client_, path.toStdString(), name.toStdString(), kSelf,
+                                     kSelf, kPeer, message_id_, "", picture ? 1 : 0);
     if (st != chatxfer::Status::Ok) Refused(name, st);
     else if (send) Send(name);
     return b;
@@ -464,8 +464,14 @@ class ChatWindow : public QWidget {
     bubbles_[key] = b;
     AddRow(b, false);
     if (!client_) return b;
-    auto st = client_->AddDownloadFile(key.toStdString(), message_id, kSelf, "demo-token",
-                                       dest_dir.toStdString(), "", 1);
+    chatxfer::DownloadSpec spec{};
+    spec.name = key.toStdString();
+    spec.message_id = message_id;
+    spec.uid = kSelf;
+    spec.token = "demo-token";
+    spec.dest_dir = dest_dir.toStdString();
+    spec.priority = 1;
+    auto st = client_->AddDownloadFile(spec);
     if (st == chatxfer::Status::Ok) st = client_->StartDownload(key.toStdString());
     if (st != chatxfer::Status::Ok) {
       Refused(key, st);

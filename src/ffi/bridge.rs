@@ -10,7 +10,7 @@
 use cxx::UniquePtr;
 
 use super::{
-    boundary, AddArgs, Code, DownloadArgs, FfiError, FfiResult, FlatEvent, SansIo, XferState,
+    boundary, Code, DownloadArgs, FfiError, FfiResult, FlatEvent, SansIo, UploadArgs, XferState,
 };
 
 #[cxx::bridge(namespace = "chatxfer")]
@@ -112,6 +112,49 @@ pub mod ffi {
         md5: String,
     }
 
+    /// An upload (`AddTransFile`); the C API's `chatxfer_upload_spec`.
+    #[derive(Debug, Clone)]
+    struct UploadSpec {
+        /// The file to upload.
+        path: String,
+        /// Unique name: the server's key and stored file name.
+        name: String,
+        uid: i64,
+        sender: i64,
+        receiver: i64,
+        message_id: i64,
+        /// Hex md5 if known; empty: computed by reading the whole file.
+        md5: String,
+        /// Higher goes first and gets a larger share of the window.
+        priority: u8,
+        /// Registered paused until `BatchSend` (the ChatServer's
+        /// confirmation); false starts it at once.
+        hold: bool,
+    }
+
+    /// A download (`AddDownloadFile`); the C API's `chatxfer_download_spec`.
+    /// Held until `StartDownload`.
+    #[derive(Debug, Clone)]
+    struct DownloadSpec {
+        /// Unique name of the transfer (events use it), e.g. "msg-42".
+        name: String,
+        /// The chat message whose file to download (unused for an avatar).
+        message_id: i64,
+        /// The downloading user and their login token.
+        uid: i64,
+        token: String,
+        /// Existing directory to save into, under the server's file name.
+        dest_dir: String,
+        /// Hex md5 if known (checked at the end); empty: no check.
+        md5: String,
+        priority: u8,
+        /// Non-empty: download this avatar of `uid` (1033) instead of a
+        /// chat file.
+        avatar_name: String,
+        /// The client path echoed back for an avatar.
+        avatar_client_path: String,
+    }
+
     extern "Rust" {
         /// A connection to a ResourceServer with its uploads and downloads
         /// (the library's own threads do the IO). Destroying it shuts it down.
@@ -125,66 +168,17 @@ pub mod ffi {
         fn new_client(sink: UniquePtr<EventSink>) -> Result<Box<Client>>;
         #[cxx_name = "Connect"]
         fn connect(self: &Client, host: &str, port: u16) -> Status;
-        /// Registers an upload, held until `BatchSend`. Empty `md5`: computed
-        /// here by reading the file (pass it if known; big files take time).
-        #[allow(clippy::too_many_arguments)]
+        /// Registers an upload: held until `BatchSend` when `spec.hold`,
+        /// else started at once. An empty `md5` is computed here by reading
+        /// the file (pass it if known; big files take time).
         #[cxx_name = "AddTransFile"]
-        fn add_trans_file(
-            self: &Client,
-            path: &str,
-            name: &str,
-            uid: i64,
-            sender: i64,
-            receiver: i64,
-            message_id: i64,
-            md5: &str,
-            priority: u8,
-        ) -> Status;
-        /// `AddTransFile` + `BatchSend`.
-        #[allow(clippy::too_many_arguments)]
-        #[cxx_name = "SendFile"]
-        fn send_file(
-            self: &Client,
-            path: &str,
-            name: &str,
-            uid: i64,
-            sender: i64,
-            receiver: i64,
-            message_id: i64,
-            md5: &str,
-            priority: u8,
-        ) -> Status;
-        /// Registers a download of chat message `message_id`'s file into
-        /// `dest_dir` (saved under the server's file name), held until
-        /// `StartDownload`. `token`: the user's login token. Empty `md5`: none is
-        /// checked (1046 carries none). The engine has no held state for
-        /// downloads: the library keeps these arguments and registers the
-        /// download only at `StartDownload` (until then `GetStatus` says
-        /// Paused, 0 of 0 bytes; `Cancel` forgets it).
-        #[allow(clippy::too_many_arguments)]
+        fn add_trans_file(self: &Client, spec: &UploadSpec) -> Status;
+        /// Registers a download, held until `StartDownload`. The engine has
+        /// no held state for downloads: the library keeps the spec and
+        /// registers the download only at `StartDownload` (until then
+        /// `GetStatus` says Paused, 0 of 0 bytes; `Cancel` forgets it).
         #[cxx_name = "AddDownloadFile"]
-        fn add_download_file(
-            self: &Client,
-            name: &str,
-            message_id: i64,
-            uid: i64,
-            token: &str,
-            dest_dir: &str,
-            md5: &str,
-            priority: u8,
-        ) -> Status;
-        /// Registers a download of user `uid`'s avatar `avatar_name` (1033)
-        /// into `dest_dir`, held until `StartDownload` like `AddDownloadFile`.
-        #[cxx_name = "AddAvatarDownload"]
-        fn add_avatar_download(
-            self: &Client,
-            name: &str,
-            avatar_name: &str,
-            uid: i64,
-            token: &str,
-            dest_dir: &str,
-            client_path: &str,
-        ) -> Status;
+        fn add_download_file(self: &Client, spec: &DownloadSpec) -> Status;
         /// Starts a held download (`Resume`/`BatchSend` on it do the same).
         /// Events: Progress..., Saved(path), Completed, or Failed.
         #[cxx_name = "StartDownload"]
@@ -212,32 +206,9 @@ pub mod ffi {
         /// `server_appends`: true for the deployed ResourceServer.
         #[cxx_name = "NewTransferEngine"]
         fn new_transfer_engine(server_appends: bool) -> Result<Box<TransferEngine>>;
-        #[allow(clippy::too_many_arguments)]
+        /// As `Client::AddTransFile`.
         #[cxx_name = "AddTransFile"]
-        fn add_trans_file(
-            self: &mut TransferEngine,
-            path: &str,
-            name: &str,
-            uid: i64,
-            sender: i64,
-            receiver: i64,
-            message_id: i64,
-            md5: &str,
-            priority: u8,
-        ) -> Status;
-        #[allow(clippy::too_many_arguments)]
-        #[cxx_name = "SendFile"]
-        fn send_file(
-            self: &mut TransferEngine,
-            path: &str,
-            name: &str,
-            uid: i64,
-            sender: i64,
-            receiver: i64,
-            message_id: i64,
-            md5: &str,
-            priority: u8,
-        ) -> Status;
+        fn add_trans_file(self: &mut TransferEngine, spec: &UploadSpec) -> Status;
         #[cxx_name = "BatchSend"]
         fn batch_send(self: &mut TransferEngine, name: &str) -> Status;
         #[cxx_name = "Pause"]
@@ -302,7 +273,7 @@ pub mod ffi {
     }
 }
 
-use ffi::{Event, FileInfo, Status};
+use ffi::{DownloadSpec, Event, FileInfo, Status, UploadSpec};
 
 // SAFETY: the header's contract: a sink is called from one library thread
 // at a time (the client's event thread) and may be deleted there.
@@ -345,28 +316,36 @@ fn to_info(s: crate::engine::FileStatus) -> FileInfo {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn add_args(
-    path: &str,
-    name: &str,
-    uid: i64,
-    sender: i64,
-    receiver: i64,
-    message_id: i64,
-    md5: &str,
-    priority: u8,
-    hold: bool,
-) -> AddArgs {
-    AddArgs {
-        path: path.into(),
-        name: name.into(),
-        uid,
-        sender,
-        receiver,
-        message_id,
-        md5: md5.into(),
-        priority,
-        hold,
+impl From<&UploadSpec> for UploadArgs {
+    fn from(s: &UploadSpec) -> UploadArgs {
+        UploadArgs {
+            path: s.path.clone(),
+            name: s.name.clone(),
+            uid: s.uid,
+            sender: s.sender,
+            receiver: s.receiver,
+            message_id: s.message_id,
+            md5: s.md5.clone(),
+            priority: s.priority,
+            hold: s.hold,
+        }
+    }
+}
+
+impl From<&DownloadSpec> for DownloadArgs {
+    fn from(s: &DownloadSpec) -> DownloadArgs {
+        DownloadArgs {
+            name: s.name.clone(),
+            message_id: s.message_id,
+            uid: s.uid,
+            token: s.token.clone(),
+            dest_dir: s.dest_dir.clone(),
+            md5: s.md5.clone(),
+            priority: s.priority,
+            // C++ has no null string: an empty avatar name means a chat file.
+            avatar: (!s.avatar_name.is_empty())
+                .then(|| (s.avatar_name.clone(), s.avatar_client_path.clone())),
+        }
     }
 }
 
@@ -394,86 +373,12 @@ impl Client {
         status(boundary(|| self.0.connect(host, port)))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn add_trans_file(
-        &self,
-        path: &str,
-        name: &str,
-        uid: i64,
-        sender: i64,
-        receiver: i64,
-        message_id: i64,
-        md5: &str,
-        priority: u8,
-    ) -> Status {
-        let a = add_args(
-            path, name, uid, sender, receiver, message_id, md5, priority, true,
-        );
-        status(boundary(|| self.0.add_file(&a)))
+    fn add_trans_file(&self, spec: &UploadSpec) -> Status {
+        status(boundary(|| self.0.add_file(&spec.into())))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn send_file(
-        &self,
-        path: &str,
-        name: &str,
-        uid: i64,
-        sender: i64,
-        receiver: i64,
-        message_id: i64,
-        md5: &str,
-        priority: u8,
-    ) -> Status {
-        let a = add_args(
-            path, name, uid, sender, receiver, message_id, md5, priority, false,
-        );
-        status(boundary(|| self.0.add_file(&a)))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn add_download_file(
-        &self,
-        name: &str,
-        message_id: i64,
-        uid: i64,
-        token: &str,
-        dest_dir: &str,
-        md5: &str,
-        priority: u8,
-    ) -> Status {
-        let a = DownloadArgs {
-            name: name.into(),
-            message_id,
-            uid,
-            token: token.into(),
-            dest_dir: dest_dir.into(),
-            md5: md5.into(),
-            priority,
-            avatar: None,
-        };
-        status(boundary(|| self.0.add_download(a)))
-    }
-
-    fn add_avatar_download(
-        &self,
-        name: &str,
-        avatar_name: &str,
-        uid: i64,
-        token: &str,
-        dest_dir: &str,
-        client_path: &str,
-    ) -> Status {
-        let a = DownloadArgs {
-            name: name.into(),
-            message_id: 0,
-            uid,
-            token: token.into(),
-            dest_dir: dest_dir.into(),
-            md5: String::new(),
-            priority: 0,
-            avatar: Some((avatar_name.into(), client_path.into())),
-        };
-        status(boundary(|| self.0.add_download(a)))
+    fn add_download_file(&self, spec: &DownloadSpec) -> Status {
+        status(boundary(|| self.0.add_download(spec.into())))
     }
 
     fn start_download(&self, name: &str) -> Status {
@@ -517,40 +422,8 @@ fn new_transfer_engine(server_appends: bool) -> Result<Box<TransferEngine>, Stri
 }
 
 impl TransferEngine {
-    #[allow(clippy::too_many_arguments)]
-    fn add_trans_file(
-        &mut self,
-        path: &str,
-        name: &str,
-        uid: i64,
-        sender: i64,
-        receiver: i64,
-        message_id: i64,
-        md5: &str,
-        priority: u8,
-    ) -> Status {
-        let a = add_args(
-            path, name, uid, sender, receiver, message_id, md5, priority, true,
-        );
-        status(boundary(|| self.0.add_file(&a)))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn send_file(
-        &mut self,
-        path: &str,
-        name: &str,
-        uid: i64,
-        sender: i64,
-        receiver: i64,
-        message_id: i64,
-        md5: &str,
-        priority: u8,
-    ) -> Status {
-        let a = add_args(
-            path, name, uid, sender, receiver, message_id, md5, priority, false,
-        );
-        status(boundary(|| self.0.add_file(&a)))
+    fn add_trans_file(&mut self, spec: &UploadSpec) -> Status {
+        status(boundary(|| self.0.add_file(&spec.into())))
     }
 
     fn batch_send(&mut self, name: &str) -> Status {

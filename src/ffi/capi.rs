@@ -24,8 +24,8 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::AssertUnwindSafe;
 
 use super::{
-    boundary, last_error, AddArgs, Client, Code, DownloadArgs, EventSinkFn, FfiError, FfiResult,
-    FlatEvent,
+    boundary, last_error, Client, Code, DownloadArgs, EventSinkFn, FfiError, FfiResult, FlatEvent,
+    UploadArgs,
 };
 pub use super::{chatxfer_event_kind, chatxfer_result, chatxfer_state};
 
@@ -53,10 +53,10 @@ pub struct chatxfer_event {
 pub type chatxfer_event_callback =
     Option<unsafe extern "C" fn(user_data: *mut c_void, event: *const chatxfer_event)>;
 
-/// An upload to register (`AddTransFile`).
+/// An upload to register (`AddTransFile`; C++ `chatxfer::UploadSpec`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct chatxfer_file_spec {
+pub struct chatxfer_upload_spec {
     /// The file to upload (UTF-8).
     pub path: *const c_char,
     /// Unique name: the server's key and stored file name.
@@ -74,8 +74,8 @@ pub struct chatxfer_file_spec {
     pub hold: bool,
 }
 
-/// A download to register (`AddDownloadFile`); it is held until
-/// `chatxfer_client_start_download`.
+/// A download to register (`AddDownloadFile`; C++ `chatxfer::DownloadSpec`);
+/// it is held until `chatxfer_client_start_download`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct chatxfer_download_spec {
@@ -242,33 +242,66 @@ pub unsafe extern "C" fn chatxfer_client_connect(
 /// `client` as for `chatxfer_client_connect`; `spec` is NULL or points to a
 /// spec whose strings are NULL or NUL-terminated.
 #[no_mangle]
-pub unsafe extern "C" fn chatxfer_client_add_file(
+pub unsafe extern "C" fn chatxfer_client_add_upload(
     client: *const chatxfer_client,
-    spec: *const chatxfer_file_spec,
+    spec: *const chatxfer_upload_spec,
 ) -> chatxfer_result {
     result(boundary(|| {
         let c = client_arg(client)?;
-        let s = spec
-            .as_ref()
-            .ok_or_else(|| FfiError::new(Code::NullParameter, "spec is NULL"))?;
-        let md5 = if s.md5.is_null() {
-            ""
-        } else {
-            str_arg(s.md5, "md5")?
-        };
-        let args = AddArgs {
+        c.inner.add_file(&UploadArgs::from_c(spec_arg(spec)?)?)
+    }))
+}
+
+/// A spec argument, checked for NULL.
+///
+/// # Safety
+/// `p` is NULL or valid for reads during the call.
+unsafe fn spec_arg<'a, T>(p: *const T) -> FfiResult<&'a T> {
+    p.as_ref()
+        .ok_or_else(|| FfiError::new(Code::NullParameter, "spec is NULL"))
+}
+
+impl UploadArgs {
+    /// # Safety
+    /// The strings of `s` are NULL or NUL-terminated.
+    unsafe fn from_c(s: &chatxfer_upload_spec) -> FfiResult<UploadArgs> {
+        Ok(UploadArgs {
             path: str_arg(s.path, "path")?.to_owned(),
             name: str_arg(s.name, "name")?.to_owned(),
             uid: s.uid,
             sender: s.sender,
             receiver: s.receiver,
             message_id: s.message_id,
-            md5: md5.to_owned(),
+            md5: opt_str_arg(s.md5, "md5")?.to_owned(),
             priority: s.priority,
             hold: s.hold,
+        })
+    }
+}
+
+impl DownloadArgs {
+    /// # Safety
+    /// The strings of `s` are NULL or NUL-terminated.
+    unsafe fn from_c(s: &chatxfer_download_spec) -> FfiResult<DownloadArgs> {
+        let avatar = if s.avatar_name.is_null() {
+            None
+        } else {
+            Some((
+                str_arg(s.avatar_name, "avatar_name")?.to_owned(),
+                opt_str_arg(s.avatar_client_path, "avatar_client_path")?.to_owned(),
+            ))
         };
-        c.inner.add_file(&args)
-    }))
+        Ok(DownloadArgs {
+            name: str_arg(s.name, "name")?.to_owned(),
+            message_id: s.message_id,
+            uid: s.uid,
+            token: str_arg(s.token, "token")?.to_owned(),
+            dest_dir: str_arg(s.dest_dir, "dest_dir")?.to_owned(),
+            md5: opt_str_arg(s.md5, "md5")?.to_owned(),
+            priority: s.priority,
+            avatar,
+        })
+    }
 }
 
 /// A NULL or checked string argument ("" for NULL).
@@ -299,28 +332,7 @@ pub unsafe extern "C" fn chatxfer_client_add_download(
 ) -> chatxfer_result {
     result(boundary(|| {
         let c = client_arg(client)?;
-        let s = spec
-            .as_ref()
-            .ok_or_else(|| FfiError::new(Code::NullParameter, "spec is NULL"))?;
-        let avatar = if s.avatar_name.is_null() {
-            None
-        } else {
-            Some((
-                str_arg(s.avatar_name, "avatar_name")?.to_owned(),
-                opt_str_arg(s.avatar_client_path, "avatar_client_path")?.to_owned(),
-            ))
-        };
-        let args = DownloadArgs {
-            name: str_arg(s.name, "name")?.to_owned(),
-            message_id: s.message_id,
-            uid: s.uid,
-            token: str_arg(s.token, "token")?.to_owned(),
-            dest_dir: str_arg(s.dest_dir, "dest_dir")?.to_owned(),
-            md5: opt_str_arg(s.md5, "md5")?.to_owned(),
-            priority: s.priority,
-            avatar,
-        };
-        c.inner.add_download(args)
+        c.inner.add_download(DownloadArgs::from_c(spec_arg(spec)?)?)
     }))
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
-use super::{lock, AddArgs, Code, DownloadArgs, FfiError, FfiResult};
+use super::{lock, Code, DownloadArgs, FfiError, FfiResult, UploadArgs};
 use crate::engine::{Event, FileState, FileStatus};
 use crate::runtime::{self, ClientConfig, Events};
 
@@ -112,7 +112,7 @@ impl Client {
     }
 
     /// `AddTransFile` (held when `args.hold`, until [`Client::resume`]).
-    pub fn add_file(&self, args: &AddArgs) -> FfiResult {
+    pub fn add_file(&self, args: &UploadArgs) -> FfiResult {
         let spec = args.spec()?;
         // Outside the state lock: without an md5 this reads the whole file.
         Ok(self.client()?.add_file(&args.path, spec)?)

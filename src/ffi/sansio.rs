@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use super::{AddArgs, Code, FfiError, FfiResult};
+use super::{Code, FfiError, FfiResult, UploadArgs};
 use crate::engine::{Engine, EngineConfig, Event, FileSource, FileStatus, ServerStorage};
 use crate::protocol::{FrameDecoder, MsgId};
 
@@ -36,7 +36,7 @@ impl SansIo {
         }
     }
 
-    pub fn add_file(&mut self, args: &AddArgs) -> FfiResult {
+    pub fn add_file(&mut self, args: &UploadArgs) -> FfiResult {
         let spec = args.spec()?;
         let source = FileSource::open(&args.path)?;
         self.engine

@@ -126,7 +126,7 @@ fn sans_io_engine_uploads_through_a_socket_the_host_owns() {
         .unwrap();
 
     let mut e = SansIo::new(false);
-    let args = AddArgs {
+    let args = UploadArgs {
         path: file.path().display().to_string(),
         name: "x.bin".into(),
         uid: 7,
@@ -210,7 +210,7 @@ fn client_downloads_a_held_file_back_by_message_id() {
         Code::NotConnected
     );
     t.connect("127.0.0.1", port).unwrap();
-    let up = AddArgs {
+    let up = UploadArgs {
         path: src.path().to_str().unwrap().into(),
         name: "up.bin".into(),
         uid: 5,
