@@ -187,14 +187,19 @@ fn sans_io_engine_uploads_through_a_socket_the_host_owns() {
 
 /// A download through the networked [`Client`]: held until
 /// `start_download`, then Saved (with the path) and Completed, and the copy
-/// is byte-identical to what was uploaded.
+/// is byte-identical to what was uploaded. Events come through a sink into
+/// a channel, so every wait is on an event, never on the clock.
 #[test]
 fn client_downloads_a_held_file_back_by_message_id() {
     let store = tempfile::tempdir().unwrap();
     let dest = tempfile::tempdir().unwrap();
     let port = server_start(store.path().to_str().unwrap()).unwrap();
     let src = temp_file(300_000);
-    let t = Client::new(None);
+    let (tx, rx) = std::sync::mpsc::channel::<FlatEvent>();
+    let tx = Mutex::new(tx);
+    let t = Client::new(Some(Box::new(move |e: &crate::engine::Event| {
+        let _ = lock(&tx).send(FlatEvent::from_event(e));
+    })));
     let dl = |name: &str| DownloadArgs {
         name: name.into(),
         message_id: 77,
@@ -210,37 +215,39 @@ fn client_downloads_a_held_file_back_by_message_id() {
         Code::NotConnected
     );
     t.connect("127.0.0.1", port).unwrap();
-    let up = UploadArgs {
+    let up = |name: &str, message_id: i64| UploadArgs {
         path: src.path().to_str().unwrap().into(),
-        name: "up.bin".into(),
+        name: name.into(),
         uid: 5,
         sender: 5,
         receiver: 6,
-        message_id: 77,
+        message_id,
         md5: String::new(),
         priority: 0,
         hold: false,
     };
-    t.add_file(&up).unwrap();
+    t.add_file(&up("up.bin", 77)).unwrap();
     let mut events = Vec::new();
     let mut wait_for = |name: &str, kind: EventKind| {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            events.extend(t.poll_events().iter().map(FlatEvent::from_event));
-            if let Some(e) = events.iter().find(|e| e.name == name && e.kind == kind) {
-                return e.clone();
+            if let Some(e) = events
+                .iter()
+                .find(|e: &&FlatEvent| e.name == name && e.kind == kind)
+            {
+                return (e.clone(), events.clone());
             }
             if let Some(e) = events
                 .iter()
-                .find(|e| e.name == name && e.kind == EventKind::Failed)
+                .find(|e: &&FlatEvent| e.name == name && e.kind == EventKind::Failed)
             {
                 panic!("{name} failed: {e:?}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "no {kind:?} for {name}: {events:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(e) => events.push(e),
+                Err(_) => panic!("no {kind:?} for {name} within 30 s: {events:?}"),
+            }
         }
     };
     wait_for("up.bin", EventKind::Completed);
@@ -256,17 +263,26 @@ fn client_downloads_a_held_file_back_by_message_id() {
         Code::DuplicateName
     );
     assert_eq!(t.status("d").unwrap().state, FileState::Paused);
-    std::thread::sleep(Duration::from_millis(100));
+    // Held, not started: a later upload's whole round trip through the same
+    // connection completes while "d" reports nothing and writes nothing.
+    t.add_file(&up("later.bin", 78)).unwrap();
+    let (_, seen) = wait_for("later.bin", EventKind::Completed);
+    assert!(
+        seen.iter().all(|e| e.name != "d"),
+        "a held download reported events: {seen:?}"
+    );
     assert!(!dest.path().join("up.bin").exists(), "held, not started");
+    assert_eq!(t.status("d").unwrap().state, FileState::Paused);
     assert_eq!(
         t.start_download("nope").unwrap_err().code,
         Code::UnknownName
     );
     t.start_download("d").unwrap();
     assert_eq!(t.start_download("d").unwrap_err().code, Code::WrongState);
-    let saved = wait_for("d", EventKind::Saved);
-    let done = wait_for("d", EventKind::Completed);
+    let (saved, _) = wait_for("d", EventKind::Saved);
+    let (done, _) = wait_for("d", EventKind::Completed);
     assert_eq!(done.total, 300_000);
+    assert_eq!(saved.path, dest.path().join("up.bin").to_str().unwrap());
     assert_eq!(
         std::fs::read(&saved.path).unwrap(),
         std::fs::read(src.path()).unwrap()
