@@ -30,10 +30,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chatxfer::engine::{
-    md5_hex, Engine, EngineConfig, Event, FileSource, FileSpec, ServerStorage, WindowPolicy,
+    md5_hex, Engine, EngineConfig, Event, FileSpec, ServerStorage, WindowPolicy,
 };
 use chatxfer::protocol::messages::UploadRsp;
 use chatxfer::protocol::{frame, FrameDecoder, MAX_BODY_LEN};
+use chatxfer::runtime::files::FileSource;
 use chatxfer::runtime::{Client, ClientConfig};
 use serde_json::{json, Value};
 

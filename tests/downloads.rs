@@ -13,6 +13,7 @@ use common::*;
 
 fn down_spec(name: &str, message_id: i64, md5: Option<String>) -> DownloadSpec {
     DownloadSpec {
+        hold: false,
         name: name.into(),
         message_id,
         uid: 2,
@@ -312,6 +313,7 @@ async fn avatar_upload_then_download_round_trip() {
     assert_eq!(srv.stored_md5(1, "me.png"), Some(md5_of(&bytes)));
     let out = tempfile::tempdir().unwrap();
     let spec = DownloadSpec {
+        hold: false,
         name: "avatar-me".into(),
         message_id: 0,
         uid: 1,

@@ -8,11 +8,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use chatxfer::engine::{
-    Engine, EngineConfig, Event, FileSource, FileSpec, FileState, WindowPolicy,
-};
+use chatxfer::engine::{Engine, EngineConfig, Event, FileSpec, FileState, WindowPolicy};
 use chatxfer::protocol::messages::UploadRsp;
 use chatxfer::protocol::{frame, MsgId, MAX_BODY_LEN};
+use chatxfer::runtime::files::FileSource;
 
 struct Counting;
 

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use chatxfer::engine::{md5_hex, Event, FileSource, FileSpec, ServerStorage, WindowPolicy};
+use chatxfer::engine::{md5_hex, Event, FileSpec, ServerStorage, WindowPolicy};
 use chatxfer::linkemu::{LinkConfig, LinkEmulator};
+use chatxfer::runtime::files::FileSource;
 use chatxfer::runtime::{Client, ClientConfig};
 use chatxfer::server::{self, ServerConfig, ServerHandle};
 
@@ -629,6 +630,7 @@ async fn download(mut a: DownloadArgs) -> AnyResult<bool> {
         }));
     for (name, message_id, avatar) in wanted {
         let spec = chatxfer::engine::DownloadSpec {
+            hold: false,
             name: name.clone(),
             message_id,
             uid: a.uid,

@@ -1,5 +1,6 @@
-//! Downloads of chat files (1045/1046, then 1047/1048), as transfers of the
-//! same engine: same queue, same window, same events.
+//! Downloads of chat files (1045/1046, then 1047/1048) and avatars
+//! (1033/1034), as transfers of the same engine: same queue, same window,
+//! same events.
 //!
 //! A download first asks the file's name and size (1045, by message id); the
 //! deployed server sends no reply at all for an unknown message id, so a 1045
@@ -7,177 +8,39 @@
 //! 0-byte file completes from its 1046 alone. Then requests for consecutive
 //! seqs are pipelined up to the window, strictly in order (the server keeps one
 //! expected seq per name and rejects any other); each reply is checked (name,
-//! seq, length, base64) and written at its offset through a [`ChunkSink`]
-//! (a `<dest>.part` file renamed into place at the end). The md5 is computed as
-//! chunks arrive in order and checked at the end when known.
+//! seq, length, base64) and written at its offset through a [`ChunkSink`].
+//! The md5 is computed as chunks arrive in order and checked at the end when
+//! known. An avatar has no 1045: its size arrives with chunk 1, which goes alone.
 //!
-//! A reply without `data` or `seq` is a failure whatever its `error` says
-//! (the deployed server overwrites most download errors with 0). After a
-//! reconnect a download continues from the first missing seq; the server's
-//! expected seq may be ahead of it (requests it answered with replies lost),
-//! so a failure of that first request restarts the download from seq 1 (which
-//! resets the server's expectation and re-sends the token), once.
-//!
-//! The name the server returns never decides a path outside the destination
-//! directory: `/`, `\`, `..`, NUL, or an empty name fail the download.
+//! Invariants:
+//! * a reply without `data` or `seq` is a failure whatever its `error` says
+//!   (the deployed server overwrites most download errors with 0);
+//! * bytes are written only at `(seq-1)*32 KiB` of a sink opened with the size
+//!   the server announced, and only for the seq requested, so a hostile reply
+//!   cannot write outside the file or past its size;
+//! * the server's name never decides a path: it must pass
+//!   [`name_problem`](crate::protocol::name::name_problem);
+//! * after a reconnect a download first *probes* with one request from the
+//!   first missing seq; the server's expected seq may be ahead (requests it
+//!   answered with replies lost), so a failure of that probe restarts the
+//!   download from seq 1 (which resets the server's expectation and re-sends
+//!   the token), once per connection.
 
-use std::collections::VecDeque;
-use std::fs::File;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use md5::{Digest, Md5};
 
-use super::types::{FileId, FileState, FileStatus};
-use super::ProgressState;
-
-/// The server's download chunk size (`MAX_FILE_LEN`, fixed on the deployed server).
-pub const DOWNLOAD_CHUNK: u64 = 32_768;
-
-/// Where downloaded bytes go.
-pub trait ChunkSink: Send {
-    /// The server told the file's name and size: prepare storage.
-    fn open(&mut self, server_name: &str, size: u64) -> io::Result<()>;
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
-    /// Every byte is written: make the file visible; returns where it is.
-    fn finish(&mut self) -> io::Result<PathBuf>;
-    /// The download failed or was cancelled: remove what was written.
-    fn abort(&mut self);
-}
-
-/// Writes `<dir>/<name>.part` positionally and renames it to `<dir>/<name>`.
-/// `name` is the one given, or else the server's (checked to be one plain
-/// path component).
-#[derive(Debug)]
-pub struct FileSink {
-    dir: PathBuf,
-    name: Option<String>,
-    open: Option<(File, PathBuf, PathBuf)>,
-}
-
-impl FileSink {
-    pub fn new(dir: impl Into<PathBuf>, name: Option<String>) -> FileSink {
-        FileSink {
-            dir: dir.into(),
-            name,
-            open: None,
-        }
-    }
-}
-
-/// Why a name cannot be a file name inside a directory, if it cannot.
-pub fn unsafe_name(name: &str) -> Option<&'static str> {
-    if name.is_empty() {
-        Some("empty")
-    } else if name.contains('/') || name.contains('\\') {
-        Some("contains a path separator")
-    } else if name == "." || name.contains("..") {
-        Some("contains `..`")
-    } else if name.contains('\0') {
-        Some("contains NUL")
-    } else if Path::new(name).is_absolute() || name.contains(':') {
-        Some("is absolute or has a drive")
-    } else {
-        None
-    }
-}
-
-impl ChunkSink for FileSink {
-    fn open(&mut self, server_name: &str, size: u64) -> io::Result<()> {
-        let name = self.name.clone().unwrap_or_else(|| server_name.to_string());
-        if let Some(why) = unsafe_name(&name) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("refusing file name {name:?} from the server: {why}"),
-            ));
-        }
-        std::fs::create_dir_all(&self.dir)?;
-        let final_path = self.dir.join(&name);
-        let part = self.dir.join(format!("{name}.part"));
-        let file = File::options()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&part)?;
-        file.set_len(size)?;
-        self.open = Some((file, part, final_path));
-        Ok(())
-    }
-
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let (file, _, _) = self
-            .open
-            .as_ref()
-            .ok_or_else(|| io::Error::other("sink not open"))?;
-        write_all_at(file, data, offset)
-    }
-
-    fn finish(&mut self) -> io::Result<PathBuf> {
-        let (file, part, final_path) = self
-            .open
-            .take()
-            .ok_or_else(|| io::Error::other("sink not open"))?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&part, &final_path)?;
-        Ok(final_path)
-    }
-
-    fn abort(&mut self) {
-        if let Some((_, part, _)) = self.open.take() {
-            let _ = std::fs::remove_file(part);
-        }
-    }
-}
-
-#[cfg(unix)]
-fn write_all_at(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(file, data, offset)
-}
-
-#[cfg(windows)]
-fn write_all_at(file: &File, mut data: &[u8], mut offset: u64) -> io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    while !data.is_empty() {
-        let n = file.seek_write(data, offset)?;
-        data = &data[n..];
-        offset += n as u64;
-    }
-    Ok(())
-}
-
-/// Bytes in memory (tests).
-#[derive(Debug, Clone, Default)]
-pub struct MemorySink(pub std::sync::Arc<std::sync::Mutex<(Vec<u8>, bool)>>);
-
-impl ChunkSink for MemorySink {
-    fn open(&mut self, server_name: &str, size: u64) -> io::Result<()> {
-        if let Some(why) = unsafe_name(server_name) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("name {server_name:?}: {why}"),
-            ));
-        }
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        g.0 = vec![0; usize::try_from(size).map_err(io::Error::other)?];
-        Ok(())
-    }
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let start = offset as usize;
-        g.0.get_mut(start..start + data.len())
-            .ok_or_else(|| io::Error::other("write past the end"))?
-            .copy_from_slice(data);
-        Ok(())
-    }
-    fn finish(&mut self) -> io::Result<PathBuf> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
-        Ok(PathBuf::from("memory"))
-    }
-    fn abort(&mut self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).0.clear();
-    }
-}
+use super::inflight::{Request, RequestKind};
+use super::io::ChunkSink;
+use super::transfer::Direction;
+use super::types::*;
+use super::Engine;
+use crate::error::{Error, Result};
+use crate::protocol::messages::{
+    decode_as, DownChunkReq, DownChunkRsp, DownInfoReq, DownInfoRsp, StrU64,
+};
+use crate::protocol::name::name_problem;
+use crate::protocol::{frame, MsgId, DOWNLOAD_CHUNK};
 
 /// A download as the application asks for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,9 +54,27 @@ pub struct DownloadSpec {
     /// Hex md5 if known (from the chat message); checked at the end.
     pub md5: Option<String>,
     pub priority: u8,
+    /// Register the download paused: nothing is asked until `resume`.
+    pub hold: bool,
     /// An avatar download (1033/1034) instead of a chat file: no 1045; the
     /// size arrives with the first chunk. `message_id` is then unused.
     pub avatar: Option<AvatarRef>,
+}
+
+impl DownloadSpec {
+    /// A chat-file download of `message_id`, with everything else unset.
+    pub fn new(name: impl Into<String>, message_id: i64) -> DownloadSpec {
+        DownloadSpec {
+            name: name.into(),
+            message_id,
+            uid: 0,
+            token: String::new(),
+            md5: None,
+            priority: 0,
+            hold: false,
+            avatar: None,
+        }
+    }
 }
 
 /// Which avatar to download, and the fields the deployed client echoes.
@@ -205,7 +86,7 @@ pub struct AvatarRef {
     pub req_type: String,
 }
 
-/// What 1046 told.
+/// What 1046 (or an avatar's first chunk) told.
 #[derive(Debug, Clone)]
 pub(super) struct Info {
     pub server_name: String,
@@ -215,121 +96,529 @@ pub(super) struct Info {
     pub max_seq: u32,
 }
 
+/// Where a download stands.
+#[derive(Debug, Clone)]
+pub(super) enum DownloadPhase {
+    /// Name and size unknown: a 1045 goes first (an avatar's chunk 1 alone).
+    AwaitingInfo,
+    /// Chunks pipelined in order.
+    Receiving(Info),
+    /// After a reconnect: one request first; if it fails, restart from seq 1.
+    Probing(Info),
+}
+
 pub(super) struct Download {
-    pub id: FileId,
     pub spec: DownloadSpec,
     pub sink: Option<Box<dyn ChunkSink>>,
-    pub state: FileState,
-    pub info: Option<Info>,
-    /// The unanswered 1045, if any.
-    pub info_req: Option<u64>,
-    /// Next seq to request.
+    pub phase: DownloadPhase,
     pub next_seq: u32,
-    /// Seqs `1..=received` arrived and were written.
+    /// Every seq up to this one was received and written.
     pub received: u32,
-    /// Unanswered 1047s, in request order: (seq, request number).
-    pub in_flight: VecDeque<(u32, u64)>,
-    pub hasher: Md5,
+    hasher: Md5,
     pub bytes: u64,
-    /// Continuing past seq 1 after a reconnect: a failure restarts from seq 1.
-    pub resumed: bool,
-    pub restarts: u8,
-    pub burst: u32,
-    pub progress: ProgressState,
-    pub started_at: Option<std::time::Instant>,
 }
 
 impl Download {
-    pub fn new(id: FileId, spec: DownloadSpec, sink: Box<dyn ChunkSink>) -> Download {
+    fn new(spec: DownloadSpec, sink: Box<dyn ChunkSink>) -> Download {
         Download {
-            id,
             spec,
             sink: Some(sink),
-            state: FileState::Queued,
-            info: None,
-            info_req: None,
+            phase: DownloadPhase::AwaitingInfo,
             next_seq: 1,
             received: 0,
-            in_flight: VecDeque::new(),
             hasher: Md5::new(),
             bytes: 0,
-            resumed: false,
-            restarts: 0,
-            burst: 0,
-            progress: ProgressState::default(),
-            started_at: None,
         }
     }
 
-    pub fn chunk_len(&self, seq: u32) -> u64 {
-        let total = self.info.as_ref().map_or(0, |i| i.total);
-        total
+    pub fn info(&self) -> Option<&Info> {
+        match &self.phase {
+            DownloadPhase::AwaitingInfo => None,
+            DownloadPhase::Receiving(i) | DownloadPhase::Probing(i) => Some(i),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.info().map_or(0, |i| i.total)
+    }
+
+    /// The name replies of this download carry.
+    fn reply_name(&self) -> Option<&str> {
+        match (self.info(), &self.spec.avatar) {
+            (Some(i), _) => Some(&i.server_name),
+            (None, Some(a)) => Some(&a.name),
+            (None, None) => None,
+        }
+    }
+
+    fn chunk_len(&self, seq: u32) -> u64 {
+        self.total()
             .saturating_sub((seq as u64 - 1) * DOWNLOAD_CHUNK)
             .min(DOWNLOAD_CHUNK)
     }
 
-    /// Starts again from seq 1 (the server's expectation resets there).
-    pub fn restart(&mut self) {
+    fn restart(&mut self) {
         self.next_seq = 1;
         self.received = 0;
         self.hasher = Md5::new();
         self.bytes = 0;
-        self.resumed = false;
-        self.progress.dirty = true;
+        if let DownloadPhase::Probing(i) = &self.phase {
+            self.phase = DownloadPhase::Receiving(i.clone());
+        }
+    }
+
+    /// Plans the next connection: continue after the last chunk received,
+    /// probing first if anything was received.
+    pub fn plan_after_cut(&mut self) {
+        self.next_seq = self.received + 1;
+        if let DownloadPhase::Receiving(i) = &self.phase {
+            if self.received > 0 {
+                self.phase = DownloadPhase::Probing(i.clone());
+            }
+        }
     }
 
     pub fn status(&self) -> FileStatus {
-        let max_seq = self.info.as_ref().map_or(0, |i| i.max_seq);
         FileStatus {
-            name: self.spec.name.clone(),
-            state: self.state,
-            total: self.info.as_ref().map_or(0, |i| i.total),
+            name: String::new(),
+            state: FileState::Queued,
+            total: self.total(),
             acked: self.bytes,
-            max_seq,
+            max_seq: self.info().map_or(0, |i| i.max_seq),
             acked_prefix: self.received,
             next_seq: self.next_seq,
-            in_flight: self.in_flight.len() + usize::from(self.info_req.is_some()),
+            in_flight: 0,
             md5: self.spec.md5.clone().unwrap_or_default(),
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hostile_names_are_refused() {
-        for bad in [
-            "",
-            "../x",
-            "a/b",
-            "a\\b",
-            "..",
-            "/etc/passwd",
-            "a\0b",
-            "C:x",
-        ] {
-            assert!(unsafe_name(bad).is_some(), "{bad:?}");
+impl Engine {
+    /// Registers a download (1045, then pipelined 1047s; 1033s for an
+    /// avatar). The sink receives the bytes once the server told the file's
+    /// name and size. With `spec.hold` it waits, paused, for `resume`.
+    pub fn add_download(
+        &mut self,
+        spec: DownloadSpec,
+        sink: Box<dyn ChunkSink>,
+        now: Instant,
+    ) -> Result<FileId> {
+        let _ = now;
+        if let Some(reason) = name_problem(&spec.name) {
+            return Err(Error::InvalidName {
+                name: spec.name.clone(),
+                reason,
+            });
         }
-        assert!(unsafe_name("photo 1.png").is_none());
+        if let Some(m) = &spec.md5 {
+            if m.len() != 32 || !m.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Error::InvalidMd5 {
+                    name: spec.name.clone(),
+                    md5: m.clone(),
+                });
+            }
+        }
+        self.take_name(&spec.name)?;
+        let (name, priority, hold) = (spec.name.clone(), spec.priority, spec.hold);
+        let dir = Direction::Download(Download::new(spec, sink));
+        Ok(self.register(name, priority, hold, dir, now))
     }
 
-    #[test]
-    fn file_sink_writes_part_then_renames_and_abort_removes_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = FileSink::new(dir.path(), None);
-        assert!(s.open("../escape", 10).is_err());
-        s.open("a.bin", 6).unwrap();
-        s.write_at(3, b"def").unwrap();
-        s.write_at(0, b"abc").unwrap();
-        assert!(dir.path().join("a.bin.part").exists());
-        let p = s.finish().unwrap();
-        assert_eq!(std::fs::read(p).unwrap(), b"abcdef");
-        let mut s = FileSink::new(dir.path(), Some("b.bin".into()));
-        s.open("ignored", 4).unwrap();
-        s.abort();
-        assert!(!dir.path().join("b.bin.part").exists());
-        assert!(!dir.path().join("b.bin").exists());
+    /// The next request of download `id`, if it may send one now.
+    pub(super) fn download_next(
+        &mut self,
+        id: FileId,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Option<Transmit> {
+        let in_flight = self.in_flight.count(id);
+        let t = self.transfers.get_mut(&id)?;
+        if t.common.state != FileState::Sending {
+            return None;
+        }
+        let d = t.download_mut()?;
+        d.sink.as_ref()?;
+        let before = out.len();
+        let (msg_id, kind) = match (&d.phase, &d.spec.avatar) {
+            (phase, Some(avatar)) => {
+                let max_seq = d.info().map_or(1, |i| i.max_seq);
+                // The size arrives with chunk 1: it goes alone; a probe too.
+                let alone = !matches!(phase, DownloadPhase::Receiving(_));
+                if d.next_seq > max_seq || (alone && in_flight > 0) {
+                    return None;
+                }
+                let body = serde_json::json!({
+                    "name": avatar.name, "seq": d.next_seq, "trans_size": 0, "total_size": 0,
+                    "token": d.spec.token, "uid": d.spec.uid,
+                    "client_path": avatar.client_path, "req_type": avatar.req_type,
+                });
+                let body = serde_json::to_vec(&body).expect("a JSON value serializes");
+                frame::encode(MsgId::DOWN_LOAD_FILE_REQ, &body, out);
+                (MsgId::DOWN_LOAD_FILE_REQ, RequestKind::DownloadChunk)
+            }
+            (DownloadPhase::AwaitingInfo, None) => {
+                if in_flight > 0 {
+                    return None;
+                }
+                let body = serde_json::to_vec(&DownInfoReq {
+                    message_id: d.spec.message_id,
+                })
+                .expect("plain struct serializes");
+                frame::encode(MsgId::IMG_CHAT_DOWN_INFO_SYNC_REQ, &body, out);
+                (
+                    MsgId::IMG_CHAT_DOWN_INFO_SYNC_REQ,
+                    RequestKind::DownloadInfo,
+                )
+            }
+            (DownloadPhase::Receiving(info) | DownloadPhase::Probing(info), None) => {
+                let probing = matches!(d.phase, DownloadPhase::Probing(_));
+                if d.next_seq > info.max_seq || (probing && in_flight > 0) {
+                    return None;
+                }
+                let seq = d.next_seq;
+                let req = DownChunkReq {
+                    name: info.server_name.clone(),
+                    seq,
+                    trans_size: StrU64((seq as u64 - 1) * DOWNLOAD_CHUNK),
+                    total_size: StrU64(info.total),
+                    token: d.spec.token.clone(),
+                    sender_id: info.sender_id,
+                    receiver_id: info.receiver_id,
+                    message_id: d.spec.message_id,
+                    uid: d.spec.uid,
+                };
+                let body = serde_json::to_vec(&req).expect("plain struct serializes");
+                frame::encode(MsgId::IMG_CHAT_DOWN_REQ, &body, out);
+                (MsgId::IMG_CHAT_DOWN_REQ, RequestKind::DownloadChunk)
+            }
+        };
+        let seq = match kind {
+            RequestKind::DownloadChunk => {
+                d.next_seq += 1;
+                d.next_seq - 1
+            }
+            _ => 0,
+        };
+        let request = Request {
+            transfer: id,
+            seq,
+            sent_at: now,
+            last: false,
+            kind,
+        };
+        Some(self.sent(request, msg_id, out.len() - before))
+    }
+
+    /// A 1046: the name and size of a message's file.
+    pub(super) fn on_down_info(&mut self, now: Instant, body: &[u8]) {
+        let rsp: DownInfoRsp = match decode_as(MsgId::IMG_CHAT_DOWN_INFO_SYNC_RSP, body) {
+            Ok(r) => r,
+            Err(e) => return self.violation(format!("undecodable 1046: {e}")),
+        };
+        // By message id; without one, the oldest unanswered 1045.
+        let found = self
+            .in_flight
+            .iter()
+            .filter(|(_, r)| r.kind == RequestKind::DownloadInfo)
+            .find(|(_, r)| {
+                let message_id = self
+                    .transfers
+                    .get(&r.transfer)
+                    .and_then(|t| t.download())
+                    .map(|d| d.spec.message_id);
+                rsp.message_id.is_none_or(|m| Some(m) == message_id)
+            })
+            .map(|(no, _)| no);
+        let Some(no) = found else {
+            self.stats.unknown_replies += 1;
+            return;
+        };
+        let sent = self.answered(no);
+        self.window.on_ack(
+            now,
+            now.saturating_duration_since(sent.sent_at),
+            no,
+            self.in_flight.next_no(),
+        );
+        let id = sent.transfer;
+        if self.is_terminal(id) {
+            return;
+        }
+        let fail = |message: String| Failure::BadReply { seq: 0, message };
+        if !rsp.error.is_success() {
+            let failure = Failure::Server {
+                code: rsp.error,
+                seq: 0,
+            };
+            return self.fail(id, failure, now);
+        }
+        let (Some(name), Some(total)) = (rsp.name.clone(), rsp.total_size) else {
+            return self.fail(id, fail("1046 without name or total_size".into()), now);
+        };
+        if let Some(why) = name_problem(&name) {
+            let message = format!("server file name {name:?} {why}; refusing it");
+            return self.fail(id, fail(message), now);
+        }
+        let busy = self.transfers.values().any(|o| {
+            o.common.id != id
+                && !o.common.state.is_terminal()
+                && o.download()
+                    .and_then(|d| d.info())
+                    .is_some_and(|i| i.server_name == name)
+        });
+        if busy {
+            // The server keeps one expected seq per name: two transfers of
+            // one name would break each other.
+            let message = format!("{name:?} is already being downloaded by another transfer");
+            return self.fail(id, fail(message), now);
+        }
+        let max_seq = total.0.div_ceil(DOWNLOAD_CHUNK);
+        if max_seq > i32::MAX as u64 {
+            let message = format!("total_size {} is beyond what seqs can address", total.0);
+            return self.fail(id, fail(message), now);
+        }
+        let info = Info {
+            server_name: name,
+            sender_id: rsp.sender_id.unwrap_or(0),
+            receiver_id: rsp.recv_id.unwrap_or(0),
+            total: total.0,
+            max_seq: max_seq as u32,
+        };
+        if let Err(message) = self.open_sink(id, info) {
+            return self.fail(id, Failure::Local { message }, now);
+        }
+        if max_seq == 0 {
+            // A 0-byte file needs no 1047 (the deployed server cannot serve one).
+            self.finish_download(id, now);
+        }
+    }
+
+    /// Opens the sink with what the server told and enters `Receiving`.
+    fn open_sink(&mut self, id: FileId, info: Info) -> std::result::Result<(), String> {
+        let Some(d) = self.transfers.get_mut(&id).and_then(|t| t.download_mut()) else {
+            return Ok(());
+        };
+        let opened = d
+            .sink
+            .as_mut()
+            .map(|s| s.open(&info.server_name, info.total));
+        d.phase = DownloadPhase::Receiving(info);
+        match opened {
+            Some(Err(e)) => Err(e.to_string()),
+            _ => Ok(()),
+        }
+    }
+
+    /// A 1048 (chat file) or 1034 (avatar; the same fields plus echoes).
+    pub(super) fn on_down_chunk(&mut self, now: Instant, id: MsgId, body: &[u8]) {
+        let rsp: DownChunkRsp = match decode_as(id, body) {
+            Ok(r) => r,
+            Err(e) => return self.violation(format!("undecodable {id}: {e}")),
+        };
+        // Replies for one name come in order: the download of that name, its
+        // oldest request. Without a name (token errors), the oldest 1047.
+        let oldest_chunk_of = |transfer: FileId| {
+            let no = self.in_flight.oldest_of(transfer)?;
+            let kind = self.in_flight.get(no)?.kind;
+            (kind == RequestKind::DownloadChunk).then_some(no)
+        };
+        let found = match rsp.name.as_deref() {
+            Some(n) => self
+                .transfers
+                .values()
+                .filter(|t| t.download().and_then(|d| d.reply_name()) == Some(n))
+                .find_map(|t| oldest_chunk_of(t.common.id)),
+            None => self
+                .in_flight
+                .iter()
+                .find(|(_, r)| r.kind == RequestKind::DownloadChunk)
+                .map(|(no, _)| no),
+        };
+        let Some(no) = found else {
+            self.stats.unknown_replies += 1;
+            return;
+        };
+        let sent = self.answered(no);
+        self.window.on_ack(
+            now,
+            now.saturating_duration_since(sent.sent_at),
+            no,
+            self.in_flight.next_no(),
+        );
+        let (tid, seq) = (sent.transfer, sent.seq);
+        if self.is_terminal(tid) {
+            return;
+        }
+        if !rsp.is_chunk() {
+            self.stats.error_replies += 1;
+            if let Some(d) = self.transfers.get_mut(&tid).and_then(|t| t.download_mut()) {
+                if matches!(d.phase, DownloadPhase::Probing(_)) {
+                    // The server's expected seq was not ours after the reconnect.
+                    d.restart();
+                    self.stats.restarts += 1;
+                    return;
+                }
+            }
+            let failure = if rsp.error.is_success() {
+                Failure::BadReply {
+                    seq,
+                    message: format!(
+                        "chunk {seq}: reply without data (the deployed server reports most download errors as error 0)"
+                    ),
+                }
+            } else {
+                Failure::Server {
+                    code: rsp.error,
+                    seq,
+                }
+            };
+            return self.fail(tid, failure, now);
+        }
+        let bad = |message: String| Failure::BadReply { seq, message };
+        if rsp.seq != Some(seq) {
+            return self.fail(
+                tid,
+                bad(format!("asked for chunk {seq}, got {:?}", rsp.seq)),
+                now,
+            );
+        }
+        let Some(d) = self.transfers.get_mut(&tid).and_then(|t| t.download_mut()) else {
+            return;
+        };
+        if let DownloadPhase::Probing(i) = &d.phase {
+            d.phase = DownloadPhase::Receiving(i.clone());
+        }
+        if d.info().is_none() {
+            // An avatar's first chunk tells its size.
+            let name = d
+                .spec
+                .avatar
+                .as_ref()
+                .map(|a| a.name.clone())
+                .unwrap_or_default();
+            let Some(total) = rsp.total_size else {
+                return self.fail(
+                    tid,
+                    bad("first avatar chunk without total_size".into()),
+                    now,
+                );
+            };
+            let max_seq = total.0.div_ceil(DOWNLOAD_CHUNK).max(1);
+            if max_seq > i32::MAX as u64 {
+                let message = format!("total_size {} is beyond what seqs can address", total.0);
+                return self.fail(tid, bad(message), now);
+            }
+            let info = Info {
+                server_name: name,
+                sender_id: d.spec.uid,
+                receiver_id: 0,
+                total: total.0,
+                max_seq: max_seq as u32,
+            };
+            if let Err(message) = self.open_sink(tid, info) {
+                return self.fail(tid, Failure::Local { message }, now);
+            }
+        }
+        let Some(d) = self.transfers.get_mut(&tid).and_then(|t| t.download_mut()) else {
+            return;
+        };
+        if seq != d.received + 1 {
+            // Only in-order chunks are written (the md5 is streamed).
+            let message = format!("chunk {seq} arrived, chunk {} was expected", d.received + 1);
+            return self.fail(tid, bad(message), now);
+        }
+        let expected_len = d.chunk_len(seq) as usize;
+        let data = rsp.data.as_deref().unwrap_or_default();
+        if data.len() > crate::protocol::chunk::base64_len(DOWNLOAD_CHUNK as usize) {
+            let message = format!(
+                "chunk {seq}: {} bytes of base64, more than a chunk",
+                data.len()
+            );
+            return self.fail(tid, bad(message), now);
+        }
+        self.scratch.resize(data.len() / 4 * 3 + 3, 0);
+        let n = match base64::Engine::decode_slice(
+            &base64::engine::general_purpose::STANDARD,
+            data,
+            &mut self.scratch,
+        ) {
+            Ok(n) => n,
+            Err(e) => return self.fail(tid, bad(format!("chunk {seq}: invalid base64: {e}")), now),
+        };
+        if n != expected_len {
+            let message = format!("chunk {seq}: {n} bytes, expected {expected_len}");
+            return self.fail(tid, bad(message), now);
+        }
+        let offset = (seq as u64 - 1) * DOWNLOAD_CHUNK;
+        let written = d
+            .sink
+            .as_mut()
+            .map(|s| s.write_at(offset, &self.scratch[..n]));
+        if let Some(Err(e)) = written {
+            return self.fail(
+                tid,
+                Failure::Local {
+                    message: e.to_string(),
+                },
+                now,
+            );
+        }
+        d.hasher.update(&self.scratch[..n]);
+        d.bytes += n as u64;
+        d.received = seq;
+        let done = d.info().is_some_and(|i| seq == i.max_seq);
+        let t = self.transfers.get_mut(&tid).expect("looked up above");
+        t.common.progress.dirty = true;
+        if done {
+            self.finish_download(tid, now);
+        } else if t
+            .common
+            .progress
+            .may_emit(now, self.config.progress_interval)
+        {
+            self.emit_progress(tid, now);
+        }
+    }
+
+    fn finish_download(&mut self, id: FileId, now: Instant) {
+        let Some(t) = self.transfers.get_mut(&id) else {
+            return;
+        };
+        let (name, started_at) = (t.common.name.clone(), t.common.started_at);
+        let Some(d) = t.download_mut() else { return };
+        let md5 = format!("{:x}", d.hasher.finalize_reset());
+        if let Some(want) = &d.spec.md5 {
+            if !want.eq_ignore_ascii_case(&md5) {
+                let message = format!(
+                    "md5 of the downloaded bytes is {md5}, the message says {want}; removed"
+                );
+                return self.fail(id, Failure::BadReply { seq: 0, message }, now);
+            }
+        }
+        let path = match d.sink.as_mut().map(|s| s.finish()) {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                return self.fail(
+                    id,
+                    Failure::Local {
+                        message: e.to_string(),
+                    },
+                    now,
+                );
+            }
+            None => return,
+        };
+        d.sink = None;
+        let bytes = d.bytes;
+        let secs = started_at.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
+        tracing::info!(%name, bytes, secs, %md5, path = %path.display(), "download complete");
+        self.emit_progress(id, now);
+        self.set_state(id, FileState::Completed);
+        self.events.push_back(Event::Saved {
+            name: name.clone(),
+            path,
+        });
+        self.events.push_back(Event::Completed { name, md5, bytes });
+        self.promote();
     }
 }

@@ -7,8 +7,46 @@ use proptest::prelude::*;
 
 use super::sim::{Sim, SimConfig};
 use super::*;
+use crate::protocol::messages::DownChunkRsp;
 use crate::protocol::messages::UploadRsp;
+use crate::protocol::ErrorCode;
 use crate::protocol::{frame, messages::UploadChunkReq, MAX_BODY_LEN};
+use crate::runtime::files::FileSource;
+
+/// The engine takes no upload without its md5 (it never reads a whole
+/// file); these tests let it be computed from the in-memory source.
+impl Engine {
+    fn add_file_hashing(
+        &mut self,
+        spec: FileSpec,
+        source: Box<dyn ChunkSource>,
+        now: Instant,
+    ) -> crate::Result<FileId> {
+        let (spec, source) = with_md5(spec, source);
+        self.add_file(spec, source, now)
+    }
+
+    fn add_resumed_hashing(
+        &mut self,
+        spec: FileSpec,
+        source: Box<dyn ChunkSource>,
+        acked: &AckRecord,
+        now: Instant,
+    ) -> crate::Result<FileId> {
+        let (spec, source) = with_md5(spec, source);
+        self.add_resumed(spec, source, acked, now)
+    }
+}
+
+fn with_md5(
+    mut spec: FileSpec,
+    mut source: Box<dyn ChunkSource>,
+) -> (FileSpec, Box<dyn ChunkSource>) {
+    if spec.md5.is_none() {
+        spec.md5 = Some(md5_hex(source.as_mut()).expect("in-memory sources read"));
+    }
+    (spec, source)
+}
 
 const CHUNK: u32 = 32_768;
 
@@ -43,7 +81,7 @@ fn spec(name: &str) -> FileSpec {
 
 fn add(sim: &mut Sim, name: &str, bytes: &[u8]) -> FileId {
     sim.engine
-        .add_file(
+        .add_file_hashing(
             spec(name),
             Box::new(MemorySource::new(bytes.to_vec())),
             sim.now,
@@ -106,7 +144,7 @@ fn one_file_goes_1041_then_waits_then_1037_up_to_the_window() {
     let now = Instant::now();
     e.connected(now);
     let bytes = pattern(10 * CHUNK as usize + 5, 1);
-    e.add_file(spec("a"), Box::new(MemorySource::new(bytes)), now)
+    e.add_file_hashing(spec("a"), Box::new(MemorySource::new(bytes)), now)
         .unwrap();
     let first = drain(&mut e, now);
     assert_eq!(first.len(), 1, "only seq 1 before its 1042");
@@ -133,7 +171,7 @@ fn zero_byte_file_is_one_1041_and_completes_on_its_1042() {
     let mut e = Engine::new(EngineConfig::default());
     let now = Instant::now();
     e.connected(now);
-    e.add_file(spec("empty"), Box::new(MemorySource::new(Vec::new())), now)
+    e.add_file_hashing(spec("empty"), Box::new(MemorySource::new(Vec::new())), now)
         .unwrap();
     let frames = drain(&mut e, now);
     assert_eq!(frames.len(), 1);
@@ -224,7 +262,7 @@ fn pause_then_resume_before_in_flight_acks_sends_no_duplicate() {
     let mut e = Engine::new(config(WindowPolicy::Fixed(5), ServerStorage::Appending));
     let now = Instant::now();
     e.connected(now);
-    e.add_file(
+    e.add_file_hashing(
         spec("v"),
         Box::new(MemorySource::new(pattern(20 * CHUNK as usize, 5))),
         now,
@@ -331,13 +369,13 @@ fn overtaking_error_waits_for_elimination() {
     let mut e = Engine::new(config(WindowPolicy::Fixed(5), ServerStorage::Appending));
     let now = Instant::now();
     e.connected(now);
-    e.add_file(
+    e.add_file_hashing(
         spec("a"),
         Box::new(MemorySource::new(pattern(3 * CHUNK as usize, 1))),
         now,
     )
     .unwrap();
-    e.add_file(
+    e.add_file_hashing(
         spec("b"),
         Box::new(MemorySource::new(pattern(3 * CHUNK as usize, 2))),
         now,
@@ -381,7 +419,7 @@ fn unknown_and_duplicate_replies_are_counted_not_fatal() {
     let mut e = Engine::new(EngineConfig::default());
     let now = Instant::now();
     e.connected(now);
-    e.add_file(
+    e.add_file_hashing(
         spec("a"),
         Box::new(MemorySource::new(pattern(3 * CHUNK as usize, 1))),
         now,
@@ -494,7 +532,8 @@ fn files_of_2_gib_or_more_never_use_1043() {
     e.connected(now);
     let mut sp = spec("big");
     sp.md5 = Some("0".repeat(32));
-    e.add_file(sp, Box::new(Zeros(1 << 31)), now).unwrap();
+    e.add_file_hashing(sp, Box::new(Zeros(1 << 31)), now)
+        .unwrap();
     drain(&mut e, now);
     ack(&mut e, now, MsgId(1041), "big", 1);
     drain(&mut e, now);
@@ -603,7 +642,9 @@ fn a_file_changed_while_uploading_fails_with_a_clear_error() {
     tmp.flush().unwrap();
     let mut s = sim(WindowPolicy::Fixed(5), ServerStorage::Appending);
     let src = FileSource::open(tmp.path()).unwrap();
-    s.engine.add_file(spec("v"), Box::new(src), s.now).unwrap();
+    s.engine
+        .add_file_hashing(spec("v"), Box::new(src), s.now)
+        .unwrap();
     for _ in 0..3 {
         s.step();
     }
@@ -634,7 +675,7 @@ fn add_file_rejects_bad_input_and_queues_nothing() {
     for bad in ["", "a/b", "a\\b", "..", "x..y", "a\0b"] {
         assert!(
             matches!(
-                e.add_file(spec(bad), src(), now),
+                e.add_file_hashing(spec(bad), src(), now),
                 Err(Error::InvalidName { .. })
             ),
             "{bad:?}"
@@ -643,25 +684,25 @@ fn add_file_rejects_bad_input_and_queues_nothing() {
     let mut big = spec("big");
     big.chunk_size = Some(40 * 1024);
     assert!(matches!(
-        e.add_file(big, Box::new(MemorySource::new(vec![0; 100_000])), now),
+        e.add_file_hashing(big, Box::new(MemorySource::new(vec![0; 100_000])), now),
         Err(Error::ChunkTooLarge { .. })
     ));
     let mut zero = spec("z");
     zero.chunk_size = Some(0);
     assert!(matches!(
-        e.add_file(zero, src(), now),
+        e.add_file_hashing(zero, src(), now),
         Err(Error::ZeroChunk { .. })
     ));
     let mut m = spec("m");
     m.md5 = Some("xyz".into());
     assert!(matches!(
-        e.add_file(m, src(), now),
+        e.add_file_hashing(m, src(), now),
         Err(Error::InvalidMd5 { .. })
     ));
     assert!(e.statuses().is_empty());
-    e.add_file(spec("ok"), src(), now).unwrap();
+    e.add_file_hashing(spec("ok"), src(), now).unwrap();
     assert!(matches!(
-        e.add_file(spec("ok"), src(), now),
+        e.add_file_hashing(spec("ok"), src(), now),
         Err(Error::DuplicateName { .. })
     ));
     assert_eq!(e.file_status("ok").unwrap().md5, md5_of(&[1, 2, 3]));
@@ -676,7 +717,7 @@ fn cancel_drops_queued_chunks_and_later_replies_are_harmless() {
     let mut e = Engine::new(config(WindowPolicy::Fixed(5), ServerStorage::Appending));
     let now = Instant::now();
     e.connected(now);
-    e.add_file(
+    e.add_file_hashing(
         spec("a"),
         Box::new(MemorySource::new(pattern(10 * CHUNK as usize, 1))),
         now,
@@ -702,7 +743,7 @@ fn priorities_share_the_window_and_nobody_starves() {
         let mut sp = spec(&format!("f{i}"));
         sp.priority = if i == 4 { 3 } else { 0 };
         s.engine
-            .add_file(
+            .add_file_hashing(
                 sp,
                 Box::new(MemorySource::new(pattern(64 * CHUNK as usize, i))),
                 s.now,
@@ -931,7 +972,7 @@ fn decoded_chunk_frames_carry_the_exact_field_types() {
     let mut e = Engine::new(config(WindowPolicy::Fixed(5), ServerStorage::Appending));
     let now = Instant::now();
     e.connected(now);
-    e.add_file(
+    e.add_file_hashing(
         spec("a"),
         Box::new(MemorySource::new(pattern(2 * CHUNK as usize, 1))),
         now,
@@ -967,7 +1008,7 @@ fn resumed_upload_continues_with_1043_after_the_acknowledged_prefix() {
     };
     let log_before = s2.server.log.len();
     s2.engine
-        .add_resumed(
+        .add_resumed_hashing(
             spec("v"),
             Box::new(MemorySource::new(bytes.clone())),
             &record,
@@ -989,7 +1030,7 @@ fn a_held_upload_sends_nothing_until_resumed() {
     e.connected(now);
     let mut sp = spec("held");
     sp.hold = true;
-    e.add_file(sp, Box::new(MemorySource::new(pattern(100, 1))), now)
+    e.add_file_hashing(sp, Box::new(MemorySource::new(pattern(100, 1))), now)
         .unwrap();
     assert_eq!(e.file_status("held").unwrap().state, FileState::Paused);
     assert!(drain(&mut e, now).is_empty());
@@ -1022,6 +1063,7 @@ mod downloads {
     fn download(s: &mut Sim, name: &str, message_id: i64, md5: Option<String>) -> MemorySink {
         let sink = MemorySink::default();
         let spec = DownloadSpec {
+            hold: false,
             name: name.into(),
             message_id,
             uid: 7,
@@ -1219,7 +1261,7 @@ mod avatars {
         e.connected(now);
         let mut sp = spec("head.png");
         sp.avatar = true;
-        e.add_file(
+        e.add_file_hashing(
             sp,
             Box::new(MemorySource::new(pattern(3 * CHUNK as usize - 9, 1))),
             now,
@@ -1248,7 +1290,7 @@ mod avatars {
         let mut sp = spec("me.png");
         sp.avatar = true;
         s.engine
-            .add_file(sp, Box::new(MemorySource::new(bytes.clone())), s.now)
+            .add_file_hashing(sp, Box::new(MemorySource::new(bytes.clone())), s.now)
             .unwrap();
         s.run(Duration::from_secs(60));
         assert_eq!(
@@ -1263,6 +1305,7 @@ mod avatars {
         assert_eq!(s.max_in_flight, 1);
         let sink = MemorySink::default();
         let spec = DownloadSpec {
+            hold: false,
             name: "avatar-me".into(),
             message_id: 0,
             uid: 7,

@@ -70,7 +70,8 @@ pub struct FileSpec {
     pub message_id: i64,
     /// Login token, sent on the first chunk (uploads never check it).
     pub token: String,
-    /// Hex md5 of the whole file if known; computed streaming otherwise.
+    /// Hex md5 of the whole file; required by the engine (the runtime computes
+    /// it streaming at the edge when the caller leaves it out).
     pub md5: Option<String>,
     /// Raw bytes per chunk; the engine's default when `None`.
     pub chunk_size: Option<u32>,
@@ -254,6 +255,9 @@ pub struct Stats {
     pub duplicate_acks: u64,
     /// Replies naming a file the engine does not know.
     pub unknown_replies: u64,
+    /// Replies of one kind naming a transfer of the other (an upload reply
+    /// naming a download, say): never applied; the named transfer fails.
+    pub wrong_kind_replies: u64,
     pub malformed_replies: u64,
     /// Frames of message ids the upload engine does not consume.
     pub ignored_frames: u64,

@@ -419,7 +419,7 @@ impl DownloadArgs {
             ));
         }
         if let Some((avatar, _)) = &self.avatar {
-            if let Some(why) = crate::engine::unsafe_name(avatar) {
+            if let Some(why) = crate::protocol::name::name_problem(avatar) {
                 return Err(FfiError::new(
                     Code::InvalidName,
                     format!("avatar name {avatar:?}: {why}"),
@@ -437,6 +437,7 @@ impl DownloadArgs {
             token: self.token.clone(),
             md5: (!self.md5.is_empty()).then(|| self.md5.to_ascii_lowercase()),
             priority: self.priority,
+            hold: false,
             avatar: self
                 .avatar
                 .as_ref()

@@ -8,8 +8,9 @@
 use std::time::Instant;
 
 use super::{Code, FfiError, FfiResult, UploadArgs};
-use crate::engine::{Engine, EngineConfig, Event, FileSource, FileStatus, ServerStorage};
+use crate::engine::{Engine, EngineConfig, Event, FileStatus, ServerStorage};
 use crate::protocol::{FrameDecoder, MsgId};
+use crate::runtime::files::FileSource;
 
 pub struct SansIo {
     engine: Engine,
@@ -37,8 +38,11 @@ impl SansIo {
     }
 
     pub fn add_file(&mut self, args: &UploadArgs) -> FfiResult {
-        let spec = args.spec()?;
-        let source = FileSource::open(&args.path)?;
+        let mut spec = args.spec()?;
+        let mut source = FileSource::open(&args.path)?;
+        // The engine never reads a whole file: an unknown md5 is computed
+        // here, on the caller's thread (documented on AddTransFile).
+        source.fill_md5(&mut spec)?;
         self.engine
             .add_file(spec, Box::new(source), Instant::now())?;
         Ok(())

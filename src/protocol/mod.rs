@@ -6,6 +6,7 @@
 //! * [`ErrorCode`]: the server's error codes; unknown codes are kept as they are.
 //! * [`messages`]: typed requests and replies with the exact JSON type of every
 //!   field per message id (sizes are strings in 1041/1037, ints in 1043).
+//! * [`name`]: the one file-name rule of client and server.
 //! * [`chunk`]: the hot path, an upload chunk request written straight into the
 //!   output buffer (base64 included) without an intermediate JSON value.
 //!
@@ -17,6 +18,7 @@ mod error_code;
 pub mod frame;
 pub mod messages;
 mod msg_id;
+pub mod name;
 
 pub use chunk::{ChunkFrame, SizeEncoding};
 pub use error_code::ErrorCode;
@@ -25,6 +27,9 @@ pub use msg_id::MsgId;
 
 /// Default raw chunk size, as the deployed client (`MAX_FILE_LEN`).
 pub const DEFAULT_CHUNK_SIZE: u32 = 32_768;
+
+/// The server's download chunk size (`MAX_FILE_LEN`, fixed on the deployed server).
+pub const DOWNLOAD_CHUNK: u64 = 32_768;
 
 /// Largest total size that may travel in a 1043: the deployed server reads it
 /// with `asInt`, and anything above `i32::MAX` throws and ends the process.

@@ -21,10 +21,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
+use super::files::{FileSink, FileSource};
 use super::journal::{self, JournalEntry};
 use crate::engine::{
-    AckRecord, DownloadSpec, Engine, EngineConfig, Event, FileSink, FileSource, FileSpec,
-    FileStatus, ServerStorage,
+    AckRecord, DownloadSpec, Engine, EngineConfig, Event, FileSpec, FileStatus, ServerStorage,
 };
 use crate::error::Result;
 use crate::protocol::{Frame, FrameDecoder};
@@ -268,13 +268,7 @@ impl Client {
     pub fn add_file(&self, path: impl AsRef<Path>, mut spec: FileSpec) -> Result<()> {
         let mut source = FileSource::open(path.as_ref())?;
         spec.path = path.as_ref().to_path_buf();
-        if spec.md5.is_none() {
-            let md5 = crate::engine::md5_hex(&mut source).map_err(|e| crate::Error::Source {
-                path: spec.path.clone(),
-                source: e,
-            })?;
-            spec.md5 = Some(md5);
-        }
+        source.fill_md5(&mut spec)?;
         let template = self.template(&spec, &source);
         self.with_engine(|e, now| e.add_file(spec, Box::new(source), now).map(|_| ()))?;
         self.remember(template);
@@ -290,7 +284,10 @@ impl Client {
         dest_dir: impl Into<PathBuf>,
         file_name: Option<String>,
     ) -> Result<()> {
-        if let Some(why) = file_name.as_deref().and_then(crate::engine::unsafe_name) {
+        if let Some(why) = file_name
+            .as_deref()
+            .and_then(crate::protocol::name::name_problem)
+        {
             return Err(crate::Error::InvalidName {
                 name: file_name.unwrap_or_default(),
                 reason: why,

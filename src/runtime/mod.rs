@@ -11,6 +11,7 @@
 //! mutex is never held across an `.await`.
 
 mod client;
+pub mod files;
 pub mod journal;
 
 use std::sync::Mutex;

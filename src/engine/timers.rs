@@ -1,0 +1,134 @@
+//! The engine's timers, all derived from its state (nothing is armed or
+//! cancelled): coalesced progress events, the ack timeout (the server or the
+//! path stopped answering), and the 1045 timeout (the deployed server answers
+//! nothing for an unknown message id).
+//!
+//! Invariant: `poll_timeout` returns the earliest instant at which
+//! `handle_timeout` would change anything, or `None`.
+
+use std::time::Instant;
+
+use super::inflight::{Request, RequestKind};
+use super::types::{Event, Failure, FileId, ServerStorage};
+use super::Engine;
+
+impl Engine {
+    /// When [`Engine::handle_timeout`] should next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let requests = || self.in_flight.iter().map(|(_, r)| r);
+        let ack = requests()
+            .filter(|r| !self.stall_reported && r.kind != RequestKind::DownloadInfo)
+            .map(|r| r.sent_at + self.config.ack_timeout)
+            .min();
+        let info = requests()
+            .filter(|r| r.kind == RequestKind::DownloadInfo)
+            .map(|r| r.sent_at + self.config.info_timeout)
+            .min();
+        let progress = self
+            .transfers
+            .values()
+            .filter_map(|t| t.common.progress.due_at(self.config.progress_interval))
+            .min();
+        [ack, info, progress].into_iter().flatten().min()
+    }
+
+    /// Fires due timers: coalesced progress, the 1045 timeout, the ack timeout.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let interval = self.config.progress_interval;
+        let due: Vec<FileId> = self
+            .transfers
+            .values()
+            .filter(|t| {
+                t.common
+                    .progress
+                    .due_at(interval)
+                    .is_some_and(|at| now >= at)
+            })
+            .map(|t| t.common.id)
+            .collect();
+        for id in due {
+            self.emit_progress(id, now);
+        }
+        self.expire_info_requests(now);
+        self.check_stall(now);
+    }
+
+    /// A 1045 nobody answers: the deployed server sends nothing for an
+    /// unknown message id, so this download fails alone.
+    fn expire_info_requests(&mut self, now: Instant) {
+        let timeout = self.config.info_timeout;
+        let expired: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, r)| {
+                r.kind == RequestKind::DownloadInfo
+                    && now.saturating_duration_since(r.sent_at) >= timeout
+            })
+            .map(|(no, _)| no)
+            .collect();
+        for no in expired {
+            let request = self.answered(no);
+            let message_id = self
+                .transfers
+                .get(&request.transfer)
+                .and_then(|t| t.download())
+                .map_or(0, |d| d.spec.message_id);
+            let message = format!(
+                "no reply to 1045 for message {message_id} within {timeout:?}: the server knows no file \
+                 for this message (the deployed server answers nothing then)"
+            );
+            self.fail(request.transfer, Failure::BadReply { seq: 0, message }, now);
+        }
+    }
+
+    /// The oldest request waited `ack_timeout`: report a stall once per
+    /// connection; against an appending server, fail the files whose only
+    /// unconfirmed chunk is their last (re-sending it could duplicate it).
+    fn check_stall(&mut self, now: Instant) {
+        if self.stall_reported {
+            return;
+        }
+        let timeout = self.config.ack_timeout;
+        let Some(oldest) = self
+            .in_flight
+            .iter()
+            .map(|(_, r)| r)
+            .filter(|r| r.kind != RequestKind::DownloadInfo)
+            .map(|r| r.sent_at)
+            .min()
+        else {
+            return;
+        };
+        let waited = now.saturating_duration_since(oldest);
+        if waited < timeout {
+            return;
+        }
+        self.stall_reported = true;
+        self.events.push_back(Event::ConnectionStalled { waited });
+        if self.config.server_storage != ServerStorage::Appending {
+            return;
+        }
+        let unconfirmed: Vec<Request> = self
+            .in_flight
+            .iter()
+            .map(|(_, r)| *r)
+            .filter(|r| {
+                r.kind == RequestKind::UploadChunk
+                    && r.last
+                    && now.saturating_duration_since(r.sent_at) >= timeout
+            })
+            .collect();
+        for r in unconfirmed {
+            let only_last_missing = self
+                .transfers
+                .get_mut(&r.transfer)
+                .and_then(|t| t.upload_mut())
+                .is_some_and(|u| u.acked_prefix + 1 == r.seq);
+            if only_last_missing && !self.is_terminal(r.transfer) {
+                let failure = Failure::Unconfirmed { seq: r.seq, waited };
+                self.fail(r.transfer, failure, now);
+            }
+        }
+    }
+}
