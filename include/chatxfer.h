@@ -381,10 +381,10 @@ chatxfer_result chatxfer_client_add_upload(const struct chatxfer_client *client,
 
 /*
  Registers a download (`AddDownloadFile`, or an avatar when
- `spec->avatar_name` is set). It is held: the library keeps it (the
- engine has no held downloads) until `chatxfer_client_start_download`
- registers and starts it. Until then its status is PAUSED, 0 of 0 bytes,
- and `chatxfer_client_cancel` forgets it.
+ `spec->avatar_name` is set). It is registered held: PAUSED, nothing is
+ asked of the server until `chatxfer_client_start_download`; its status
+ says 0 of 0 bytes until the server tells the size, and
+ `chatxfer_client_cancel` cancels it like any transfer.
 
  # Safety
  `client` as for `chatxfer_client_connect`; `spec` is NULL or points to a
@@ -401,8 +401,9 @@ chatxfer_result chatxfer_client_add_download(const struct chatxfer_client *clien
 chatxfer_result chatxfer_client_batch_send(const struct chatxfer_client *client, const char *name);
 
 /*
- Starts a download held by `chatxfer_client_add_download`. Events:
- PROGRESS..., SAVED (`path`), COMPLETED, or FAILED.
+ Starts a download held by `chatxfer_client_add_download` (the same as
+ `chatxfer_client_resume`). Events: PROGRESS..., SAVED (`path`),
+ COMPLETED, or FAILED.
 
  # Safety
  As for `chatxfer_client_batch_send`.

@@ -69,11 +69,10 @@
 //   2004 Failure::Local        the local side failed: the downloaded file
 //                              could not be written or renamed.
 //
-// Downloads (Client only): the engine has no held state for downloads, so
-// AddDownloadFile only checks and keeps the spec; StartDownload (or
-// Resume/BatchSend) registers and starts the download. Until then
-// GetStatus says Paused (0 of 0 bytes) and Cancel forgets it.
-// Pause/Resume/Cancel/GetStatus then work by name as for uploads.
+// Downloads (Client only): AddDownloadFile registers the download held
+// (Paused, nothing asked of the server); StartDownload (the same as
+// Resume/BatchSend) starts it. GetStatus says 0 of 0 bytes until the server
+// tells the size. Pause/Resume/Cancel/GetStatus work by name as for uploads.
 //
 // Blocking: AddTransFile with an empty md5 reads the whole file to compute
 // it; pass the md5 the chat message already carries, or call it off the GUI

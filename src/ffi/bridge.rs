@@ -173,13 +173,12 @@ pub mod ffi {
         /// the file (pass it if known; big files take time).
         #[cxx_name = "AddTransFile"]
         fn add_trans_file(self: &Client, spec: &UploadSpec) -> Status;
-        /// Registers a download, held until `StartDownload`. The engine has
-        /// no held state for downloads: the library keeps the spec and
-        /// registers the download only at `StartDownload` (until then
-        /// `GetStatus` says Paused, 0 of 0 bytes; `Cancel` forgets it).
+        /// Registers a download, held (Paused, nothing asked of the server)
+        /// until `StartDownload`; `GetStatus` says 0 of 0 bytes until the
+        /// server tells the size, and `Cancel` cancels it as any transfer.
         #[cxx_name = "AddDownloadFile"]
         fn add_download_file(self: &Client, spec: &DownloadSpec) -> Status;
-        /// Starts a held download (`Resume`/`BatchSend` on it do the same).
+        /// Starts a held download; the same as `Resume`/`BatchSend`.
         /// Events: Progress..., Saved(path), Completed, or Failed.
         #[cxx_name = "StartDownload"]
         fn start_download(self: &Client, name: &str) -> Status;

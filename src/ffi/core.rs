@@ -1,14 +1,13 @@
 //! [`Client`]: a networked client plus its event delivery, the object
 //! behind both `chatxfer::Client` (C++) and `chatxfer_client` (C).
 
-use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
 use super::{lock, Code, DownloadArgs, FfiError, FfiResult, UploadArgs};
-use crate::engine::{Event, FileState, FileStatus};
+use crate::engine::{Event, FileStatus};
 use crate::runtime::{self, ClientConfig, Events};
 
 /// The app's event handler, called on the `chatxfer-events` thread.
@@ -24,9 +23,6 @@ pub struct Client {
     /// Set by a shutdown from inside a callback: the pump drops the sink
     /// itself when the callback returns.
     closing: Arc<AtomicBool>,
-    /// Downloads added but not started: the engine has no held state for
-    /// downloads, so they are registered only by [`Client::start_download`].
-    held: Mutex<HashMap<String, DownloadArgs>>,
 }
 
 enum State {
@@ -48,7 +44,6 @@ impl Client {
             state: Mutex::new(State::Idle),
             sink: Arc::new(Mutex::new(sink)),
             closing: Arc::new(AtomicBool::new(false)),
-            held: Mutex::new(HashMap::new()),
         }
     }
 
@@ -118,91 +113,36 @@ impl Client {
         Ok(self.client()?.add_file(&args.path, spec)?)
     }
 
-    /// `AddDownloadFile` / `AddAvatarDownload`: checked now, kept here (held)
-    /// and registered with the engine only by [`Client::start_download`].
+    /// `AddDownloadFile`: registered with the engine held (paused, nothing
+    /// asked of the server) until [`Client::start_download`].
     pub fn add_download(&self, args: DownloadArgs) -> FfiResult {
         args.check()?;
         let client = self.client()?;
-        let mut held = lock(&self.held);
-        if held.contains_key(&args.name) || client.status(&args.name).is_some() {
-            return Err(FfiError::new(
-                Code::DuplicateName,
-                format!("a transfer named {:?} is already registered", args.name),
-            ));
-        }
-        held.insert(args.name.clone(), args);
-        Ok(())
+        Ok(client.add_download(args.spec(), &args.dest_dir, None)?)
     }
 
-    /// `StartDownload`: registers a held download, which starts at once.
+    /// `StartDownload`: the same as [`Client::resume`]; starts a held
+    /// download (or a held upload).
     pub fn start_download(&self, name: &str) -> FfiResult {
-        let client = self.client()?;
-        let Some(args) = lock(&self.held).remove(name) else {
-            return Err(match client.status(name) {
-                Some(_) => FfiError::new(
-                    Code::WrongState,
-                    format!("{name:?} is not a held download (already started?)"),
-                ),
-                None => FfiError::new(Code::UnknownName, format!("no transfer named {name:?}")),
-            });
-        };
-        let r = client.add_download(args.spec(), &args.dest_dir, None);
-        if r.is_err() {
-            // Still held: the app may fix the cause and start it again.
-            lock(&self.held).insert(name.to_owned(), args);
-        }
-        Ok(r?)
+        self.resume(name)
     }
 
-    fn is_held(&self, name: &str) -> bool {
-        lock(&self.held).contains_key(name)
-    }
-
-    /// A held download stays held (it is not running yet).
     pub fn pause(&self, name: &str) -> FfiResult {
-        let client = self.client()?;
-        if self.is_held(name) {
-            return Ok(());
-        }
-        Ok(client.pause(name)?)
+        Ok(self.client()?.pause(name)?)
     }
 
-    /// Also `BatchSend`: starts a held upload (or held download) or continues
-    /// a paused one.
+    /// Also `BatchSend` and `StartDownload`: starts a held transfer or
+    /// continues a paused one.
     pub fn resume(&self, name: &str) -> FfiResult {
-        let client = self.client()?;
-        if self.is_held(name) {
-            return self.start_download(name);
-        }
-        Ok(client.resume(name)?)
+        Ok(self.client()?.resume(name)?)
     }
 
-    /// A held download is just forgotten (no event).
     pub fn cancel(&self, name: &str) -> FfiResult {
-        let client = self.client()?;
-        if lock(&self.held).remove(name).is_some() {
-            return Ok(());
-        }
-        Ok(client.cancel(name)?)
+        Ok(self.client()?.cancel(name)?)
     }
 
-    /// A held download reports `Paused` with 0 of 0 bytes.
     pub fn status(&self, name: &str) -> FfiResult<FileStatus> {
-        let client = self.client()?;
-        if let Some(a) = lock(&self.held).get(name) {
-            return Ok(FileStatus {
-                name: a.name.clone(),
-                state: FileState::Paused,
-                total: 0,
-                acked: 0,
-                max_seq: 0,
-                acked_prefix: 0,
-                next_seq: 0,
-                in_flight: 0,
-                md5: a.md5.clone(),
-            });
-        }
-        client
+        self.client()?
             .status(name)
             .ok_or_else(|| FfiError::new(Code::UnknownName, format!("no transfer named {name:?}")))
     }
@@ -229,7 +169,6 @@ impl Client {
             return Err(shut_down());
         }
         self.closing.store(true, Ordering::SeqCst);
-        lock(&self.held).clear();
         let pump = match &old {
             State::Connected { pump, .. } => *pump,
             _ => None,

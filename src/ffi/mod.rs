@@ -24,8 +24,9 @@
 //!
 //! # Threading
 //! Every call may come from any thread; a client's state sits behind one
-//! mutex, never held while the app's callback runs. Events of a client go either to the app's sink/callback, called on the library
-//! thread `chatxfer-events` (one per client, in order), or — when no sink
+//! mutex, never held while the app's callback runs. Events of a client go
+//! either to the app's sink/callback, called on the library thread
+//! `chatxfer-events` (one per client, in order), or — when no sink
 //! was given — into a queue drained by `PollEvents`. A Qt app re-posts each
 //! callback to its GUI thread with a queued connection before touching
 //! widgets. `Shutdown` called from inside a callback does not wait for the
@@ -383,8 +384,8 @@ impl UploadArgs {
 }
 
 /// A download as both foreign layers describe it (C++ `DownloadSpec`, C
-/// `chatxfer_download_spec`), each converted into this once. The engine has no held state for downloads, so the ffi layer
-/// keeps these until `StartDownload` registers them.
+/// `chatxfer_download_spec`), each converted into this once. It is always
+/// registered held: `StartDownload` starts it.
 #[derive(Debug, Clone)]
 pub struct DownloadArgs {
     pub name: String,
@@ -437,7 +438,8 @@ impl DownloadArgs {
             token: self.token.clone(),
             md5: (!self.md5.is_empty()).then(|| self.md5.to_ascii_lowercase()),
             priority: self.priority,
-            hold: false,
+            // Held until StartDownload (the engine keeps it paused).
+            hold: true,
             avatar: self
                 .avatar
                 .as_ref()
