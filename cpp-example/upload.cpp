@@ -217,14 +217,14 @@ int Usage() {
 
 using Done = std::map<std::string, std::string>;  // name -> md5
 
-// The networked FileTransfer: the library owns the socket and its threads.
+// The networked Client: the library owns the socket and its threads.
 static int RunClient(const std::string& host, std::uint16_t port,
                      const std::vector<std::string>& files, std::int64_t uid, bool pause_first,
                      Done& done) {
   int exit_code = 0;
   auto inbox = std::make_shared<Inbox>();
-  auto xfer = chatxfer::NewFileTransfer(std::make_unique<Sink>(inbox));
-  if (xfer->Connect(host, port) != chatxfer::Status::Ok) {
+  auto client = chatxfer::NewClient(std::make_unique<Sink>(inbox));
+  if (client->Connect(host, port) != chatxfer::Status::Ok) {
     std::fprintf(stderr, "upload: connect: %s\n", std::string(chatxfer::LastError()).c_str());
     return 1;
   }
@@ -233,8 +233,18 @@ static int RunClient(const std::string& host, std::uint16_t port,
   for (const auto& path : files) {
     std::string name = BaseName(path);
     // As the Qt client: register held, start once the message is confirmed.
-    auto st = xfer->AddTransFile(path, name, uid, uid, 2002, message_id++, "", 0);
-    if (st == chatxfer::Status::Ok) st = xfer->BatchSend(name);
+    // The spec form; `hold` keeps it registered until BatchSend, as the chat
+    // client does until the ChatServer confirms the message.
+    chatxfer::UploadSpec spec{};
+    spec.path = path;
+    spec.name = name;
+    spec.uid = uid;
+    spec.sender = uid;
+    spec.receiver = 2002;
+    spec.message_id = message_id++;
+    spec.hold = true;
+    auto st = client->AddTransFile(spec);
+    if (st == chatxfer::Status::Ok) st = client->BatchSend(name);
     if (st != chatxfer::Status::Ok) {
       std::fprintf(stderr, "upload: %s: %s (%s)\n", path.c_str(),
                    std::string(chatxfer::LastError()).c_str(),
@@ -253,7 +263,7 @@ static int RunClient(const std::string& host, std::uint16_t port,
     if (std::chrono::steady_clock::now() >= resume_at) {
       resume_at = std::chrono::steady_clock::time_point::max();
       std::printf("%s: resume -> %s\n", first.c_str(),
-                  std::string(chatxfer::StatusName(xfer->Resume(first))).c_str());
+                  std::string(chatxfer::StatusName(client->Resume(first))).c_str());
     }
     Note n;
     if (!inbox->Pop(n, std::chrono::milliseconds(50))) continue;
@@ -266,7 +276,7 @@ static int RunClient(const std::string& host, std::uint16_t port,
         if (pause_first && !paused_once && n.name == first && n.acked < n.total) {
           paused_once = true;
           std::printf("%s: pause -> %s\n", first.c_str(),
-                      std::string(chatxfer::StatusName(xfer->Pause(first))).c_str());
+                      std::string(chatxfer::StatusName(client->Pause(first))).c_str());
           resume_at = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
         }
         break;
@@ -298,9 +308,9 @@ static int RunClient(const std::string& host, std::uint16_t port,
   if (pause_first && !paused_once) {
     std::printf("%s: was never paused (finished before its first progress)\n", first.c_str());
   }
-  if (xfer->Shutdown() != chatxfer::Status::Ok) exit_code = 1;
+  if (client->Shutdown() != chatxfer::Status::Ok) exit_code = 1;
   // A second shutdown is refused, not undefined.
-  if (xfer->Shutdown() != chatxfer::Status::ShutDown) exit_code = 1;
+  if (client->Shutdown() != chatxfer::Status::ShutDown) exit_code = 1;
   return exit_code;
 }
 
@@ -335,7 +345,8 @@ static int RunSansIo(const std::string& host, std::uint16_t port,
   std::int64_t message_id = 1;
   for (const auto& path : files) {
     std::string name = BaseName(path);
-    auto st = engine->AddTransFile(path, name, uid, uid, 2002, message_id++, "", 0);
+    // The positional form the Qt client uses (it builds the same spec).
+    auto st = chatxfer::AddTransFile(*engine, path, name, uid, uid, 2002, message_id++, "", 0);
     if (st == chatxfer::Status::Ok) st = engine->BatchSend(name);
     if (st != chatxfer::Status::Ok) {
       std::fprintf(stderr, "upload: %s: %s\n", path.c_str(),

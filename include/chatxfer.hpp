@@ -3,25 +3,33 @@
 // Include this header; its include path needs include/ of the crate and
 // <cargo target dir>/cxxbridge (cmake/chatxfer.cmake sets both).
 //
-//   auto xfer = chatxfer::NewFileTransfer(std::make_unique<MySink>());
-//   xfer->Connect("127.0.0.1", 8090);
-//   xfer->AddTransFile(path, name, uid, sender, receiver, msg_id, md5, prio);
+//   auto client = chatxfer::NewClient(std::make_unique<MySink>());
+//   client->Connect("127.0.0.1", 8090);
+//   chatxfer::UploadSpec up{};        // fields: see UploadSpec below
+//   up.path = path; up.name = name; up.uid = uid; up.sender = uid;
+//   up.receiver = peer; up.message_id = msg_id; up.hold = true;
+//   client->AddTransFile(up);         // held: nothing is sent yet
+//   // or positionally, as the Qt client calls it (builds the spec):
+//   chatxfer::AddTransFile(*client, path, name, uid, sender, receiver, msg_id, md5, prio);
 //   ...ChatServer confirmed the message...
-//   xfer->BatchSend(name);            // starts (or resumes) the upload
-//   xfer->Pause(name); xfer->Resume(name); xfer->Cancel(name);
-//   xfer->SendFile(...same arguments...);   // AddTransFile + BatchSend
-//   xfer->AddDownloadFile(name, message_id, uid, token, dest_dir, md5, prio);
-//   xfer->StartDownload(name);        // held until here; then OnProgress...,
+//   client->BatchSend(name);          // starts (or resumes) the upload
+//   client->Pause(name); client->Resume(name); client->Cancel(name);
+//   chatxfer::SendFile(*client, ...same arguments...);  // hold = false
+//   chatxfer::DownloadSpec dl{};      // or chatxfer::AddDownloadFile(*client, name,
+//   dl.name = name; ...               //    message_id, uid, token, dest_dir, md5, prio)
+//   client->AddDownloadFile(dl);
+//   client->StartDownload(name);      // held until here; then OnProgress...,
 //                                     // OnSaved(name, path), OnCompleted
-//   xfer->AddAvatarDownload(name, avatar_name, uid, token, dest_dir, client_path);
-//   chatxfer::FileInfo info; xfer->GetStatus(name, info);
-//   for (auto& e : xfer->PollEvents()) ...  // only when created without a sink
-//   xfer->Shutdown();                 // or let the rust::Box go
+//   chatxfer::AddAvatarDownload(*client, name, avatar_name, uid, token, dest_dir, client_path);
+//   chatxfer::FileInfo info; client->GetStatus(name, info);
+//   for (auto& e : client->PollEvents()) ...  // only when created without a sink
+//   client->Shutdown();               // or let the rust::Box go
 //   chatxfer::ShutdownLibrary();      // optional, before exit: joins the library's threads
 //
 // Objects:
-//   FileTransfer   the library connects, reconnects and resumes by itself on
+//   Client         the library connects, reconnects and resumes by itself on
 //                  its own threads. All methods may be called from any thread.
+//                  (The C API's chatxfer_client is the same object.)
 //   TransferEngine the same engine without IO, for a host that keeps its own
 //                  socket (today's FileTcpMgr): write PollTransmit()'s bytes,
 //                  pass each reply to OnUploadRsp(id, body) (or raw bytes to
@@ -29,30 +37,128 @@
 //                  Connected()/ConnectionLost() on socket changes, and drain
 //                  PollEvents() after each call. One thread owns it.
 //
-// Threading contract: events of a FileTransfer are delivered to the
-// EventSink (chatxfer_sink.h) on the library thread "chatxfer-events", one
-// at a time and in order. A Qt app forwards each call to its GUI thread with
-// a queued connection (QMetaObject::invokeMethod(..., Qt::QueuedConnection)
-// or a signal connected with Qt::QueuedConnection) before touching widgets.
+// Threading contract: events of a Client are delivered to the EventSink
+// (chatxfer_sink.h) on the library thread "chatxfer-events", one at a time
+// and in order. A Qt app forwards each call to its GUI thread with a queued
+// connection (QMetaObject::invokeMethod(..., Qt::QueuedConnection) or a
+// signal connected with Qt::QueuedConnection) before touching widgets.
 // Without a sink (nullptr), events queue until PollEvents() is called from
 // the app's own thread.
 //
 // Errors: calls return chatxfer::Status (same numbers as the C API's
-// chatxfer_result); LastError() has the text of the last failure on the
-// calling thread. Only NewFileTransfer/NewTransferEngine can throw
-// (rust::Error), and only on an internal error. No Rust panic crosses into
-// C++, and exceptions thrown by the sink are caught by the library.
+// chatxfer_result, whose header explains each value; StatusName() and
+// StatusDescription() give them at run time); LastError() has the text of
+// the last failure on the calling thread. Only NewClient/NewTransferEngine
+// can throw (rust::Error), and only on an internal error. No Rust panic
+// crosses into C++, and exceptions thrown by the sink are caught by the
+// library.
 //
-// Downloads (FileTransfer only): the engine has no held state for downloads,
-// so AddDownloadFile/AddAvatarDownload only check and keep the arguments;
-// StartDownload (or Resume/BatchSend) registers and starts the download.
-// Until then GetStatus says Paused (0 of 0 bytes) and Cancel forgets it.
-// Pause/Resume/Cancel/GetStatus then work by name as for uploads.
+// Failures: EventSink::OnFailed(name, code, message) and Event::code carry
+// either the server's error code or one of the library's own codes,
+// chatxfer::Failure (the C API's chatxfer_failure, same numbers):
+//   2001 Failure::Source       the source file could not be read, or
+//                              changed while uploading;
+//   2002 Failure::Unconfirmed  every chunk was sent but the server never
+//                              confirmed the last one; against an appending
+//                              server a resend could corrupt the file, so
+//                              the transfer stops;
+//   2003 Failure::BadReply     the server's reply was unusable: wrong seq,
+//                              bad data, a hostile name, no data, no answer
+//                              to 1045, or a downloaded file whose md5 does
+//                              not match;
+//   2004 Failure::Local        the local side failed: the downloaded file
+//                              could not be written or renamed.
 //
-// Blocking: AddTransFile/SendFile with an empty md5 read the whole file to
-// compute it; pass the md5 the chat message already carries, or call them
-// off the GUI thread for big files.
+// Downloads (Client only): AddDownloadFile registers the download held
+// (Paused, nothing asked of the server); StartDownload (the same as
+// Resume/BatchSend) starts it. GetStatus says 0 of 0 bytes until the server
+// tells the size. Pause/Resume/Cancel/GetStatus work by name as for uploads.
+//
+// Blocking: AddTransFile with an empty md5 reads the whole file to compute
+// it; pass the md5 the chat message already carries, or call it off the GUI
+// thread for big files.
 #pragma once
 
 #include "chatxfer_sink.h"
 #include "chatxfer/src/ffi/bridge.rs.h"
+
+#include <cstdint>
+#include <string>
+
+namespace chatxfer {
+
+// Positional forms in the Qt client's argument order; each only builds the
+// spec (one definition of the arguments: UploadSpec / DownloadSpec).
+// `Target` is Client or TransferEngine.
+
+// The spec both positional upload forms build.
+inline UploadSpec MakeUploadSpec(const std::string& path, const std::string& name,
+                                 std::int64_t uid, std::int64_t sender, std::int64_t receiver,
+                                 std::int64_t message_id, const std::string& md5,
+                                 std::uint8_t priority, bool hold) {
+  UploadSpec spec{};
+  spec.path = rust::String(path);
+  spec.name = rust::String(name);
+  spec.uid = uid;
+  spec.sender = sender;
+  spec.receiver = receiver;
+  spec.message_id = message_id;
+  spec.md5 = rust::String(md5);
+  spec.priority = priority;
+  spec.hold = hold;
+  return spec;
+}
+
+// Registers an upload held until BatchSend.
+template <class Target>
+inline Status AddTransFile(Target& target, const std::string& path, const std::string& name,
+                           std::int64_t uid, std::int64_t sender, std::int64_t receiver,
+                           std::int64_t message_id, const std::string& md5,
+                           std::uint8_t priority) {
+  return target.AddTransFile(MakeUploadSpec(path, name, uid, sender, receiver, message_id, md5,
+                                            priority, /*hold=*/true));
+}
+
+// AddTransFile + BatchSend: registers the upload and starts it at once.
+template <class Target>
+inline Status SendFile(Target& target, const std::string& path, const std::string& name,
+                       std::int64_t uid, std::int64_t sender, std::int64_t receiver,
+                       std::int64_t message_id, const std::string& md5, std::uint8_t priority) {
+  return target.AddTransFile(MakeUploadSpec(path, name, uid, sender, receiver, message_id, md5,
+                                            priority, /*hold=*/false));
+}
+
+// Registers the download of chat message `message_id`'s file into
+// `dest_dir`, held until StartDownload.
+inline Status AddDownloadFile(Client& client, const std::string& name, std::int64_t message_id,
+                              std::int64_t uid, const std::string& token,
+                              const std::string& dest_dir, const std::string& md5,
+                              std::uint8_t priority) {
+  DownloadSpec spec{};
+  spec.name = rust::String(name);
+  spec.message_id = message_id;
+  spec.uid = uid;
+  spec.token = rust::String(token);
+  spec.dest_dir = rust::String(dest_dir);
+  spec.md5 = rust::String(md5);
+  spec.priority = priority;
+  return client.AddDownloadFile(spec);
+}
+
+// Registers the download of user `uid`'s avatar `avatar_name` (1033) into
+// `dest_dir`, held until StartDownload.
+inline Status AddAvatarDownload(Client& client, const std::string& name,
+                                const std::string& avatar_name, std::int64_t uid,
+                                const std::string& token, const std::string& dest_dir,
+                                const std::string& client_path) {
+  DownloadSpec spec{};
+  spec.name = rust::String(name);
+  spec.uid = uid;
+  spec.token = rust::String(token);
+  spec.dest_dir = rust::String(dest_dir);
+  spec.avatar_name = rust::String(avatar_name);
+  spec.avatar_client_path = rust::String(client_path);
+  return client.AddDownloadFile(spec);
+}
+
+}  // namespace chatxfer

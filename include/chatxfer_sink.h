@@ -11,19 +11,19 @@ namespace chatxfer {
 struct Event;
 enum class State : std::uint32_t;
 
-// Receives the events of one FileTransfer.
+// Receives the events of one Client.
 //
 // Threading: every method is called on the library thread "chatxfer-events"
-// of that transfer, one call at a time, in order -- never on the thread that
+// of that client, one call at a time, in order -- never on the thread that
 // made the request. A Qt app must not touch widgets here: re-post to the GUI
 // thread, e.g. QMetaObject::invokeMethod(obj, [=]{ ... }, Qt::QueuedConnection)
 // or emit a signal connected with Qt::QueuedConnection. Keep the methods
-// short; a slow sink delays later events of the same transfer. Never wait
+// short; a slow sink delays later events of the same client. Never wait
 // for the GUI thread here (no Qt::BlockingQueuedConnection): Shutdown, on the
 // GUI thread, waits for a running method to return.
 //
-// Ownership: NewFileTransfer takes the sink (std::unique_ptr) and deletes it
-// in FileTransfer::Shutdown (or when the transfer is destroyed). After
+// Ownership: NewClient takes the sink (std::unique_ptr) and deletes it in
+// Client::Shutdown (or when the client is destroyed). After
 // Shutdown returns no method is called any more (when Shutdown is called
 // from inside a method, the sink is deleted right after that method returns).
 //
@@ -51,8 +51,8 @@ class EventSink {
                            std::uint64_t bytes) {
     (void)name, (void)md5, (void)bytes;
   }
-  // `code`: the server's error code, or 2001 (source unreadable/changed),
-  // 2002 (last chunk never confirmed).
+  // `code`: the server's error code, or one of the library's codes 2001..2004
+  // (chatxfer::Failure; chatxfer.hpp explains each).
   virtual void OnFailed(const std::string& name, std::int64_t code,
                         const std::string& message) {
     (void)name, (void)code, (void)message;

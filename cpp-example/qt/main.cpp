@@ -424,7 +424,7 @@ class ChatWindow : public QWidget {
     status_->setToolTip(detail);
   }
 
-  void SetTransfer(chatxfer::FileTransfer* t) { xfer_ = t; }
+  void SetClient(chatxfer::Client* c) { client_ = c; }
 
   void AddText(const QString& text, bool mine) {
     auto* label = new QLabel(text);
@@ -447,10 +447,10 @@ class ChatWindow : public QWidget {
     b->onClick = [this](Bubble* bubble) { Toggle(bubble); };
     bubbles_[name] = b;
     AddRow(b, true);
-    if (!xfer_) return b;
+    if (!client_) return b;
     message_ids_[name] = ++message_id_;
-    auto st = xfer_->AddTransFile(path.toStdString(), name.toStdString(), kSelf, kSelf, kPeer,
-                                  message_id_, "", picture ? 1 : 0);
+    auto st = chatxfer::AddTransFile(*client_, path.toStdString(), name.toStdString(), kSelf,
+                                     kSelf, kPeer, message_id_, "", picture ? 1 : 0);
     if (st != chatxfer::Status::Ok) Refused(name, st);
     else if (send) Send(name);
     return b;
@@ -465,10 +465,16 @@ class ChatWindow : public QWidget {
     b->onClick = [this](Bubble* bubble) { Toggle(bubble); };
     bubbles_[key] = b;
     AddRow(b, false);
-    if (!xfer_) return b;
-    auto st = xfer_->AddDownloadFile(key.toStdString(), message_id, kSelf, "demo-token",
-                                     dest_dir.toStdString(), "", 1);
-    if (st == chatxfer::Status::Ok) st = xfer_->StartDownload(key.toStdString());
+    if (!client_) return b;
+    chatxfer::DownloadSpec spec{};
+    spec.name = key.toStdString();
+    spec.message_id = message_id;
+    spec.uid = kSelf;
+    spec.token = "demo-token";
+    spec.dest_dir = dest_dir.toStdString();
+    spec.priority = 1;
+    auto st = client_->AddDownloadFile(spec);
+    if (st == chatxfer::Status::Ok) st = client_->StartDownload(key.toStdString());
     if (st != chatxfer::Status::Ok) {
       Refused(key, st);
       QTimer::singleShot(0, this, [this] {
@@ -484,7 +490,7 @@ class ChatWindow : public QWidget {
   }
 
   void Send(const QString& name) {
-    auto st = xfer_->BatchSend(name.toStdString());
+    auto st = client_->BatchSend(name.toStdString());
     if (st != chatxfer::Status::Ok) Refused(name, st);
   }
 
@@ -498,14 +504,14 @@ class ChatWindow : public QWidget {
 
   // Clicking a bubble: pause it while it uploads, resume it when paused.
   void Toggle(Bubble* b) {
-    if (!xfer_) return;
+    if (!client_) return;
     std::string name = b->key().toStdString();
     chatxfer::Status st = chatxfer::Status::Ok;
     const char* what = "";
     if (b->phase() == Bubble::Phase::Paused) {
-      what = "resume", st = xfer_->Resume(name);
+      what = "resume", st = client_->Resume(name);
     } else if (b->phase() == Bubble::Phase::Sending || b->phase() == Bubble::Phase::Waiting) {
-      what = "pause", st = xfer_->Pause(name);
+      what = "pause", st = client_->Pause(name);
     }
     // E.g. WRONG_STATE when the upload completed just before the click.
     if (st != chatxfer::Status::Ok)
@@ -556,7 +562,7 @@ class ChatWindow : public QWidget {
   QVBoxLayout* rows_;
   QScrollArea* scroll_;
   QLabel* status_;
-  chatxfer::FileTransfer* xfer_ = nullptr;
+  chatxfer::Client* client_ = nullptr;
   std::int64_t message_id_ = 0;
   std::map<QString, Bubble*> bubbles_;
   std::map<QString, std::int64_t> message_ids_;
@@ -754,10 +760,10 @@ int RunSelfTest(QApplication& app, const QString& out) {
   t->port = t->server.Port();
 
   ChatWindow w;
-  auto xfer = chatxfer::NewFileTransfer(std::make_unique<QtSink>(&w));
-  w.SetTransfer(&*xfer);
+  auto client = chatxfer::NewClient(std::make_unique<QtSink>(&w));
+  w.SetClient(&*client);
   w.show();
-  if (xfer->Connect("127.0.0.1", t->port) != chatxfer::Status::Ok) return 1;
+  if (client->Connect("127.0.0.1", t->port) != chatxfer::Status::Ok) return 1;
 
   w.AddText("Hi! Could you send me the photos and the project files from the trip?", false);
   std::vector<QString> files = {src + "/sunset.png", src + "/holiday.mp4", src + "/project.zip",
@@ -890,7 +896,7 @@ int RunSelfTest(QApplication& app, const QString& out) {
   int rc = app.exec();
   // No callback runs after Shutdown; events already posted are dropped with
   // the window.
-  xfer->Shutdown();
+  client->Shutdown();
   t->server.Stop();
   return rc == 0 ? t->exit_code : rc;
 }
@@ -923,13 +929,13 @@ int main(int argc, char** argv) {
       port = static_cast<std::uint16_t>(server.section(':', -1).toUInt());
     }
     ChatWindow w;
-    auto xfer = chatxfer::NewFileTransfer(std::make_unique<QtSink>(&w));
-    w.SetTransfer(&*xfer);
-    xfer->Connect(host.toStdString(), port);
+    auto client = chatxfer::NewClient(std::make_unique<QtSink>(&w));
+    w.SetClient(&*client);
+    client->Connect(host.toStdString(), port);
     w.show();
     for (const QString& f : files) w.AddFile(f);
     rc = app.exec();
-    xfer->Shutdown();
+    client->Shutdown();
   }
   chatxfer::ShutdownLibrary();
   return rc;

@@ -2,16 +2,21 @@
 //! the Qt client's `FileTcpMgr` names things. See the module docs of
 //! [`crate::ffi`] for ownership, threading and panics; `include/chatxfer.hpp`
 //! says the same for C++ readers.
+//!
+//! The shared enums here must mirror the table in `src/ffi/enums.rs`:
+//! `ffi_enums!` asserts at compile time that every variant of the table is
+//! here with the same number.
 
 use cxx::UniquePtr;
 
 use super::{
-    boundary, AddArgs, Code, DownloadArgs, FfiError, FfiResult, FlatEvent, SansIo, Transfer,
+    boundary, Code, DownloadArgs, FfiError, FfiResult, FlatEvent, SansIo, UploadArgs, XferState,
 };
 
 #[cxx::bridge(namespace = "chatxfer")]
 pub mod ffi {
-    /// Outcome of a call; same numbers as the C `chatxfer_result`.
+    /// Outcome of a call; the numbers of the C `chatxfer_result` (whose
+    /// header documents each value).
     #[repr(u32)]
     #[derive(Debug)]
     enum Status {
@@ -33,7 +38,7 @@ pub mod ffi {
         Panic = 15,
     }
 
-    /// Where a transfer stands.
+    /// Where a transfer stands (`Queued` also for events that carry no state).
     #[repr(u32)]
     #[derive(Debug)]
     enum State {
@@ -58,11 +63,31 @@ pub mod ffi {
         Saved = 7,
     }
 
+    /// The library's own codes in `Event::code` / `OnFailed(code)`; any
+    /// other code is the server's.
+    #[repr(u32)]
+    #[derive(Debug)]
+    enum Failure {
+        /// The source file could not be read, or changed while uploading.
+        Source = 2001,
+        /// Every chunk was sent but the server never confirmed the last one;
+        /// against an appending server a resend could corrupt the file, so
+        /// the transfer stops.
+        Unconfirmed = 2002,
+        /// The server's reply was unusable: wrong seq, bad data, a hostile
+        /// name, no data, no answer to 1045, or a downloaded file whose md5
+        /// does not match.
+        BadReply = 2003,
+        /// The local side failed: the downloaded file could not be written
+        /// or renamed.
+        Local = 2004,
+    }
+
     /// One event, flat. Progress: `acked`, `total`, `rate` (bytes/s).
     /// StateChanged: `state`. Completed: `md5`, `total`. Failed: `code`
-    /// (server error code or 2001/2002), `message`. Connected/Disconnected/
-    /// Warning: `message`. Saved (downloads, just before Completed): `path`.
-    /// `name` is empty for connection events.
+    /// (the server's error code or a `Failure`), `message`.
+    /// Connected/Disconnected/Warning: `message`. Saved (downloads, just
+    /// before Completed): `path`. `name` is empty for connection events.
     #[derive(Debug)]
     struct Event {
         kind: EventKind,
@@ -87,132 +112,102 @@ pub mod ffi {
         md5: String,
     }
 
+    /// An upload (`AddTransFile`); the C API's `chatxfer_upload_spec`.
+    #[derive(Debug, Clone)]
+    struct UploadSpec {
+        /// The file to upload.
+        path: String,
+        /// Unique name: the server's key and stored file name.
+        name: String,
+        uid: i64,
+        sender: i64,
+        receiver: i64,
+        message_id: i64,
+        /// Hex md5 if known; empty: computed by reading the whole file.
+        md5: String,
+        /// Higher goes first and gets a larger share of the window.
+        priority: u8,
+        /// Registered paused until `BatchSend` (the ChatServer's
+        /// confirmation); false starts it at once.
+        hold: bool,
+    }
+
+    /// A download (`AddDownloadFile`); the C API's `chatxfer_download_spec`.
+    /// Held until `StartDownload`.
+    #[derive(Debug, Clone)]
+    struct DownloadSpec {
+        /// Unique name of the transfer (events use it), e.g. "msg-42".
+        name: String,
+        /// The chat message whose file to download (unused for an avatar).
+        message_id: i64,
+        /// The downloading user and their login token.
+        uid: i64,
+        token: String,
+        /// Existing directory to save into, under the server's file name.
+        dest_dir: String,
+        /// Hex md5 if known (checked at the end); empty: no check.
+        md5: String,
+        priority: u8,
+        /// Non-empty: download this avatar of `uid` (1033) instead of a
+        /// chat file.
+        avatar_name: String,
+        /// The client path echoed back for an avatar.
+        avatar_client_path: String,
+    }
+
     extern "Rust" {
-        /// A connection to a ResourceServer with its uploads (the library's
-        /// own threads do the IO). Destroying it shuts it down.
-        type FileTransfer;
+        /// A connection to a ResourceServer with its uploads and downloads
+        /// (the library's own threads do the IO). Destroying it shuts it down.
+        type Client;
         /// The sans-IO engine for a host that keeps its own socket.
         type TransferEngine;
 
         /// `sink` may be null: events then queue for `PollEvents`.
         /// Throws `rust::Error` only on an internal error.
-        #[cxx_name = "NewFileTransfer"]
-        fn new_file_transfer(sink: UniquePtr<EventSink>) -> Result<Box<FileTransfer>>;
+        #[cxx_name = "NewClient"]
+        fn new_client(sink: UniquePtr<EventSink>) -> Result<Box<Client>>;
         #[cxx_name = "Connect"]
-        fn connect(self: &FileTransfer, host: &str, port: u16) -> Status;
-        /// Registers an upload, held until `BatchSend`. Empty `md5`: computed
-        /// here by reading the file (pass it if known; big files take time).
-        #[allow(clippy::too_many_arguments)]
+        fn connect(self: &Client, host: &str, port: u16) -> Status;
+        /// Registers an upload: held until `BatchSend` when `spec.hold`,
+        /// else started at once. An empty `md5` is computed here by reading
+        /// the file (pass it if known; big files take time).
         #[cxx_name = "AddTransFile"]
-        fn add_trans_file(
-            self: &FileTransfer,
-            path: &str,
-            name: &str,
-            uid: i64,
-            sender: i64,
-            receiver: i64,
-            message_id: i64,
-            md5: &str,
-            priority: u8,
-        ) -> Status;
-        /// `AddTransFile` + `BatchSend`.
-        #[allow(clippy::too_many_arguments)]
-        #[cxx_name = "SendFile"]
-        fn send_file(
-            self: &FileTransfer,
-            path: &str,
-            name: &str,
-            uid: i64,
-            sender: i64,
-            receiver: i64,
-            message_id: i64,
-            md5: &str,
-            priority: u8,
-        ) -> Status;
-        /// Registers a download of chat message `message_id`'s file into
-        /// `dest_dir` (saved under the server's file name), held until
-        /// `StartDownload`. `token`: the user's login token. Empty `md5`: none is
-        /// checked (1046 carries none). The engine has no held state for
-        /// downloads: the library keeps these arguments and registers the
-        /// download only at `StartDownload` (until then `GetStatus` says
-        /// Paused, 0 of 0 bytes; `Cancel` forgets it).
-        #[allow(clippy::too_many_arguments)]
+        fn add_trans_file(self: &Client, spec: &UploadSpec) -> Status;
+        /// Registers a download, held (Paused, nothing asked of the server)
+        /// until `StartDownload`; `GetStatus` says 0 of 0 bytes until the
+        /// server tells the size, and `Cancel` cancels it as any transfer.
         #[cxx_name = "AddDownloadFile"]
-        fn add_download_file(
-            self: &FileTransfer,
-            name: &str,
-            message_id: i64,
-            uid: i64,
-            token: &str,
-            dest_dir: &str,
-            md5: &str,
-            priority: u8,
-        ) -> Status;
-        /// Registers a download of user `uid`'s avatar `avatar_name` (1033)
-        /// into `dest_dir`, held until `StartDownload` like `AddDownloadFile`.
-        #[cxx_name = "AddAvatarDownload"]
-        fn add_avatar_download(
-            self: &FileTransfer,
-            name: &str,
-            avatar_name: &str,
-            uid: i64,
-            token: &str,
-            dest_dir: &str,
-            client_path: &str,
-        ) -> Status;
-        /// Starts a held download (`Resume`/`BatchSend` on it do the same).
+        fn add_download_file(self: &Client, spec: &DownloadSpec) -> Status;
+        /// Starts a held download; the same as `Resume`/`BatchSend`.
         /// Events: Progress..., Saved(path), Completed, or Failed.
         #[cxx_name = "StartDownload"]
-        fn start_download(self: &FileTransfer, name: &str) -> Status;
+        fn start_download(self: &Client, name: &str) -> Status;
         /// Starts a held upload, or continues a paused one (= `Resume`).
         #[cxx_name = "BatchSend"]
-        fn batch_send(self: &FileTransfer, name: &str) -> Status;
+        fn batch_send(self: &Client, name: &str) -> Status;
         #[cxx_name = "Pause"]
-        fn pause(self: &FileTransfer, name: &str) -> Status;
+        fn pause(self: &Client, name: &str) -> Status;
         #[cxx_name = "Resume"]
-        fn resume(self: &FileTransfer, name: &str) -> Status;
+        fn resume(self: &Client, name: &str) -> Status;
         #[cxx_name = "Cancel"]
-        fn cancel(self: &FileTransfer, name: &str) -> Status;
+        fn cancel(self: &Client, name: &str) -> Status;
         /// Writes `out` only on `Status::Ok`.
         #[cxx_name = "GetStatus"]
-        fn get_status(self: &FileTransfer, name: &str, out: &mut FileInfo) -> Status;
+        fn get_status(self: &Client, name: &str, out: &mut FileInfo) -> Status;
         /// Events queued since the last call (always empty with a sink).
         #[cxx_name = "PollEvents"]
-        fn poll_events(self: &FileTransfer) -> Vec<Event>;
+        fn poll_events(self: &Client) -> Vec<Event>;
         /// Closes the connection and deletes the sink; no callback runs after
         /// it returns. A second call returns `Status::ShutDown`.
         #[cxx_name = "Shutdown"]
-        fn shutdown(self: &FileTransfer) -> Status;
+        fn shutdown(self: &Client) -> Status;
 
         /// `server_appends`: true for the deployed ResourceServer.
         #[cxx_name = "NewTransferEngine"]
         fn new_transfer_engine(server_appends: bool) -> Result<Box<TransferEngine>>;
-        #[allow(clippy::too_many_arguments)]
+        /// As `Client::AddTransFile`.
         #[cxx_name = "AddTransFile"]
-        fn add_trans_file(
-            self: &mut TransferEngine,
-            path: &str,
-            name: &str,
-            uid: i64,
-            sender: i64,
-            receiver: i64,
-            message_id: i64,
-            md5: &str,
-            priority: u8,
-        ) -> Status;
-        #[allow(clippy::too_many_arguments)]
-        #[cxx_name = "SendFile"]
-        fn send_file(
-            self: &mut TransferEngine,
-            path: &str,
-            name: &str,
-            uid: i64,
-            sender: i64,
-            receiver: i64,
-            message_id: i64,
-            md5: &str,
-            priority: u8,
-        ) -> Status;
+        fn add_trans_file(self: &mut TransferEngine, spec: &UploadSpec) -> Status;
         #[cxx_name = "BatchSend"]
         fn batch_send(self: &mut TransferEngine, name: &str) -> Status;
         #[cxx_name = "Pause"]
@@ -251,8 +246,12 @@ pub mod ffi {
         /// Message of the last failed call on this thread.
         #[cxx_name = "LastError"]
         fn last_error() -> String;
+        /// "OK", "NULL_PARAMETER", ...; "UNKNOWN" for a number not in the table.
         #[cxx_name = "StatusName"]
         fn status_name(status: Status) -> &'static str;
+        /// What a status means (the C header's text); "" if unknown.
+        #[cxx_name = "StatusDescription"]
+        fn status_description(status: Status) -> &'static str;
         /// Stops the library's threads (before exit; optional).
         #[cxx_name = "ShutdownLibrary"]
         fn shutdown_library();
@@ -267,41 +266,29 @@ pub mod ffi {
     }
 }
 
-use ffi::{Event, EventKind, FileInfo, State, Status};
+use ffi::{DownloadSpec, Event, FileInfo, Status, UploadSpec};
 
 // SAFETY: the header's contract: a sink is called from one library thread
-// at a time (the transfer's event thread) and may be deleted there.
+// at a time (the client's event thread) and may be deleted there.
 unsafe impl Send for ffi::EventSink {}
 
-pub struct FileTransfer(Transfer);
+pub struct Client(super::Client);
 
 pub struct TransferEngine(SansIo);
 
 fn status(r: FfiResult<()>) -> Status {
     match r {
-        Ok(()) => Status::Ok,
-        Err(e) => to_status(e.code),
-    }
-}
-
-pub(crate) fn to_status(c: Code) -> Status {
-    Status { repr: c as u32 }
-}
-
-fn to_state(s: Option<crate::engine::FileState>) -> State {
-    State {
-        repr: s.map_or(0, super::state_number),
+        Ok(()) => Code::Ok.into(),
+        Err(e) => e.code.into(),
     }
 }
 
 fn to_event(e: &crate::engine::Event) -> Event {
     let f = FlatEvent::from_event(e);
     Event {
-        kind: EventKind {
-            repr: f.kind as u32,
-        },
+        kind: f.kind.into(),
+        state: f.xfer_state().into(),
         name: f.name,
-        state: to_state(f.state),
         acked: f.acked,
         total: f.total,
         rate: f.rate,
@@ -315,35 +302,43 @@ fn to_event(e: &crate::engine::Event) -> Event {
 fn to_info(s: crate::engine::FileStatus) -> FileInfo {
     FileInfo {
         name: s.name,
-        state: to_state(Some(s.state)),
+        state: XferState::from(s.state).into(),
         acked: s.acked,
         total: s.total,
         md5: s.md5,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn add_args(
-    path: &str,
-    name: &str,
-    uid: i64,
-    sender: i64,
-    receiver: i64,
-    message_id: i64,
-    md5: &str,
-    priority: u8,
-    hold: bool,
-) -> AddArgs {
-    AddArgs {
-        path: path.into(),
-        name: name.into(),
-        uid,
-        sender,
-        receiver,
-        message_id,
-        md5: md5.into(),
-        priority,
-        hold,
+impl From<&UploadSpec> for UploadArgs {
+    fn from(s: &UploadSpec) -> UploadArgs {
+        UploadArgs {
+            path: s.path.clone(),
+            name: s.name.clone(),
+            uid: s.uid,
+            sender: s.sender,
+            receiver: s.receiver,
+            message_id: s.message_id,
+            md5: s.md5.clone(),
+            priority: s.priority,
+            hold: s.hold,
+        }
+    }
+}
+
+impl From<&DownloadSpec> for DownloadArgs {
+    fn from(s: &DownloadSpec) -> DownloadArgs {
+        DownloadArgs {
+            name: s.name.clone(),
+            message_id: s.message_id,
+            uid: s.uid,
+            token: s.token.clone(),
+            dest_dir: s.dest_dir.clone(),
+            md5: s.md5.clone(),
+            priority: s.priority,
+            // C++ has no null string: an empty avatar name means a chat file.
+            avatar: (!s.avatar_name.is_empty())
+                .then(|| (s.avatar_name.clone(), s.avatar_client_path.clone())),
+        }
     }
 }
 
@@ -351,7 +346,7 @@ fn internal(e: FfiError) -> String {
     e.message
 }
 
-fn new_file_transfer(sink: UniquePtr<ffi::EventSink>) -> Result<Box<FileTransfer>, String> {
+fn new_client(sink: UniquePtr<ffi::EventSink>) -> Result<Box<Client>, String> {
     boundary(|| {
         let sink: Option<super::EventSinkFn> = if sink.is_null() {
             None
@@ -361,96 +356,22 @@ fn new_file_transfer(sink: UniquePtr<ffi::EventSink>) -> Result<Box<FileTransfer
                 ffi::deliver(sink.pin_mut(), &to_event(e));
             }))
         };
-        Ok(Box::new(FileTransfer(Transfer::new(sink))))
+        Ok(Box::new(Client(super::Client::new(sink))))
     })
     .map_err(internal)
 }
 
-impl FileTransfer {
+impl Client {
     fn connect(&self, host: &str, port: u16) -> Status {
         status(boundary(|| self.0.connect(host, port)))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn add_trans_file(
-        &self,
-        path: &str,
-        name: &str,
-        uid: i64,
-        sender: i64,
-        receiver: i64,
-        message_id: i64,
-        md5: &str,
-        priority: u8,
-    ) -> Status {
-        let a = add_args(
-            path, name, uid, sender, receiver, message_id, md5, priority, true,
-        );
-        status(boundary(|| self.0.add_file(&a)))
+    fn add_trans_file(&self, spec: &UploadSpec) -> Status {
+        status(boundary(|| self.0.add_file(&spec.into())))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn send_file(
-        &self,
-        path: &str,
-        name: &str,
-        uid: i64,
-        sender: i64,
-        receiver: i64,
-        message_id: i64,
-        md5: &str,
-        priority: u8,
-    ) -> Status {
-        let a = add_args(
-            path, name, uid, sender, receiver, message_id, md5, priority, false,
-        );
-        status(boundary(|| self.0.add_file(&a)))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn add_download_file(
-        &self,
-        name: &str,
-        message_id: i64,
-        uid: i64,
-        token: &str,
-        dest_dir: &str,
-        md5: &str,
-        priority: u8,
-    ) -> Status {
-        let a = DownloadArgs {
-            name: name.into(),
-            message_id,
-            uid,
-            token: token.into(),
-            dest_dir: dest_dir.into(),
-            md5: md5.into(),
-            priority,
-            avatar: None,
-        };
-        status(boundary(|| self.0.add_download(a)))
-    }
-
-    fn add_avatar_download(
-        &self,
-        name: &str,
-        avatar_name: &str,
-        uid: i64,
-        token: &str,
-        dest_dir: &str,
-        client_path: &str,
-    ) -> Status {
-        let a = DownloadArgs {
-            name: name.into(),
-            message_id: 0,
-            uid,
-            token: token.into(),
-            dest_dir: dest_dir.into(),
-            md5: String::new(),
-            priority: 0,
-            avatar: Some((avatar_name.into(), client_path.into())),
-        };
-        status(boundary(|| self.0.add_download(a)))
+    fn add_download_file(&self, spec: &DownloadSpec) -> Status {
+        status(boundary(|| self.0.add_download(spec.into())))
     }
 
     fn start_download(&self, name: &str) -> Status {
@@ -494,40 +415,8 @@ fn new_transfer_engine(server_appends: bool) -> Result<Box<TransferEngine>, Stri
 }
 
 impl TransferEngine {
-    #[allow(clippy::too_many_arguments)]
-    fn add_trans_file(
-        &mut self,
-        path: &str,
-        name: &str,
-        uid: i64,
-        sender: i64,
-        receiver: i64,
-        message_id: i64,
-        md5: &str,
-        priority: u8,
-    ) -> Status {
-        let a = add_args(
-            path, name, uid, sender, receiver, message_id, md5, priority, true,
-        );
-        status(boundary(|| self.0.add_file(&a)))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn send_file(
-        &mut self,
-        path: &str,
-        name: &str,
-        uid: i64,
-        sender: i64,
-        receiver: i64,
-        message_id: i64,
-        md5: &str,
-        priority: u8,
-    ) -> Status {
-        let a = add_args(
-            path, name, uid, sender, receiver, message_id, md5, priority, false,
-        );
-        status(boundary(|| self.0.add_file(&a)))
+    fn add_trans_file(&mut self, spec: &UploadSpec) -> Status {
+        status(boundary(|| self.0.add_file(&spec.into())))
     }
 
     fn batch_send(&mut self, name: &str) -> Status {
@@ -607,8 +496,11 @@ fn last_error() -> String {
 }
 
 fn status_name(s: Status) -> &'static str {
-    std::panic::catch_unwind(|| super::capi::chatxfer_result::from_repr(s.repr).name())
-        .unwrap_or("PANIC")
+    Code::from_u32(s.repr).map_or("UNKNOWN", Code::name)
+}
+
+fn status_description(s: Status) -> &'static str {
+    Code::from_u32(s.repr).map_or("", Code::description)
 }
 
 fn shutdown_library() {

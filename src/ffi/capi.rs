@@ -1,7 +1,14 @@
 //! The plain C ABI; `include/chatxfer.h` is generated from this file by
-//! cbindgen (`build.rs`). Conventions, as in rustls-ffi:
-//! * every function returns a [`chatxfer_result`] (stable numbers) and runs
-//!   inside a panic boundary: a panic becomes `CHATXFER_RESULT_PANIC`;
+//! cbindgen (`build.rs`), together with the enums of `src/ffi/enums.rs`
+//! (`chatxfer_result`, `chatxfer_state`, `chatxfer_event_kind`,
+//! `chatxfer_failure`). Conventions, as in rustls-ffi:
+//! * every function that can fail returns a [`chatxfer_result`] (stable
+//!   numbers); the others (`chatxfer_client_free`,
+//!   `chatxfer_library_shutdown`, `chatxfer_result_name`,
+//!   `chatxfer_result_description`, `chatxfer_last_error`) cannot fail;
+//! * every function that could panic runs inside a panic boundary: a panic
+//!   becomes `CHATXFER_RESULT_PANIC` (or is swallowed where nothing is
+//!   returned);
 //! * NULL pointers give `CHATXFER_RESULT_NULL_PARAMETER`, strings that are not
 //!   UTF-8 `CHATXFER_RESULT_INVALID_UTF8`, calls on a shut-down client
 //!   `CHATXFER_RESULT_SHUT_DOWN` — never undefined behaviour;
@@ -17,139 +24,10 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::AssertUnwindSafe;
 
 use super::{
-    boundary, last_error, AddArgs, Code, DownloadArgs, EventSinkFn, FfiError, FfiResult, FlatEvent,
-    Transfer,
+    boundary, last_error, Client, Code, DownloadArgs, EventSinkFn, FfiError, FfiResult, FlatEvent,
+    UploadArgs,
 };
-
-/// Outcome of a call. The numbers are stable (part of the ABI).
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum chatxfer_result {
-    Ok = 0,
-    /// A pointer argument was NULL.
-    NullParameter = 1,
-    /// A string argument was not UTF-8.
-    InvalidUtf8 = 2,
-    /// An argument is out of range (empty path or host, port 0, bad md5 ...).
-    InvalidArgument = 3,
-    /// The file name cannot be used on the server (path separators, ...).
-    InvalidName = 4,
-    /// The file (or the server's directory) cannot be read or created.
-    Io = 5,
-    NotAFile = 6,
-    /// A transfer of that name is already registered.
-    DuplicateName = 7,
-    /// No transfer of that name.
-    UnknownName = 8,
-    /// The transfer's state does not allow this (e.g. pausing a completed one).
-    WrongState = 9,
-    /// `chatxfer_client_connect` was not called yet.
-    NotConnected = 10,
-    AlreadyConnected = 11,
-    /// The client (or the library) was shut down.
-    ShutDown = 12,
-    /// The library's threads could not be started.
-    Runtime = 13,
-    /// Bytes from the server do not form a valid frame (sans-IO engine).
-    BadFrame = 14,
-    /// An internal error (a bug); the library stays usable.
-    Panic = 15,
-}
-
-impl chatxfer_result {
-    const ALL: [chatxfer_result; 16] = [
-        chatxfer_result::Ok,
-        chatxfer_result::NullParameter,
-        chatxfer_result::InvalidUtf8,
-        chatxfer_result::InvalidArgument,
-        chatxfer_result::InvalidName,
-        chatxfer_result::Io,
-        chatxfer_result::NotAFile,
-        chatxfer_result::DuplicateName,
-        chatxfer_result::UnknownName,
-        chatxfer_result::WrongState,
-        chatxfer_result::NotConnected,
-        chatxfer_result::AlreadyConnected,
-        chatxfer_result::ShutDown,
-        chatxfer_result::Runtime,
-        chatxfer_result::BadFrame,
-        chatxfer_result::Panic,
-    ];
-
-    pub(crate) fn from_code(c: Code) -> chatxfer_result {
-        Self::from_repr(c as u32)
-    }
-
-    /// Unknown numbers map to `Panic`.
-    pub(crate) fn from_repr(n: u32) -> chatxfer_result {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|r| *r as u32 == n)
-            .unwrap_or(chatxfer_result::Panic)
-    }
-
-    pub(crate) fn name(self) -> &'static str {
-        self.c_name().to_str().unwrap_or("?")
-    }
-
-    fn c_name(self) -> &'static CStr {
-        match self {
-            chatxfer_result::Ok => c"OK",
-            chatxfer_result::NullParameter => c"NULL_PARAMETER",
-            chatxfer_result::InvalidUtf8 => c"INVALID_UTF8",
-            chatxfer_result::InvalidArgument => c"INVALID_ARGUMENT",
-            chatxfer_result::InvalidName => c"INVALID_NAME",
-            chatxfer_result::Io => c"IO",
-            chatxfer_result::NotAFile => c"NOT_A_FILE",
-            chatxfer_result::DuplicateName => c"DUPLICATE_NAME",
-            chatxfer_result::UnknownName => c"UNKNOWN_NAME",
-            chatxfer_result::WrongState => c"WRONG_STATE",
-            chatxfer_result::NotConnected => c"NOT_CONNECTED",
-            chatxfer_result::AlreadyConnected => c"ALREADY_CONNECTED",
-            chatxfer_result::ShutDown => c"SHUT_DOWN",
-            chatxfer_result::Runtime => c"RUNTIME",
-            chatxfer_result::BadFrame => c"BAD_FRAME",
-            chatxfer_result::Panic => c"PANIC",
-        }
-    }
-}
-
-/// Where a transfer stands.
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum chatxfer_state {
-    Queued = 0,
-    Sending = 1,
-    Paused = 2,
-    Completed = 3,
-    Failed = 4,
-    Cancelled = 5,
-}
-
-/// What a `chatxfer_event` reports.
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum chatxfer_event_kind {
-    /// `acked` of `total` bytes acknowledged, at `rate` bytes/s.
-    Progress = 0,
-    /// `state` is the new state.
-    StateChanged = 1,
-    /// Stored and verified: `md5`, `total` bytes.
-    Completed = 2,
-    /// `code` (the server's error code, or 2001 source / 2002 unconfirmed)
-    /// and `message`.
-    Failed = 3,
-    /// The connection is up; `message` names the server.
-    Connected = 4,
-    /// The connection is down; `message` says why and when it retries.
-    Disconnected = 5,
-    /// Something to log (`message`).
-    Warning = 6,
-    /// A download was verified and renamed into place at `path`;
-    /// `CHATXFER_EVENT_KIND_COMPLETED` follows.
-    Saved = 7,
-}
+pub use super::{chatxfer_event_kind, chatxfer_result, chatxfer_state};
 
 /// An event; every string is NUL-terminated and valid only during the
 /// callback (`name` is "" for connection events, never NULL).
@@ -175,10 +53,10 @@ pub struct chatxfer_event {
 pub type chatxfer_event_callback =
     Option<unsafe extern "C" fn(user_data: *mut c_void, event: *const chatxfer_event)>;
 
-/// An upload to register (`AddTransFile`).
+/// An upload to register (`AddTransFile`; C++ `chatxfer::UploadSpec`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct chatxfer_file_spec {
+pub struct chatxfer_upload_spec {
     /// The file to upload (UTF-8).
     pub path: *const c_char,
     /// Unique name: the server's key and stored file name.
@@ -196,8 +74,8 @@ pub struct chatxfer_file_spec {
     pub hold: bool,
 }
 
-/// A download to register (`AddDownloadFile`); it is held until
-/// `chatxfer_client_start_download`.
+/// A download to register (`AddDownloadFile`; C++ `chatxfer::DownloadSpec`);
+/// it is held until `chatxfer_client_start_download`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct chatxfer_download_spec {
@@ -234,7 +112,7 @@ pub struct chatxfer_file_status {
 /// `chatxfer_client_new`, released by `chatxfer_client_free`. Its functions
 /// may be called from any thread.
 pub struct chatxfer_client {
-    transfer: Transfer,
+    inner: Client,
 }
 
 /// The app's `user_data`, handed to the callback on the event thread.
@@ -253,8 +131,8 @@ impl UserData {
 
 fn result(r: FfiResult) -> chatxfer_result {
     match r {
-        Ok(()) => chatxfer_result::Ok,
-        Err(e) => chatxfer_result::from_code(e.code),
+        Ok(()) => Code::Ok,
+        Err(e) => e.code,
     }
 }
 
@@ -286,31 +164,6 @@ fn c_string(s: &str) -> CString {
     CString::new(s.replace('\0', " ")).unwrap_or_default()
 }
 
-fn c_state(s: Option<crate::engine::FileState>) -> chatxfer_state {
-    match s.map_or(0, super::state_number) {
-        1 => chatxfer_state::Sending,
-        2 => chatxfer_state::Paused,
-        3 => chatxfer_state::Completed,
-        4 => chatxfer_state::Failed,
-        5 => chatxfer_state::Cancelled,
-        _ => chatxfer_state::Queued,
-    }
-}
-
-fn c_kind(k: super::EventKind) -> chatxfer_event_kind {
-    use super::EventKind as K;
-    match k {
-        K::Progress => chatxfer_event_kind::Progress,
-        K::StateChanged => chatxfer_event_kind::StateChanged,
-        K::Completed => chatxfer_event_kind::Completed,
-        K::Failed => chatxfer_event_kind::Failed,
-        K::Connected => chatxfer_event_kind::Connected,
-        K::Disconnected => chatxfer_event_kind::Disconnected,
-        K::Warning => chatxfer_event_kind::Warning,
-        K::Saved => chatxfer_event_kind::Saved,
-    }
-}
-
 /// Creates a client (not yet connected). `callback` may be NULL: events are
 /// then dropped. On success `*out` is the new client.
 ///
@@ -338,9 +191,9 @@ pub unsafe extern "C" fn chatxfer_client_new(
                     c_string(&f.path),
                 );
                 let ev = chatxfer_event {
-                    kind: c_kind(f.kind),
+                    kind: f.kind,
                     name: name.as_ptr(),
-                    state: c_state(f.state),
+                    state: f.xfer_state(),
                     acked: f.acked,
                     total: f.total,
                     rate: f.rate,
@@ -357,7 +210,7 @@ pub unsafe extern "C" fn chatxfer_client_new(
             None => Box::new(|_: &crate::engine::Event| {}),
         };
         let client = Box::new(chatxfer_client {
-            transfer: Transfer::new(Some(sink)),
+            inner: Client::new(Some(sink)),
         });
         *out = Box::into_raw(client);
         Ok(())
@@ -378,7 +231,7 @@ pub unsafe extern "C" fn chatxfer_client_connect(
 ) -> chatxfer_result {
     result(boundary(|| {
         let c = client_arg(client)?;
-        c.transfer.connect(str_arg(host, "host")?, port)
+        c.inner.connect(str_arg(host, "host")?, port)
     }))
 }
 
@@ -389,33 +242,66 @@ pub unsafe extern "C" fn chatxfer_client_connect(
 /// `client` as for `chatxfer_client_connect`; `spec` is NULL or points to a
 /// spec whose strings are NULL or NUL-terminated.
 #[no_mangle]
-pub unsafe extern "C" fn chatxfer_client_add_file(
+pub unsafe extern "C" fn chatxfer_client_add_upload(
     client: *const chatxfer_client,
-    spec: *const chatxfer_file_spec,
+    spec: *const chatxfer_upload_spec,
 ) -> chatxfer_result {
     result(boundary(|| {
         let c = client_arg(client)?;
-        let s = spec
-            .as_ref()
-            .ok_or_else(|| FfiError::new(Code::NullParameter, "spec is NULL"))?;
-        let md5 = if s.md5.is_null() {
-            ""
-        } else {
-            str_arg(s.md5, "md5")?
-        };
-        let args = AddArgs {
+        c.inner.add_file(&UploadArgs::from_c(spec_arg(spec)?)?)
+    }))
+}
+
+/// A spec argument, checked for NULL.
+///
+/// # Safety
+/// `p` is NULL or valid for reads during the call.
+unsafe fn spec_arg<'a, T>(p: *const T) -> FfiResult<&'a T> {
+    p.as_ref()
+        .ok_or_else(|| FfiError::new(Code::NullParameter, "spec is NULL"))
+}
+
+impl UploadArgs {
+    /// # Safety
+    /// The strings of `s` are NULL or NUL-terminated.
+    unsafe fn from_c(s: &chatxfer_upload_spec) -> FfiResult<UploadArgs> {
+        Ok(UploadArgs {
             path: str_arg(s.path, "path")?.to_owned(),
             name: str_arg(s.name, "name")?.to_owned(),
             uid: s.uid,
             sender: s.sender,
             receiver: s.receiver,
             message_id: s.message_id,
-            md5: md5.to_owned(),
+            md5: opt_str_arg(s.md5, "md5")?.to_owned(),
             priority: s.priority,
             hold: s.hold,
+        })
+    }
+}
+
+impl DownloadArgs {
+    /// # Safety
+    /// The strings of `s` are NULL or NUL-terminated.
+    unsafe fn from_c(s: &chatxfer_download_spec) -> FfiResult<DownloadArgs> {
+        let avatar = if s.avatar_name.is_null() {
+            None
+        } else {
+            Some((
+                str_arg(s.avatar_name, "avatar_name")?.to_owned(),
+                opt_str_arg(s.avatar_client_path, "avatar_client_path")?.to_owned(),
+            ))
         };
-        c.transfer.add_file(&args)
-    }))
+        Ok(DownloadArgs {
+            name: str_arg(s.name, "name")?.to_owned(),
+            message_id: s.message_id,
+            uid: s.uid,
+            token: str_arg(s.token, "token")?.to_owned(),
+            dest_dir: str_arg(s.dest_dir, "dest_dir")?.to_owned(),
+            md5: opt_str_arg(s.md5, "md5")?.to_owned(),
+            priority: s.priority,
+            avatar,
+        })
+    }
 }
 
 /// A NULL or checked string argument ("" for NULL).
@@ -431,10 +317,10 @@ unsafe fn opt_str_arg<'a>(p: *const c_char, what: &str) -> FfiResult<&'a str> {
 }
 
 /// Registers a download (`AddDownloadFile`, or an avatar when
-/// `spec->avatar_name` is set). It is held: the library keeps it (the
-/// engine has no held downloads) until `chatxfer_client_start_download`
-/// registers and starts it. Until then its status is PAUSED, 0 of 0 bytes,
-/// and `chatxfer_client_cancel` forgets it.
+/// `spec->avatar_name` is set). It is registered held: PAUSED, nothing is
+/// asked of the server until `chatxfer_client_start_download`; its status
+/// says 0 of 0 bytes until the server tells the size, and
+/// `chatxfer_client_cancel` cancels it like any transfer.
 ///
 /// # Safety
 /// `client` as for `chatxfer_client_connect`; `spec` is NULL or points to a
@@ -446,28 +332,7 @@ pub unsafe extern "C" fn chatxfer_client_add_download(
 ) -> chatxfer_result {
     result(boundary(|| {
         let c = client_arg(client)?;
-        let s = spec
-            .as_ref()
-            .ok_or_else(|| FfiError::new(Code::NullParameter, "spec is NULL"))?;
-        let avatar = if s.avatar_name.is_null() {
-            None
-        } else {
-            Some((
-                str_arg(s.avatar_name, "avatar_name")?.to_owned(),
-                opt_str_arg(s.avatar_client_path, "avatar_client_path")?.to_owned(),
-            ))
-        };
-        let args = DownloadArgs {
-            name: str_arg(s.name, "name")?.to_owned(),
-            message_id: s.message_id,
-            uid: s.uid,
-            token: str_arg(s.token, "token")?.to_owned(),
-            dest_dir: str_arg(s.dest_dir, "dest_dir")?.to_owned(),
-            md5: opt_str_arg(s.md5, "md5")?.to_owned(),
-            priority: s.priority,
-            avatar,
-        };
-        c.transfer.add_download(args)
+        c.inner.add_download(DownloadArgs::from_c(spec_arg(spec)?)?)
     }))
 }
 
@@ -475,11 +340,11 @@ pub unsafe extern "C" fn chatxfer_client_add_download(
 unsafe fn with_name(
     client: *const chatxfer_client,
     name: *const c_char,
-    f: impl FnOnce(&Transfer, &str) -> FfiResult,
+    f: impl FnOnce(&Client, &str) -> FfiResult,
 ) -> chatxfer_result {
     result(boundary(|| {
         let c = client_arg(client)?;
-        f(&c.transfer, str_arg(name, "name")?)
+        f(&c.inner, str_arg(name, "name")?)
     }))
 }
 
@@ -495,8 +360,9 @@ pub unsafe extern "C" fn chatxfer_client_batch_send(
     with_name(client, name, |t, n| t.resume(n))
 }
 
-/// Starts a download held by `chatxfer_client_add_download`. Events:
-/// PROGRESS..., SAVED (`path`), COMPLETED, or FAILED.
+/// Starts a download held by `chatxfer_client_add_download` (the same as
+/// `chatxfer_client_resume`). Events: PROGRESS..., SAVED (`path`),
+/// COMPLETED, or FAILED.
 ///
 /// # Safety
 /// As for `chatxfer_client_batch_send`.
@@ -564,7 +430,7 @@ pub unsafe extern "C" fn chatxfer_client_status(
             *d = b as c_char;
         }
         *out = chatxfer_file_status {
-            state: c_state(Some(s.state)),
+            state: s.state.into(),
             acked: s.acked,
             total: s.total,
             md5,
@@ -584,7 +450,7 @@ pub unsafe extern "C" fn chatxfer_client_status(
 pub unsafe extern "C" fn chatxfer_client_shutdown(
     client: *const chatxfer_client,
 ) -> chatxfer_result {
-    result(boundary(|| client_arg(client)?.transfer.shutdown()))
+    result(boundary(|| client_arg(client)?.inner.shutdown()))
 }
 
 /// Shuts the client down if needed and releases it. NULL is allowed.
@@ -610,14 +476,22 @@ pub extern "C" fn chatxfer_library_shutdown() {
     });
 }
 
-/// The name of a result ("OK", "NULL_PARAMETER", ...); a static string.
+/// The name of a result ("OK", "NULL_PARAMETER", ...; "UNKNOWN" for a
+/// number that is not a `chatxfer_result`); a static string.
 #[no_mangle]
 pub extern "C" fn chatxfer_result_name(result: u32) -> *const c_char {
-    if chatxfer_result::ALL.iter().any(|r| *r as u32 == result) {
-        chatxfer_result::from_repr(result).c_name().as_ptr()
-    } else {
-        c"UNKNOWN".as_ptr()
-    }
+    Code::from_u32(result)
+        .map_or(c"UNKNOWN", Code::c_name)
+        .as_ptr()
+}
+
+/// What a result means (the text documented above for its value; "" for a
+/// number that is not a `chatxfer_result`); a static string.
+#[no_mangle]
+pub extern "C" fn chatxfer_result_description(result: u32) -> *const c_char {
+    Code::from_u32(result)
+        .map_or(c"", Code::c_description)
+        .as_ptr()
 }
 
 /// Copies the message of the last failed call on this thread into `buf`

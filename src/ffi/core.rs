@@ -1,38 +1,34 @@
-//! [`Transfer`]: a networked client plus its event delivery, the object
-//! behind both `chatxfer::FileTransfer` (C++) and `chatxfer_client` (C).
+//! [`Client`]: a networked client plus its event delivery, the object
+//! behind both `chatxfer::Client` (C++) and `chatxfer_client` (C).
 
-use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
-use super::{lock, AddArgs, Code, DownloadArgs, FfiError, FfiResult};
-use crate::engine::{Event, FileState, FileStatus};
-use crate::runtime::{Client, ClientConfig, Events};
+use super::{lock, Code, DownloadArgs, FfiError, FfiResult, UploadArgs};
+use crate::engine::{Event, FileStatus};
+use crate::runtime::{self, ClientConfig, Events};
 
 /// The app's event handler, called on the `chatxfer-events` thread.
 pub type EventSinkFn = Box<dyn FnMut(&Event) + Send>;
 
-/// A transfer: idle until [`Transfer::connect`], then a [`Client`] with
-/// either a pump thread feeding the sink or a queue for [`Transfer::poll_events`].
-pub struct Transfer {
+/// Idle until [`Client::connect`], then a [`runtime::Client`] with either a
+/// pump thread feeding the sink or a queue for [`Client::poll_events`].
+pub struct Client {
     state: Mutex<State>,
-    /// Held while the sink runs, so [`Transfer::shutdown`] returns only once
+    /// Held while the sink runs, so [`Client::shutdown`] returns only once
     /// no callback is running and none will run again.
     sink: Arc<Mutex<Option<EventSinkFn>>>,
     /// Set by a shutdown from inside a callback: the pump drops the sink
     /// itself when the callback returns.
     closing: Arc<AtomicBool>,
-    /// Downloads added but not started: the engine has no held state for
-    /// downloads, so they are registered only by [`Transfer::start_download`].
-    held: Mutex<HashMap<String, DownloadArgs>>,
 }
 
 enum State {
     Idle,
     Connected {
-        client: Client,
+        client: runtime::Client,
         /// `None` when events go to a sink through the pump thread.
         queue: Option<Events>,
         pump: Option<ThreadId>,
@@ -40,15 +36,14 @@ enum State {
     ShutDown,
 }
 
-impl Transfer {
+impl Client {
     /// With `sink`, events are pushed to it; without, they queue for
-    /// [`Transfer::poll_events`].
-    pub fn new(sink: Option<EventSinkFn>) -> Transfer {
-        Transfer {
+    /// [`Client::poll_events`].
+    pub fn new(sink: Option<EventSinkFn>) -> Client {
+        Client {
             state: Mutex::new(State::Idle),
             sink: Arc::new(Mutex::new(sink)),
             closing: Arc::new(AtomicBool::new(false)),
-            held: Mutex::new(HashMap::new()),
         }
     }
 
@@ -75,7 +70,7 @@ impl Transfer {
         } else {
             format!("{host}:{port}")
         };
-        let (client, events) = Client::start(ClientConfig::new(server))?;
+        let (client, events) = runtime::Client::start(ClientConfig::new(server))?;
         let has_sink = lock(&self.sink).is_some();
         let (queue, pump) = if has_sink {
             let sink = self.sink.clone();
@@ -100,7 +95,7 @@ impl Transfer {
         Ok(())
     }
 
-    fn client(&self) -> FfiResult<Client> {
+    fn client(&self) -> FfiResult<runtime::Client> {
         match &*lock(&self.state) {
             State::Idle => Err(FfiError::new(
                 Code::NotConnected,
@@ -111,98 +106,43 @@ impl Transfer {
         }
     }
 
-    /// `AddTransFile` (held when `args.hold`, until [`Transfer::resume`]).
-    pub fn add_file(&self, args: &AddArgs) -> FfiResult {
+    /// `AddTransFile` (held when `args.hold`, until [`Client::resume`]).
+    pub fn add_file(&self, args: &UploadArgs) -> FfiResult {
         let spec = args.spec()?;
         // Outside the state lock: without an md5 this reads the whole file.
         Ok(self.client()?.add_file(&args.path, spec)?)
     }
 
-    /// `AddDownloadFile` / `AddAvatarDownload`: checked now, kept here (held)
-    /// and registered with the engine only by [`Transfer::start_download`].
+    /// `AddDownloadFile`: registered with the engine held (paused, nothing
+    /// asked of the server) until [`Client::start_download`].
     pub fn add_download(&self, args: DownloadArgs) -> FfiResult {
         args.check()?;
         let client = self.client()?;
-        let mut held = lock(&self.held);
-        if held.contains_key(&args.name) || client.status(&args.name).is_some() {
-            return Err(FfiError::new(
-                Code::DuplicateName,
-                format!("a transfer named {:?} is already registered", args.name),
-            ));
-        }
-        held.insert(args.name.clone(), args);
-        Ok(())
+        Ok(client.add_download(args.spec(), &args.dest_dir, None)?)
     }
 
-    /// `StartDownload`: registers a held download, which starts at once.
+    /// `StartDownload`: the same as [`Client::resume`]; starts a held
+    /// download (or a held upload).
     pub fn start_download(&self, name: &str) -> FfiResult {
-        let client = self.client()?;
-        let Some(args) = lock(&self.held).remove(name) else {
-            return Err(match client.status(name) {
-                Some(_) => FfiError::new(
-                    Code::WrongState,
-                    format!("{name:?} is not a held download (already started?)"),
-                ),
-                None => FfiError::new(Code::UnknownName, format!("no transfer named {name:?}")),
-            });
-        };
-        let r = client.add_download(args.spec(), &args.dest_dir, None);
-        if r.is_err() {
-            // Still held: the app may fix the cause and start it again.
-            lock(&self.held).insert(name.to_owned(), args);
-        }
-        Ok(r?)
+        self.resume(name)
     }
 
-    fn is_held(&self, name: &str) -> bool {
-        lock(&self.held).contains_key(name)
-    }
-
-    /// A held download stays held (it is not running yet).
     pub fn pause(&self, name: &str) -> FfiResult {
-        let client = self.client()?;
-        if self.is_held(name) {
-            return Ok(());
-        }
-        Ok(client.pause(name)?)
+        Ok(self.client()?.pause(name)?)
     }
 
-    /// Also `BatchSend`: starts a held upload (or held download) or continues
-    /// a paused one.
+    /// Also `BatchSend` and `StartDownload`: starts a held transfer or
+    /// continues a paused one.
     pub fn resume(&self, name: &str) -> FfiResult {
-        let client = self.client()?;
-        if self.is_held(name) {
-            return self.start_download(name);
-        }
-        Ok(client.resume(name)?)
+        Ok(self.client()?.resume(name)?)
     }
 
-    /// A held download is just forgotten (no event).
     pub fn cancel(&self, name: &str) -> FfiResult {
-        let client = self.client()?;
-        if lock(&self.held).remove(name).is_some() {
-            return Ok(());
-        }
-        Ok(client.cancel(name)?)
+        Ok(self.client()?.cancel(name)?)
     }
 
-    /// A held download reports `Paused` with 0 of 0 bytes.
     pub fn status(&self, name: &str) -> FfiResult<FileStatus> {
-        let client = self.client()?;
-        if let Some(a) = lock(&self.held).get(name) {
-            return Ok(FileStatus {
-                name: a.name.clone(),
-                state: FileState::Paused,
-                total: 0,
-                acked: 0,
-                max_seq: 0,
-                acked_prefix: 0,
-                next_seq: 0,
-                in_flight: 0,
-                md5: a.md5.clone(),
-            });
-        }
-        client
+        self.client()?
             .status(name)
             .ok_or_else(|| FfiError::new(Code::UnknownName, format!("no transfer named {name:?}")))
     }
@@ -229,7 +169,6 @@ impl Transfer {
             return Err(shut_down());
         }
         self.closing.store(true, Ordering::SeqCst);
-        lock(&self.held).clear();
         let pump = match &old {
             State::Connected { pump, .. } => *pump,
             _ => None,
@@ -244,7 +183,7 @@ impl Transfer {
     }
 }
 
-impl Drop for Transfer {
+impl Drop for Client {
     fn drop(&mut self) {
         // Dropped from C++ (`rust::Box`) or C (`chatxfer_client_free`): a
         // panic must not unwind out of here.
@@ -253,11 +192,11 @@ impl Drop for Transfer {
 }
 
 fn shut_down() -> FfiError {
-    FfiError::new(Code::ShutDown, "this transfer was shut down")
+    FfiError::new(Code::ShutDown, "this client was shut down")
 }
 
 /// The `chatxfer-events` thread: delivers events in order until the client
-/// is gone or the transfer is shut down.
+/// is gone or shut down.
 fn pump(mut events: Events, sink: Arc<Mutex<Option<EventSinkFn>>>, closing: Arc<AtomicBool>) {
     while let Some(e) = events.blocking_recv() {
         let mut slot = lock(&sink);

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use super::{AddArgs, Code, FfiError, FfiResult};
+use super::{Code, FfiError, FfiResult, UploadArgs};
 use crate::engine::{Engine, EngineConfig, Event, FileStatus, ServerStorage};
 use crate::protocol::{FrameDecoder, MsgId};
 use crate::runtime::files::FileSource;
@@ -37,7 +37,7 @@ impl SansIo {
         }
     }
 
-    pub fn add_file(&mut self, args: &AddArgs) -> FfiResult {
+    pub fn add_file(&mut self, args: &UploadArgs) -> FfiResult {
         let mut spec = args.spec()?;
         let mut source = FileSource::open(&args.path)?;
         // The engine never reads a whole file: an unknown md5 is computed

@@ -2,62 +2,76 @@
 //! reference server are in `tools/tests/ffi.rs`; the C, C++ and CMake sides
 //! are exercised by `tools/tests/cpp.rs`.
 
-use super::bridge::ffi::Status;
-use super::capi::chatxfer_result as R;
 use super::*;
 
+/// The numbers themselves are checked at compile time (cxx enums) and are
+/// the ABI; this checks what the table's expansion derives from them.
 #[test]
-fn result_numbers_agree_across_rust_c_and_cpp() {
-    let table = [
-        (Code::Ok, R::Ok, Status::Ok, 0),
-        (
-            Code::NullParameter,
-            R::NullParameter,
-            Status::NullParameter,
-            1,
-        ),
-        (Code::InvalidUtf8, R::InvalidUtf8, Status::InvalidUtf8, 2),
-        (
-            Code::InvalidArgument,
-            R::InvalidArgument,
-            Status::InvalidArgument,
-            3,
-        ),
-        (Code::InvalidName, R::InvalidName, Status::InvalidName, 4),
-        (Code::Io, R::Io, Status::Io, 5),
-        (Code::NotAFile, R::NotAFile, Status::NotAFile, 6),
-        (
-            Code::DuplicateName,
-            R::DuplicateName,
-            Status::DuplicateName,
-            7,
-        ),
-        (Code::UnknownName, R::UnknownName, Status::UnknownName, 8),
-        (Code::WrongState, R::WrongState, Status::WrongState, 9),
-        (
-            Code::NotConnected,
-            R::NotConnected,
-            Status::NotConnected,
-            10,
-        ),
-        (
-            Code::AlreadyConnected,
-            R::AlreadyConnected,
-            Status::AlreadyConnected,
-            11,
-        ),
-        (Code::ShutDown, R::ShutDown, Status::ShutDown, 12),
-        (Code::Runtime, R::Runtime, Status::Runtime, 13),
-        (Code::BadFrame, R::BadFrame, Status::BadFrame, 14),
-        (Code::Panic, R::Panic, Status::Panic, 15),
-    ];
-    for (code, c, cpp, n) in table {
-        assert_eq!(code as u32, n, "{code:?}");
-        assert_eq!(c as u32, n, "{c:?}");
-        assert_eq!(cpp.repr, n, "{cpp:?}");
-        assert_eq!(R::from_code(code), c);
-        assert_eq!(bridge::to_status(code), cpp);
+fn every_table_enum_round_trips_through_its_number_name_and_description() {
+    fn check<T: Copy + PartialEq + std::fmt::Debug>(
+        all: &[T],
+        number: impl Fn(T) -> u32,
+        from: impl Fn(u32) -> Option<T>,
+        name: impl Fn(T) -> &'static str,
+        description: impl Fn(T) -> &'static str,
+    ) {
+        let mut names = std::collections::HashSet::new();
+        for &v in all {
+            assert_eq!(from(number(v)), Some(v));
+            assert!(names.insert(name(v)), "{v:?}: name used twice");
+            assert!(
+                !name(v).is_empty()
+                    && name(v)
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b == b'_' || b.is_ascii_digit()),
+                "{v:?}"
+            );
+            assert!(description(v).ends_with('.'), "{v:?}: {:?}", description(v));
+            assert!(!description(v).starts_with(' '), "{v:?}");
+        }
+        assert_eq!(from(4242), None);
     }
+    check(
+        Code::ALL,
+        |v| v as u32,
+        Code::from_u32,
+        Code::name,
+        Code::description,
+    );
+    check(
+        XferState::ALL,
+        |v| v as u32,
+        XferState::from_u32,
+        XferState::name,
+        XferState::description,
+    );
+    check(
+        EventKind::ALL,
+        |v| v as u32,
+        EventKind::from_u32,
+        EventKind::name,
+        EventKind::description,
+    );
+    check(
+        FailureCode::ALL,
+        |v| v as u32,
+        FailureCode::from_u32,
+        FailureCode::name,
+        FailureCode::description,
+    );
+    assert_eq!(Code::ALL.len(), 16);
+    assert_eq!(Code::NullParameter as u32, 1);
+    assert_eq!(Code::Panic as u32, 15);
+    assert_eq!(FailureCode::Local as u32, 2004);
+    // The C accessors agree with the Rust ones.
+    let name = unsafe { std::ffi::CStr::from_ptr(capi::chatxfer_result_name(12)) };
+    assert_eq!(name.to_str().unwrap(), "SHUT_DOWN");
+    let unknown = unsafe { std::ffi::CStr::from_ptr(capi::chatxfer_result_name(99)) };
+    assert_eq!(unknown.to_str().unwrap(), "UNKNOWN");
+    let text = unsafe { std::ffi::CStr::from_ptr(capi::chatxfer_result_description(1)) };
+    assert_eq!(text.to_str().unwrap(), "A pointer argument was NULL.");
+    let status: bridge::ffi::Status = Code::WrongState.into();
+    assert_eq!(status.repr, 9);
 }
 
 #[test]
@@ -71,8 +85,8 @@ fn a_panic_becomes_the_panic_code_and_the_last_error() {
 }
 
 #[test]
-fn transfer_refuses_calls_before_connect_and_after_shutdown() {
-    let t = Transfer::new(None);
+fn client_refuses_calls_before_connect_and_after_shutdown() {
+    let t = Client::new(None);
     assert_eq!(t.pause("x").unwrap_err().code, Code::NotConnected);
     assert_eq!(t.connect("", 1).unwrap_err().code, Code::InvalidArgument);
     assert_eq!(

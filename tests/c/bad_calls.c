@@ -46,7 +46,7 @@ int main(void) {
   const char *bad_utf8 = "caf\xc3\x28.png"; /* 0xC3 0x28: not UTF-8 */
   chatxfer_client *c = NULL;
   chatxfer_file_status st;
-  chatxfer_file_spec spec;
+  chatxfer_upload_spec spec;
   chatxfer_download_spec dl;
   char msg[256];
 
@@ -58,13 +58,20 @@ int main(void) {
   expect("batch_send(NULL)", chatxfer_client_batch_send(NULL, "x"), CHATXFER_RESULT_NULL_PARAMETER);
   expect("cancel(NULL)", chatxfer_client_cancel(NULL, "x"), CHATXFER_RESULT_NULL_PARAMETER);
   expect("shutdown(NULL)", chatxfer_client_shutdown(NULL), CHATXFER_RESULT_NULL_PARAMETER);
-  expect("add_file(NULL)", chatxfer_client_add_file(NULL, NULL), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("add_upload(NULL)", chatxfer_client_add_upload(NULL, NULL), CHATXFER_RESULT_NULL_PARAMETER);
   expect("add_download(NULL)", chatxfer_client_add_download(NULL, NULL), CHATXFER_RESULT_NULL_PARAMETER);
   expect("start_download(NULL)", chatxfer_client_start_download(NULL, "x"), CHATXFER_RESULT_NULL_PARAMETER);
   chatxfer_client_free(NULL); /* allowed */
   check("last_error says NULL", chatxfer_last_error(msg, sizeof msg) > 0 && strstr(msg, "NULL") != NULL);
   check("last_error(NULL, 0) gives the length", chatxfer_last_error(NULL, 0) == strlen(msg));
   check("result_name(unknown)", strcmp(chatxfer_result_name(4242), "UNKNOWN") == 0);
+  check("result_name(SHUT_DOWN)", strcmp(chatxfer_result_name(CHATXFER_RESULT_SHUT_DOWN), "SHUT_DOWN") == 0);
+  check("result_description(NULL_PARAMETER)",
+        strcmp(chatxfer_result_description(CHATXFER_RESULT_NULL_PARAMETER), "A pointer argument was NULL.") == 0);
+  check("result_description(unknown)", strcmp(chatxfer_result_description(4242), "") == 0);
+  /* The failure codes of a FAILED event are the documented numbers. */
+  check("failure codes", CHATXFER_FAILURE_SOURCE == 2001 && CHATXFER_FAILURE_UNCONFIRMED == 2002 &&
+                             CHATXFER_FAILURE_BAD_REPLY == 2003 && CHATXFER_FAILURE_LOCAL == 2004);
 
   expect("new", chatxfer_client_new(on_event, &events, &c), CHATXFER_RESULT_OK);
   if (c == NULL) {
@@ -91,32 +98,33 @@ int main(void) {
   expect("connect twice", chatxfer_client_connect(c, "127.0.0.1", 1), CHATXFER_RESULT_ALREADY_CONNECTED);
 
   /* Bad names and paths. */
+  expect("add_upload(spec=NULL)", chatxfer_client_add_upload(c, NULL), CHATXFER_RESULT_NULL_PARAMETER);
   memset(&spec, 0, sizeof spec);
   spec.uid = 1;
   spec.hold = true;
   spec.name = "a.bin";
-  expect("add_file(path=NULL)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("add_upload(path=NULL)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_NULL_PARAMETER);
   spec.path = "/nonexistent/chatxfer/a.bin";
-  expect("add_file(missing file)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_IO);
+  expect("add_upload(missing file)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_IO);
   spec.path = "/tmp";
-  expect("add_file(directory)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_NOT_A_FILE);
+  expect("add_upload(directory)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_NOT_A_FILE);
   spec.path = bad_utf8;
-  expect("add_file(path=bad utf8)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_INVALID_UTF8);
+  expect("add_upload(path=bad utf8)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_INVALID_UTF8);
   spec.path = __FILE__;
   spec.name = NULL;
-  expect("add_file(name=NULL)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("add_upload(name=NULL)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_NULL_PARAMETER);
   spec.name = bad_utf8;
-  expect("add_file(name=bad utf8)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_INVALID_UTF8);
+  expect("add_upload(name=bad utf8)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_INVALID_UTF8);
   spec.name = "../escape";
-  expect("add_file(name=../escape)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_INVALID_NAME);
+  expect("add_upload(name=../escape)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_INVALID_NAME);
   spec.name = "a.bin";
   spec.md5 = "not-an-md5";
-  expect("add_file(md5=garbage)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_INVALID_ARGUMENT);
+  expect("add_upload(md5=garbage)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_INVALID_ARGUMENT);
   spec.md5 = bad_utf8;
-  expect("add_file(md5=bad utf8)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_INVALID_UTF8);
+  expect("add_upload(md5=bad utf8)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_INVALID_UTF8);
   spec.md5 = "";
-  expect("add_file(held)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_OK);
-  expect("add_file(same name)", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_DUPLICATE_NAME);
+  expect("add_upload(held)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_OK);
+  expect("add_upload(same name)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_DUPLICATE_NAME);
 
   /* Downloads: bad specs, then one held (nothing listens, so it stays held). */
   expect("add_download(spec=NULL)", chatxfer_client_add_download(c, NULL), CHATXFER_RESULT_NULL_PARAMETER);
@@ -142,6 +150,13 @@ int main(void) {
   dl.md5 = bad_utf8;
   expect("add_download(md5=bad utf8)", chatxfer_client_add_download(c, &dl), CHATXFER_RESULT_INVALID_UTF8);
   dl.md5 = NULL;
+  dl.avatar_name = bad_utf8;
+  expect("add_download(avatar_name=bad utf8)", chatxfer_client_add_download(c, &dl), CHATXFER_RESULT_INVALID_UTF8);
+  dl.avatar_name = "me.png";
+  dl.avatar_client_path = bad_utf8;
+  expect("add_download(avatar_client_path=bad utf8)", chatxfer_client_add_download(c, &dl),
+         CHATXFER_RESULT_INVALID_UTF8);
+  dl.avatar_client_path = NULL;
   dl.avatar_name = "../me.png";
   expect("add_download(avatar=../me.png)", chatxfer_client_add_download(c, &dl), CHATXFER_RESULT_INVALID_NAME);
   dl.avatar_name = NULL;
@@ -152,11 +167,12 @@ int main(void) {
   expect("start_download(name=NULL)", chatxfer_client_start_download(c, NULL), CHATXFER_RESULT_NULL_PARAMETER);
   expect("start_download(bad utf8)", chatxfer_client_start_download(c, bad_utf8), CHATXFER_RESULT_INVALID_UTF8);
   expect("start_download(unknown)", chatxfer_client_start_download(c, "nope"), CHATXFER_RESULT_UNKNOWN_NAME);
-  expect("start_download(an upload)", chatxfer_client_start_download(c, "a.bin"), CHATXFER_RESULT_WRONG_STATE);
   expect("status(held download)", chatxfer_client_status(c, "d1", &st), CHATXFER_RESULT_OK);
   check("held download is paused", st.state == CHATXFER_STATE_PAUSED);
   expect("cancel(held download)", chatxfer_client_cancel(c, "d1"), CHATXFER_RESULT_OK);
-  expect("start_download(cancelled)", chatxfer_client_start_download(c, "d1"), CHATXFER_RESULT_UNKNOWN_NAME);
+  expect("status(cancelled download)", chatxfer_client_status(c, "d1", &st), CHATXFER_RESULT_OK);
+  check("cancelled download says so", st.state == CHATXFER_STATE_CANCELLED);
+  expect("start_download(cancelled)", chatxfer_client_start_download(c, "d1"), CHATXFER_RESULT_WRONG_STATE);
 
   expect("pause(name=NULL)", chatxfer_client_pause(c, NULL), CHATXFER_RESULT_NULL_PARAMETER);
   expect("pause(unknown)", chatxfer_client_pause(c, "nope"), CHATXFER_RESULT_UNKNOWN_NAME);
@@ -186,7 +202,7 @@ int main(void) {
   expect("shutdown again", chatxfer_client_shutdown(c), CHATXFER_RESULT_SHUT_DOWN);
   expect("connect after shutdown", chatxfer_client_connect(c, "127.0.0.1", 1), CHATXFER_RESULT_SHUT_DOWN);
   expect("pause after shutdown", chatxfer_client_pause(c, "a.bin"), CHATXFER_RESULT_SHUT_DOWN);
-  expect("add_file after shutdown", chatxfer_client_add_file(c, &spec), CHATXFER_RESULT_SHUT_DOWN);
+  expect("add_upload after shutdown", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_SHUT_DOWN);
   expect("add_download after shutdown", chatxfer_client_add_download(c, &dl), CHATXFER_RESULT_SHUT_DOWN);
   expect("start_download after shutdown", chatxfer_client_start_download(c, "d1"), CHATXFER_RESULT_SHUT_DOWN);
   chatxfer_client_free(c);

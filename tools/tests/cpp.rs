@@ -3,7 +3,7 @@
 //! by cargo through `cmake/chatxfer.cmake`, a no-op here since `cargo test`
 //! has just built it), then runs
 //! * the C++ upload example against a real `chatxfer serve` process, through
-//!   the networked `FileTransfer` and through the sans-IO `TransferEngine`,
+//!   the networked `Client` and through the sans-IO `TransferEngine`,
 //! * the same example built with AddressSanitizer (it starts its own server),
 //! * the Qt Widgets demo's self-test, offscreen: uploads, pause/resume, a download back
 //!   into an incoming bubble (screenshots under the build dir),

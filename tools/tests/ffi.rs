@@ -1,13 +1,13 @@
 //! The foreign layers' Rust side (`chatxfer::ffi`) against the reference
 //! server: the sans-IO engine over a socket the test owns, and a download
-//! through the networked `Transfer`. (The server is not part of the core
+//! through the networked `Client`. (The server is not part of the core
 //! library, so these are not among the core's unit tests.)
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use chatxfer::engine::FileState;
-use chatxfer::ffi::{AddArgs, Code, DownloadArgs, EventKind, FlatEvent, SansIo, Transfer};
+use chatxfer::ffi::*;
 
 fn temp_file(len: usize) -> tempfile::NamedTempFile {
     let mut f = tempfile::NamedTempFile::new().unwrap();
@@ -34,7 +34,7 @@ fn sans_io_engine_uploads_through_a_socket_the_host_owns() {
         .unwrap();
 
     let mut e = SansIo::new(false);
-    let args = AddArgs {
+    let args = UploadArgs {
         path: file.path().display().to_string(),
         name: "x.bin".into(),
         uid: 7,
@@ -93,11 +93,12 @@ fn sans_io_engine_uploads_through_a_socket_the_host_owns() {
     rt.block_on(server.shutdown());
 }
 
-/// A download through the networked [`Transfer`]: held until
+/// A download through the networked [`Client`]: held until
 /// `start_download`, then Saved (with the path) and Completed, and the copy
-/// is byte-identical to what was uploaded.
+/// is byte-identical to what was uploaded. Events come through a sink into
+/// a channel, so every wait is on an event, never on the clock.
 #[test]
-fn transfer_downloads_a_held_file_back_by_message_id() {
+fn client_downloads_a_held_file_back_by_message_id() {
     let store = tempfile::tempdir().unwrap();
     let dest = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -109,7 +110,11 @@ fn transfer_downloads_a_held_file_back_by_message_id() {
         .unwrap();
     let port = server.local_addr().port();
     let src = temp_file(300_000);
-    let t = Transfer::new(None);
+    let (tx, rx) = std::sync::mpsc::channel::<FlatEvent>();
+    let tx = std::sync::Mutex::new(tx);
+    let t = Client::new(Some(Box::new(move |e: &chatxfer::engine::Event| {
+        let _ = chatxfer::sync::lock(&tx).send(FlatEvent::from_event(e));
+    })));
     let dl = |name: &str| DownloadArgs {
         name: name.into(),
         message_id: 77,
@@ -125,37 +130,39 @@ fn transfer_downloads_a_held_file_back_by_message_id() {
         Code::NotConnected
     );
     t.connect("127.0.0.1", port).unwrap();
-    let up = AddArgs {
+    let up = |name: &str, message_id: i64| UploadArgs {
         path: src.path().to_str().unwrap().into(),
-        name: "up.bin".into(),
+        name: name.into(),
         uid: 5,
         sender: 5,
         receiver: 6,
-        message_id: 77,
+        message_id,
         md5: String::new(),
         priority: 0,
         hold: false,
     };
-    t.add_file(&up).unwrap();
+    t.add_file(&up("up.bin", 77)).unwrap();
     let mut events = Vec::new();
     let mut wait_for = |name: &str, kind: EventKind| {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            events.extend(t.poll_events().iter().map(FlatEvent::from_event));
-            if let Some(e) = events.iter().find(|e| e.name == name && e.kind == kind) {
-                return e.clone();
+            if let Some(e) = events
+                .iter()
+                .find(|e: &&FlatEvent| e.name == name && e.kind == kind)
+            {
+                return (e.clone(), events.clone());
             }
             if let Some(e) = events
                 .iter()
-                .find(|e| e.name == name && e.kind == EventKind::Failed)
+                .find(|e: &&FlatEvent| e.name == name && e.kind == EventKind::Failed)
             {
                 panic!("{name} failed: {e:?}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "no {kind:?} for {name}: {events:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(e) => events.push(e),
+                Err(_) => panic!("no {kind:?} for {name} within 30 s: {events:?}"),
+            }
         }
     };
     wait_for("up.bin", EventKind::Completed);
@@ -171,25 +178,36 @@ fn transfer_downloads_a_held_file_back_by_message_id() {
         Code::DuplicateName
     );
     assert_eq!(t.status("d").unwrap().state, FileState::Paused);
-    std::thread::sleep(Duration::from_millis(100));
+    // Held, not started: a later upload's whole round trip through the same
+    // connection completes while "d" reports nothing and writes nothing.
+    t.add_file(&up("later.bin", 78)).unwrap();
+    let (_, seen) = wait_for("later.bin", EventKind::Completed);
+    assert!(
+        seen.iter()
+            .filter(|e| e.name == "d")
+            .all(|e| e.kind == EventKind::StateChanged && e.state == Some(FileState::Paused)),
+        "a held download did more than wait: {seen:?}"
+    );
     assert!(!dest.path().join("up.bin").exists(), "held, not started");
+    assert_eq!(t.status("d").unwrap().state, FileState::Paused);
     assert_eq!(
         t.start_download("nope").unwrap_err().code,
         Code::UnknownName
     );
     t.start_download("d").unwrap();
-    assert_eq!(t.start_download("d").unwrap_err().code, Code::WrongState);
-    let saved = wait_for("d", EventKind::Saved);
-    let done = wait_for("d", EventKind::Completed);
+    let (saved, _) = wait_for("d", EventKind::Saved);
+    let (done, _) = wait_for("d", EventKind::Completed);
     assert_eq!(done.total, 300_000);
+    assert_eq!(saved.path, dest.path().join("up.bin").to_str().unwrap());
     assert_eq!(
         std::fs::read(&saved.path).unwrap(),
         std::fs::read(src.path()).unwrap()
     );
-    // A held one is forgotten by cancel.
+    // A held one is cancelled like any transfer, and cannot start after.
     t.add_download(dl("e")).unwrap();
     t.cancel("e").unwrap();
-    assert_eq!(t.status("e").unwrap_err().code, Code::UnknownName);
+    assert_eq!(t.status("e").unwrap().state, FileState::Cancelled);
+    assert_eq!(t.start_download("e").unwrap_err().code, Code::WrongState);
     t.shutdown().unwrap();
-    rt.block_on(server.shutdown());
+    drop(server);
 }
