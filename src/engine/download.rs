@@ -105,7 +105,17 @@ pub(super) enum DownloadPhase {
     Receiving(Info),
     /// After a reconnect: one request first; if it fails, restart from seq 1.
     Probing(Info),
+    /// A request failed mid-stream: the replies of the abandoned stream are
+    /// drained (and ignored), then the download starts again from seq 1.
+    Restarting(Info),
 }
+
+/// Restarts from seq 1 after a failed request mid-stream, besides the probe
+/// after each reconnect. The server keeps one expected seq per name, shared
+/// by every connection: requests of a dead connection that it reads late
+/// move it under the new one's feet, so a few restarts are normal after a
+/// cut; past this many, the failure is the server's and it is reported.
+const MAX_RESTARTS: u8 = 3;
 
 pub(super) struct Download {
     pub spec: DownloadSpec,
@@ -116,6 +126,8 @@ pub(super) struct Download {
     pub received: u32,
     hasher: Md5,
     pub bytes: u64,
+    /// Restarts from seq 1 after a mid-stream failure (see [`MAX_RESTARTS`]).
+    restarts: u8,
 }
 
 impl Download {
@@ -128,13 +140,16 @@ impl Download {
             received: 0,
             hasher: Md5::new(),
             bytes: 0,
+            restarts: 0,
         }
     }
 
     pub fn info(&self) -> Option<&Info> {
         match &self.phase {
             DownloadPhase::AwaitingInfo => None,
-            DownloadPhase::Receiving(i) | DownloadPhase::Probing(i) => Some(i),
+            DownloadPhase::Receiving(i)
+            | DownloadPhase::Probing(i)
+            | DownloadPhase::Restarting(i) => Some(i),
         }
     }
 
@@ -162,7 +177,7 @@ impl Download {
         self.received = 0;
         self.hasher = Md5::new();
         self.bytes = 0;
-        if let DownloadPhase::Probing(i) = &self.phase {
+        if let DownloadPhase::Probing(i) | DownloadPhase::Restarting(i) = &self.phase {
             self.phase = DownloadPhase::Receiving(i.clone());
         }
     }
@@ -170,6 +185,9 @@ impl Download {
     /// Plans the next connection: continue after the last chunk received,
     /// probing first if anything was received.
     pub fn plan_after_cut(&mut self) {
+        if matches!(self.phase, DownloadPhase::Restarting(_)) {
+            return self.restart(); // nothing of the old stream is in flight now
+        }
         self.next_seq = self.received + 1;
         if let DownloadPhase::Receiving(i) = &self.phase {
             if self.received > 0 {
@@ -238,6 +256,12 @@ impl Engine {
         }
         let d = t.download_mut()?;
         d.sink.as_ref()?;
+        if matches!(d.phase, DownloadPhase::Restarting(_)) {
+            if in_flight > 0 {
+                return None;
+            }
+            d.restart();
+        }
         let before = out.len();
         let (msg_id, kind) = match (&d.phase, &d.spec.avatar) {
             (phase, Some(avatar)) => {
@@ -270,7 +294,12 @@ impl Engine {
                     RequestKind::DownloadInfo,
                 )
             }
-            (DownloadPhase::Receiving(info) | DownloadPhase::Probing(info), None) => {
+            (
+                DownloadPhase::Receiving(info)
+                | DownloadPhase::Probing(info)
+                | DownloadPhase::Restarting(info),
+                None,
+            ) => {
                 let probing = matches!(d.phase, DownloadPhase::Probing(_));
                 if d.next_seq > info.max_seq || (probing && in_flight > 0) {
                     return None;
@@ -450,13 +479,29 @@ impl Engine {
         if self.is_terminal(tid) {
             return;
         }
+        let Some(t) = self.transfers.get_mut(&tid) else {
+            return;
+        };
+        let name = t.common.name.clone();
+        let Some(d) = t.download_mut() else { return };
+        if matches!(d.phase, DownloadPhase::Restarting(_)) {
+            self.stats.stale_replies += 1;
+            return; // a reply of the abandoned stream
+        }
         if !rsp.is_chunk() {
             self.stats.error_replies += 1;
-            if let Some(d) = self.transfers.get_mut(&tid).and_then(|t| t.download_mut()) {
-                if matches!(d.phase, DownloadPhase::Probing(_)) {
-                    // The server's expected seq was not ours after the reconnect.
-                    d.restart();
+            if matches!(d.phase, DownloadPhase::Probing(_)) {
+                // The server's expected seq was not ours after the reconnect.
+                d.restart();
+                self.stats.restarts += 1;
+                return;
+            }
+            if d.restarts < MAX_RESTARTS {
+                if let DownloadPhase::Receiving(i) = &d.phase {
+                    d.restarts += 1;
+                    d.phase = DownloadPhase::Restarting(i.clone());
                     self.stats.restarts += 1;
+                    tracing::info!(%name, seq, restarts = d.restarts, "download chunk refused; restarting from seq 1");
                     return;
                 }
             }

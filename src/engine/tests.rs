@@ -1475,3 +1475,99 @@ mod stories {
         assert_eq!(seqs, vec![2], "one probe from the first missing chunk");
     }
 }
+
+mod restarts {
+    use super::*;
+
+    fn chunk_reply(seq: u32, data: &[u8], total: usize) -> Vec<u8> {
+        let data = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, data);
+        let rsp = serde_json::json!({"error": 0, "name": "x.bin", "seq": seq, "data": data,
+            "total_size": total.to_string()});
+        serde_json::to_vec(&rsp).unwrap()
+    }
+
+    fn refused() -> Vec<u8> {
+        br#"{"error":0,"name":"x.bin"}"#.to_vec()
+    }
+
+    /// A download told its size, with chunks 1..=4 in flight.
+    fn receiving(total: usize) -> (Pair, MemorySink) {
+        let mut p = Pair::new(config(WindowPolicy::Fixed(4), ServerStorage::Appending));
+        let sink = MemorySink::default();
+        p.engine
+            .add_download(DownloadSpec::new("d", 5), Box::new(sink.clone()), p.now)
+            .unwrap();
+        p.client_sends();
+        let info = serde_json::json!({"error": 0, "message_id": 5, "name": "x.bin",
+            "total_size": total.to_string()});
+        p.engine
+            .handle_frame(p.now, MsgId(1046), &serde_json::to_vec(&info).unwrap());
+        let sent: Vec<u32> = p
+            .client_sends()
+            .iter()
+            .map(|s| s.down_chunk().seq)
+            .collect();
+        assert_eq!(sent, vec![1, 2, 3, 4]);
+        (p, sink)
+    }
+
+    /// The server's one expected seq per name moved under the stream (a dead
+    /// connection's late requests): chunk 2 is refused. The rest of the
+    /// stream drains and is ignored, then the download starts again from
+    /// seq 1 and completes byte-identical.
+    #[test]
+    fn a_refused_chunk_mid_stream_drains_the_stream_then_restarts_from_seq_1() {
+        let data = pattern(6 * 32_768, 3);
+        let (mut p, sink) = receiving(data.len());
+        let chunk = |s: u32| &data[(s as usize - 1) * 32_768..s as usize * 32_768];
+        p.engine
+            .handle_frame(p.now, MsgId(1048), &chunk_reply(1, chunk(1), data.len()));
+        p.engine.handle_frame(p.now, MsgId(1048), &refused());
+        assert!(p.client_sends().is_empty(), "3 and 4 still in flight: wait");
+        // Their replies belong to the abandoned stream, data or not.
+        p.engine
+            .handle_frame(p.now, MsgId(1048), &chunk_reply(3, chunk(3), data.len()));
+        p.engine.handle_frame(p.now, MsgId(1048), &refused());
+        assert_eq!(p.engine.stats().stale_replies, 2);
+        let mut next: Vec<u32> = p
+            .client_sends()
+            .iter()
+            .map(|s| s.down_chunk().seq)
+            .collect();
+        assert_eq!(next, vec![1, 2, 3, 4], "from seq 1 again");
+        for seq in 1..=6u32 {
+            p.engine.handle_frame(
+                p.now,
+                MsgId(1048),
+                &chunk_reply(seq, chunk(seq), data.len()),
+            );
+            next.extend(p.client_sends().iter().map(|s| s.down_chunk().seq));
+        }
+        assert_eq!(p.state("d"), FileState::Completed);
+        assert!(sink.0.lock().unwrap().0 == data);
+        assert_eq!((next.len(), p.engine.stats().restarts), (6, 1));
+    }
+
+    /// A server that refuses every chunk: a bounded number of restarts, then
+    /// a clear failure.
+    #[test]
+    fn a_server_that_keeps_refusing_fails_the_download_after_three_restarts() {
+        let (mut p, _sink) = receiving(6 * 32_768);
+        let mut rounds = 0;
+        while p.state("d") == FileState::Sending {
+            let in_flight = p.engine.file_status("d").unwrap().in_flight;
+            for _ in 0..in_flight {
+                p.engine.handle_frame(p.now, MsgId(1048), &refused());
+            }
+            p.client_sends();
+            rounds += 1;
+            assert!(rounds < 10, "it must give up");
+        }
+        assert_eq!(p.state("d"), FileState::Failed);
+        assert_eq!(p.engine.stats().restarts, 3);
+        let failed = p.events().into_iter().any(|e| {
+            matches!(e, Event::Failed { failure, .. } if failure.to_string().contains("reply without data"))
+        });
+        assert!(failed);
+    }
+}

@@ -266,6 +266,8 @@ pub struct Stats {
     /// Frames of message ids the upload engine does not consume.
     pub ignored_frames: u64,
     pub error_replies: u64,
+    /// Replies to a download's requests that a restart abandoned: ignored.
+    pub stale_replies: u64,
     /// Files that restarted from seq 1 (appending server after an uncertain cut, or a lost server record).
     pub restarts: u64,
 }
