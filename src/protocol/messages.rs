@@ -413,6 +413,20 @@ pub struct AvatarDownRsp {
 }
 
 /// Decodes any message body into a typed value, or a [`ProtocolError`].
+/// `name` and `seq` of a body that did not decode as the request it should
+/// be, if they are there (an error reply names what it refuses).
+pub fn name_and_seq(body: &[u8]) -> (Option<String>, Option<u32>) {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(body) else {
+        return (None, None);
+    };
+    let name = map.get("name").and_then(|v| v.as_str()).map(str::to_owned);
+    let seq = map
+        .get("seq")
+        .and_then(|v| v.as_u64())
+        .and_then(|s| u32::try_from(s).ok());
+    (name, seq)
+}
+
 pub fn decode_as<'a, T: Deserialize<'a>>(id: MsgId, body: &'a [u8]) -> Result<T, ProtocolError> {
     decode(id, body)
 }

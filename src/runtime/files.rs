@@ -179,7 +179,8 @@ impl ChunkSink for FileSink {
     }
 }
 
-/// Positional reads and writes of whole buffers, on every platform.
+/// Positional reads and writes of whole buffers, on Unix and Windows: the
+/// one helper of the crate and of the reference server.
 mod positional {
     use std::fs::File;
     use std::io;
@@ -198,12 +199,14 @@ mod positional {
     pub fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
         use std::os::windows::fs::FileExt;
         while !buf.is_empty() {
-            match file.seek_read(buf, offset)? {
-                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-                n => {
+            match file.seek_read(buf, offset) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
                     buf = &mut buf[n..];
                     offset += n as u64;
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -213,9 +216,15 @@ mod positional {
     pub fn write_all_at(file: &File, mut data: &[u8], mut offset: u64) -> io::Result<()> {
         use std::os::windows::fs::FileExt;
         while !data.is_empty() {
-            let n = file.seek_write(data, offset)?;
-            data = &data[n..];
-            offset += n as u64;
+            match file.seek_write(data, offset) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    data = &data[n..];
+                    offset += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }

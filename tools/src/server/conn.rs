@@ -17,9 +17,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::index::MessageInfo;
-use super::store::{name_problem, Chunk, Key};
+use super::store::{Chunk, Key};
 use super::{download, lock, shutdown_requested, Shared};
-use chatxfer::protocol::messages::{decode_as, IconUploadReq, UploadRsp};
+use chatxfer::protocol::messages::{decode_as, name_and_seq, IconUploadReq, UploadRsp};
+use chatxfer::protocol::name::name_problem;
 use chatxfer::protocol::{frame, ErrorCode, MsgId, HEADER_LEN, MAX_1043_SIZE};
 
 /// Read buffer: a whole default-limit frame fits, so a chunk is one read.
@@ -507,19 +508,6 @@ fn store_job(shared: &Shared, job: &Job, user: bool) -> (ErrorCode, bool) {
         }
     }
     (put.result.err().unwrap_or(ErrorCode::Success), put.user)
-}
-
-/// `name` and `seq` of a body that did not decode as a request, if they are there.
-pub(super) fn name_and_seq(body: &[u8]) -> (Option<String>, Option<u32>) {
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(body) else {
-        return (None, None);
-    };
-    let name = map.get("name").and_then(|v| v.as_str()).map(str::to_owned);
-    let seq = map
-        .get("seq")
-        .and_then(|v| v.as_u64())
-        .and_then(|s| u32::try_from(s).ok());
-    (name, seq)
 }
 
 /// Writes queued replies, as many per write as are waiting.

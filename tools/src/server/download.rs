@@ -16,10 +16,13 @@ use std::sync::Mutex;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use super::store::name_problem;
 use super::{lock, Shared};
-use chatxfer::protocol::messages::{decode_as, AvatarDownReq, DownChunkReq, DownInfoReq};
+use chatxfer::protocol::messages::{
+    decode_as, name_and_seq, AvatarDownReq, DownChunkReq, DownInfoReq,
+};
+use chatxfer::protocol::name::name_problem;
 use chatxfer::protocol::{ErrorCode, MsgId};
+use chatxfer::runtime::files::read_exact_at;
 
 /// Download chunk size: `MAX_FILE_LEN` of the deployed server, fixed.
 pub const DOWNLOAD_CHUNK: u64 = 32_768;
@@ -66,36 +69,6 @@ pub(crate) struct Downloads {
     /// `file_download_<name>` key.
     expected: Mutex<HashMap<String, u32>>,
     faults: Mutex<HashMap<String, DownloadFault>>,
-}
-
-#[cfg(unix)]
-fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    file.read_exact_at(buf, offset)
-}
-
-#[cfg(windows)]
-fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    while !buf.is_empty() {
-        match file.seek_read(buf, offset) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => {
-                buf = &mut buf[n..];
-                offset += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-#[cfg(not(any(unix, windows)))]
-fn read_exact_at(mut file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    file.seek(SeekFrom::Start(offset))?;
-    file.read_exact(buf)
 }
 
 impl Downloads {
@@ -207,11 +180,6 @@ impl Downloads {
 
 fn to_body(v: &Value) -> Vec<u8> {
     serde_json::to_vec(v).expect("a JSON value always serializes")
-}
-
-/// `name` and `seq` of a body that did not decode as a request, if there.
-fn name_and_seq(body: &[u8]) -> (Option<String>, Option<u32>) {
-    super::conn::name_and_seq(body)
 }
 
 fn is_token_error(code: ErrorCode) -> bool {

@@ -190,7 +190,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -352,9 +352,7 @@ impl Shared {
 
 /// A mutex guard even if a holder panicked: every record stays usable (a
 /// panic is a bug, counted in [`ServerStats::panics`], not a reason to stop).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+pub(crate) use chatxfer::sync::lock;
 
 /// Resolves once shutdown is requested (or the handle is gone).
 pub(crate) async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {

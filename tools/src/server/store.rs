@@ -7,7 +7,7 @@
 //! it on tokio's blocking pool. One mutex per upload record makes its file
 //! single-writer; the map lock is only held to find or drop a record.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -20,44 +20,14 @@ use serde::{Deserialize, Serialize};
 
 use super::{lock, CompletedFile, Counters, Storage, MD5_MISMATCH};
 use chatxfer::protocol::ErrorCode;
+use chatxfer::runtime::files::write_all_at;
 
-/// Longest accepted file name in bytes: with the `.` prefix and the
-/// `.state.tmp` suffix of the server's own files it stays under the usual
-/// 255-byte limit of a path component.
-pub const MAX_NAME_LEN: usize = 200;
+pub use chatxfer::protocol::name::{name_problem, MAX_NAME_LEN};
 
 /// How many completed files [`super::ServerHandle::completed`] remembers.
 const COMPLETED_KEPT: usize = 1024;
 
 const STATE_VERSION: u32 = 1;
-
-/// Why a name cannot be stored, or `None` if it can.
-///
-/// Names become one path component under `<dir>/<uid>/`: anything that could
-/// leave that directory or collide with the server's hidden `.part`/`.state`
-/// files is refused.
-pub fn name_problem(name: &str) -> Option<&'static str> {
-    if name.is_empty() {
-        return Some("empty");
-    }
-    if name.len() > MAX_NAME_LEN {
-        return Some("longer than 200 bytes");
-    }
-    if name.contains(['/', '\\', '\0']) {
-        return Some("contains a path separator or NUL");
-    }
-    if name.contains("..") {
-        return Some("contains `..`");
-    }
-    if name.starts_with('.') {
-        return Some("starts with `.` (reserved for the server's own files)");
-    }
-    // `C:x` would be a drive-relative path there.
-    if cfg!(windows) && name.contains(':') {
-        return Some("contains `:`");
-    }
-    None
-}
 
 /// One upload chunk, validated for safety (name, uid, base64) by the caller.
 #[derive(Debug)]
@@ -162,65 +132,8 @@ impl Geometry {
     }
 }
 
-/// Received seqs as disjoint inclusive ranges, `start -> end`: compact for
-/// the usual nearly-in-order upload, whatever the number of chunks.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Ranges(BTreeMap<u32, u32>);
-
-impl Ranges {
-    fn contains(&self, seq: u32) -> bool {
-        self.0
-            .range(..=seq)
-            .next_back()
-            .is_some_and(|(_, &end)| end >= seq)
-    }
-
-    /// Adds `seq`; false if it was already there.
-    fn insert(&mut self, seq: u32) -> bool {
-        if self.contains(seq) {
-            return false;
-        }
-        let mut start = seq;
-        let mut end = seq;
-        if let Some((&s, &e)) = self.0.range(..seq).next_back() {
-            if e.checked_add(1) == Some(seq) {
-                start = s;
-            }
-        }
-        if let Some(e) = seq.checked_add(1).and_then(|next| self.0.remove(&next)) {
-            end = e;
-        }
-        self.0.insert(start, end);
-        true
-    }
-
-    fn covers(&self, max_seq: u32) -> bool {
-        self.0.len() == 1 && self.0.get(&1) == Some(&max_seq)
-    }
-
-    fn to_vec(&self) -> Vec<(u32, u32)> {
-        self.0.iter().map(|(&s, &e)| (s, e)).collect()
-    }
-
-    /// From a state file: sorted, disjoint, within `1..=max_seq`, or `None`.
-    fn from_vec(v: &[(u32, u32)], max_seq: u32) -> Option<Ranges> {
-        let mut out = Ranges::default();
-        let mut prev_end = 0u32;
-        for &(s, e) in v {
-            if s == 0 || s > e || e > max_seq || (prev_end > 0 && s <= prev_end) {
-                return None;
-            }
-            match out.0.iter_mut().next_back() {
-                Some((_, end)) if end.checked_add(1) == Some(s) => *end = e,
-                _ => {
-                    out.0.insert(s, e);
-                }
-            }
-            prev_end = e;
-        }
-        Some(out)
-    }
-}
+/// Received seqs (shared with the client's acknowledged seqs).
+type Ranges = chatxfer::protocol::SeqRanges;
 
 /// The resume state on disk, `<dir>/<uid>/.<name>.state`. It exists only
 /// while it is exact (see the module doc of `server`).
@@ -333,35 +246,6 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
-}
-
-#[cfg(unix)]
-fn write_at(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    file.write_all_at(data, offset)
-}
-
-#[cfg(windows)]
-fn write_at(file: &File, mut data: &[u8], mut offset: u64) -> io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    while !data.is_empty() {
-        match file.seek_write(data, offset) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                data = &data[n..];
-                offset += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-#[cfg(not(any(unix, windows)))]
-fn write_at(mut file: &File, data: &[u8], offset: u64) -> io::Result<()> {
-    file.seek(SeekFrom::Start(offset))?;
-    file.write_all(data)
 }
 
 impl Store {
@@ -605,7 +489,7 @@ impl Store {
             u.persisted = false;
         }
         let offset = u.geo.offset(c.seq);
-        write_at(&u.file, &c.data, offset).map_err(|e| {
+        write_all_at(&u.file, &c.data, offset).map_err(|e| {
             tracing::warn!(name = %u.name, seq = c.seq, error = %e, "chunk write failed");
             ErrorCode::FileWritePermissionFailed
         })?;
@@ -920,27 +804,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges_merge_and_cover() {
-        let mut r = Ranges::default();
-        for s in [3, 1, 5, 2] {
-            assert!(r.insert(s));
-        }
-        assert!(!r.insert(2));
-        assert_eq!(r.to_vec(), vec![(1, 3), (5, 5)]);
-        assert!(!r.covers(5));
-        assert!(r.insert(4));
-        assert!(r.covers(5));
-        assert_eq!(
-            Ranges::from_vec(&[(1, 3), (4, 5)], 5).unwrap().to_vec(),
-            vec![(1, 5)]
-        );
-        assert!(Ranges::from_vec(&[(1, 3), (3, 5)], 5).is_none());
-        assert!(Ranges::from_vec(&[(0, 3)], 5).is_none());
-        assert!(Ranges::from_vec(&[(1, 6)], 5).is_none());
-        assert!(r.insert(u32::MAX) && r.contains(u32::MAX));
-    }
 
     #[test]
     fn geometry_from_first_chunk() {
