@@ -747,62 +747,37 @@ async fn append_strict_stores_like_the_deployed_server_and_counts_violations() {
 mod garbage {
     use super::*;
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
+    use proptest::strategy::BoxedStrategy;
 
-    fn value() -> impl Strategy<Value = Value> {
-        prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            (-3i64..8).prop_map(Value::from),
-            any::<f64>().prop_map(Value::from),
-            "[0-9]{1,4}".prop_map(Value::from),
-            "(p[0-3]|\\.\\./p|a/b|\\.x|)".prop_map(Value::from),
-            "[A-Za-z0-9+/=]{0,12}".prop_map(Value::from),
-            Just(json!([1, "a"])),
-            Just(json!({"x": {}})),
-        ]
-    }
+    #[path = "../garbage/mod.rs"]
+    mod gen;
 
-    fn key() -> impl Strategy<Value = String> {
-        prop_oneof![
-            Just("name"),
-            Just("md5"),
-            Just("seq"),
-            Just("trans_size"),
-            Just("total_size"),
-            Just("last"),
-            Just("last_seq"),
-            Just("data"),
-            Just("uid"),
-            Just("sender"),
-            Just("token"),
-        ]
-        .prop_map(str::to_owned)
+    const KEYS: &[&str] = &[
+        "name",
+        "md5",
+        "seq",
+        "trans_size",
+        "total_size",
+        "last",
+        "last_seq",
+        "data",
+        "uid",
+        "sender",
+        "token",
+    ];
+
+    fn value() -> BoxedStrategy<Value> {
+        gen::value(-3..8, "(p[0-3]|\\.\\./p|a/b|\\.x|)")
     }
 
     /// A valid chunk of one of four small files (so records, duplicates and
     /// completions happen across cases), with some fields replaced or removed.
     fn near_valid() -> impl Strategy<Value = Value> {
-        (
-            0u32..4,
-            1u32..=3,
-            prop::collection::vec((key(), prop::option::of(value())), 0..3),
-        )
-            .prop_map(|(n, seq, edits)| {
-                let mut up = Up::new(&format!("p{n}"), bytes(20, n), 8);
-                up.uid = 3;
-                let mut v = up.json(1037, seq);
-                for (k, val) in edits {
-                    match val {
-                        Some(val) => v[k] = val,
-                        None => {
-                            v.as_object_mut().unwrap().remove(&k);
-                        }
-                    }
-                }
-                v
-            })
+        (0u32..4, 1u32..=3, gen::edits(KEYS, value())).prop_map(|(n, seq, edits)| {
+            let mut up = Up::new(&format!("p{n}"), bytes(20, n), 8);
+            up.uid = 3;
+            gen::edited(up.json(1037, seq), edits)
+        })
     }
 
     #[derive(Debug, Clone)]
@@ -819,12 +794,7 @@ mod garbage {
             Just(1045),
             any::<u16>()
         ];
-        let body = prop_oneof![
-            near_valid().prop_map(|v| serde_json::to_vec(&v).unwrap()),
-            prop::collection::btree_map(key(), value(), 0..6)
-                .prop_map(|m| serde_json::to_vec(&m).unwrap()),
-            prop::collection::vec(any::<u8>(), 0..64),
-        ];
+        let body = gen::body(near_valid().boxed(), KEYS, value());
         (
             prop::collection::vec((id, body), 0..6),
             prop::collection::vec(any::<u8>(), 0..32),
@@ -875,19 +845,11 @@ mod garbage {
             cfg.max_file_size = 1 << 20;
             start("127.0.0.1:0", cfg).await.unwrap()
         });
-        let mut runner = TestRunner::new(Config {
-            cases: 32,
-            failure_persistence: None,
-            ..Config::default()
-        });
         let n = std::sync::atomic::AtomicU32::new(0);
-        runner
-            .run(&case(), |case| {
-                let n = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                rt.block_on(run(&srv, &root, &case, n));
-                Ok(())
-            })
-            .unwrap();
+        gen::run_cases(case(), 32, |case| {
+            let n = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            rt.block_on(run(&srv, &root, &case, n));
+        });
         assert_eq!(srv.stats().panics, 0);
         rt.block_on(srv.shutdown());
         assert_contained(tmp.path());

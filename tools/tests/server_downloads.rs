@@ -605,80 +605,48 @@ async fn download_faults_bend_the_replies() {
 mod garbage {
     use super::*;
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
+    use proptest::strategy::BoxedStrategy;
 
-    fn value() -> impl Strategy<Value = Value> {
-        prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            (-2i64..6).prop_map(Value::from),
-            any::<u32>().prop_map(Value::from),
-            any::<f64>().prop_map(Value::from),
-            "[0-9]{1,6}".prop_map(Value::from),
-            "(g\\.bin|\\.\\./g\\.bin|/g\\.bin|a/b|\\.g|\\.\\.|)".prop_map(Value::from),
-            "[A-Za-z0-9+/=]{0,12}".prop_map(Value::from),
-            Just(json!([1, "a"])),
-            Just(json!({"x": {}})),
-        ]
-    }
+    #[path = "../garbage/mod.rs"]
+    mod gen;
 
-    fn key() -> impl Strategy<Value = String> {
-        prop_oneof![
-            Just("name"),
-            Just("seq"),
-            Just("message_id"),
-            Just("sender_id"),
-            Just("uid"),
-            Just("token"),
-            Just("trans_size"),
-            Just("total_size"),
-            Just("data"),
-            Just("last"),
-            Just("md5"),
-            Just("client_path"),
-            Just("req_type"),
-        ]
-        .prop_map(str::to_owned)
+    const KEYS: &[&str] = &[
+        "name",
+        "seq",
+        "message_id",
+        "sender_id",
+        "uid",
+        "token",
+        "trans_size",
+        "total_size",
+        "data",
+        "last",
+        "md5",
+        "client_path",
+        "req_type",
+    ];
+
+    fn value() -> BoxedStrategy<Value> {
+        gen::value(-2..6, "(g\\.bin|\\.\\./g\\.bin|/g\\.bin|a/b|\\.g|\\.\\.|)")
     }
 
     /// A valid request of `id` for the file g.bin, with some fields
     /// replaced or removed.
     fn near_valid(id: u16) -> impl Strategy<Value = Value> {
-        (
-            1u32..=3,
-            prop::collection::vec((key(), prop::option::of(value())), 0..3),
-        )
-            .prop_map(move |(seq, edits)| {
-                let mut v = match id {
-                    1045 => json!({"message_id": 1}),
-                    1047 => down_req("g.bin", seq, 1),
-                    1033 => avatar_req("g.bin", seq, 1),
-                    _ => icon_req("a.png", 1, 1, b"abc", 3),
-                };
-                for (k, val) in edits {
-                    match val {
-                        Some(val) => v[k] = val,
-                        None => {
-                            v.as_object_mut().unwrap().remove(&k);
-                        }
-                    }
-                }
-                v
-            })
+        (1u32..=3, gen::edits(KEYS, value())).prop_map(move |(seq, edits)| {
+            let v = match id {
+                1045 => json!({"message_id": 1}),
+                1047 => down_req("g.bin", seq, 1),
+                1033 => avatar_req("g.bin", seq, 1),
+                _ => icon_req("a.png", 1, 1, b"abc", 3),
+            };
+            gen::edited(v, edits)
+        })
     }
 
     fn frame_strategy() -> impl Strategy<Value = (u16, Vec<u8>)> {
         let id = prop_oneof![Just(1045u16), Just(1047), Just(1031), Just(1033)];
-        id.prop_flat_map(|id| {
-            let body = prop_oneof![
-                near_valid(id).prop_map(|v| serde_json::to_vec(&v).unwrap()),
-                prop::collection::btree_map(key(), value(), 0..6)
-                    .prop_map(|m| serde_json::to_vec(&m).unwrap()),
-                prop::collection::vec(any::<u8>(), 0..48),
-            ];
-            (Just(id), body)
-        })
+        id.prop_flat_map(|id| (Just(id), gen::body(near_valid(id).boxed(), KEYS, value())))
     }
 
     async fn run(srv: &ServerHandle, frames: &[(u16, Vec<u8>)], want: &[u8]) {
@@ -726,17 +694,13 @@ mod garbage {
             upload(&mut c, 1, "g.bin", &want, 1).await;
             srv
         });
-        let mut runner = TestRunner::new(Config {
-            cases: 32,
-            failure_persistence: None,
-            ..Config::default()
-        });
-        runner
-            .run(&prop::collection::vec(frame_strategy(), 0..6), |frames| {
+        gen::run_cases(
+            prop::collection::vec(frame_strategy(), 0..6),
+            32,
+            |frames| {
                 rt.block_on(run(&srv, &frames, &want));
-                Ok(())
-            })
-            .unwrap();
+            },
+        );
         assert_eq!(srv.stats().panics, 0);
         rt.block_on(srv.shutdown());
         assert_contained(tmp.path());
