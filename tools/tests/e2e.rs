@@ -83,6 +83,20 @@ async fn twenty_files_with_priorities_all_progress_and_complete() {
             "{name} starved: {acked:?}"
         );
     }
+    // Weighted: priority 4 gets five chunks per turn to priority 0's one, so
+    // at that point the high-priority files are further along (a generous 1.5x).
+    let fraction = |i: u64| {
+        let len = 200_000 + (i % 5) * 150_000;
+        acked.get(&format!("m{i}.bin")).copied().unwrap_or(0) as f64 / len as f64
+    };
+    let mean = |ids: Vec<u64>| ids.iter().map(|i| fraction(*i)).sum::<f64>() / ids.len() as f64;
+    let high = mean((0..20).filter(|i| i % 5 == 0).collect());
+    let low = mean((0..20).filter(|i| i % 5 != 0).collect());
+    println!("at half the bytes: priority 4 files {high:.2} done, priority 0 files {low:.2}");
+    assert!(
+        high >= 1.5 * low,
+        "priority 4 {high:.2} vs priority 0 {low:.2}"
+    );
     for (name, md5) in names.iter().zip(&md5s) {
         assert_eq!(srv.stored_md5(1, name).as_ref(), Some(md5), "{name}");
     }

@@ -276,13 +276,36 @@ async fn backpressure_bounds_the_queue() {
         tokio::time::sleep(Duration::from_secs(5)).await;
         drop(s);
     });
-    let emu = emulator(addr, LinkConfig::default()).await;
+    let config = LinkConfig::default();
+    let limit = config.queue_limit_bytes() as u64;
+    let emu = emulator(addr, config).await;
     let mut s = TcpStream::connect(emu.local_addr()).await.unwrap();
-    let data = vec![1u8; 64 << 20];
-    let wrote = tokio::time::timeout(Duration::from_millis(300), s.write_all(&data)).await;
-    assert!(wrote.is_err(), "64 MiB vanished into a stalled link");
-    let queued = emu.stats().bytes_up;
-    eprintln!("linkemu backpressure: writer blocked; {queued} bytes handed to the stalled server");
+    // Write until a write stays blocked: everything written is in a socket
+    // buffer or the emulator's queue, which must stay within its limit.
+    let piece = vec![1u8; 256 * 1024];
+    let mut written = 0u64;
+    while written < 512 << 20 {
+        match tokio::time::timeout(Duration::from_millis(300), s.write_all(&piece)).await {
+            Ok(r) => {
+                r.unwrap();
+                written += piece.len() as u64;
+            }
+            Err(_) => break,
+        }
+    }
+    let delivered = emu.stats().bytes_up;
+    // Kernel socket buffers on both sides of the emulator hold some too;
+    // 32 MiB is far above what loopback buffers take here.
+    let slack = 32 << 20;
+    println!(
+        "linkemu backpressure: writer blocked after {written} bytes; queue limit {limit}; \
+         {delivered} handed to the stalled server"
+    );
+    assert!(written < 512 << 20, "512 MiB vanished into a stalled link");
+    assert!(
+        written <= limit + delivered + slack,
+        "{written} bytes accepted with a queue limit of {limit} and {delivered} delivered"
+    );
     emu.shutdown().await;
     hold.abort();
 }
