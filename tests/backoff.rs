@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use chatxfer::engine::Event;
-use chatxfer::runtime::{Backoff, Client, ClientConfig};
+use chatxfer::runtime::{Backoff, Client, ClientConfig, ClientEvent};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_during_the_backoff_ends_the_driver_at_once() {
@@ -41,7 +40,7 @@ async fn next(
     let fut = async {
         loop {
             match events.recv().await {
-                Some(Event::Disconnected { reason, retry_in }) => break (reason, retry_in),
+                Some(ClientEvent::Disconnected { reason, retry_in }) => break (reason, retry_in),
                 Some(_) => {}
                 None => panic!("event stream ended"),
             }

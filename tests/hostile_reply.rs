@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chatxfer::engine::{DownloadSpec, Event, FileState};
 use chatxfer::protocol::{frame, FrameDecoder, MsgId, MAX_BODY_LEN};
-use chatxfer::runtime::{Client, ClientConfig};
+use chatxfer::runtime::{Client, ClientConfig, ClientEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -62,7 +62,9 @@ async fn an_upload_reply_naming_a_download_fails_it_with_a_clear_error() {
     let failure = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             match events.recv().await {
-                Some(Event::Failed { name, failure }) if name == "msg-5" => break failure,
+                Some(ClientEvent::Transfer(Event::Failed { name, failure })) if name == "msg-5" => {
+                    break failure
+                }
                 Some(_) => {}
                 None => panic!("event stream ended: the driver died"),
             }

@@ -219,30 +219,6 @@ pub enum Event {
     ProtocolViolation {
         reason: String,
     },
-    /// (From the runtime.) An upload an earlier process left unfinished was
-    /// found in the state directory; `Client::resume_offered` continues it.
-    ResumeOffered {
-        name: String,
-        path: std::path::PathBuf,
-        acked: u64,
-        total: u64,
-    },
-    /// (From the runtime.) A journal in the state directory was corrupt or of
-    /// another version; it is left alone and not resumed.
-    JournalIgnored {
-        path: std::path::PathBuf,
-        reason: String,
-    },
-    /// (From the runtime, not the engine.) A connection to the server is up.
-    Connected {
-        server: String,
-    },
-    /// (From the runtime.) The connection went down or could not be made;
-    /// unfinished transfers continue after a reconnect in `retry_in`.
-    Disconnected {
-        reason: String,
-        retry_in: Option<Duration>,
-    },
 }
 
 /// Counters for tests, logs and benchmarks.

@@ -284,7 +284,14 @@ fn status(r: FfiResult<()>) -> Status {
 }
 
 fn to_event(e: &crate::engine::Event) -> Event {
-    let f = FlatEvent::from_event(e);
+    flat_to_event(FlatEvent::from_event(e))
+}
+
+fn client_event(e: &crate::runtime::ClientEvent) -> Event {
+    flat_to_event(FlatEvent::from_client_event(e))
+}
+
+fn flat_to_event(f: FlatEvent) -> Event {
     Event {
         kind: f.kind.into(),
         state: f.xfer_state().into(),
@@ -352,8 +359,8 @@ fn new_client(sink: UniquePtr<ffi::EventSink>) -> Result<Box<Client>, String> {
             None
         } else {
             let mut sink = sink;
-            Some(Box::new(move |e: &crate::engine::Event| {
-                ffi::deliver(sink.pin_mut(), &to_event(e));
+            Some(Box::new(move |e: &crate::runtime::ClientEvent| {
+                ffi::deliver(sink.pin_mut(), &client_event(e));
             }))
         };
         Ok(Box::new(Client(super::Client::new(sink))))
@@ -402,7 +409,7 @@ impl Client {
     }
 
     fn poll_events(&self) -> Vec<Event> {
-        boundary(|| Ok(self.0.poll_events().iter().map(to_event).collect())).unwrap_or_default()
+        boundary(|| Ok(self.0.poll_events().iter().map(client_event).collect())).unwrap_or_default()
     }
 
     fn shutdown(&self) -> Status {

@@ -182,8 +182,8 @@ pub unsafe extern "C" fn chatxfer_client_new(
         }
         let user_data = UserData(user_data);
         let sink: EventSinkFn = match callback {
-            Some(cb) => Box::new(move |e: &crate::engine::Event| {
-                let f = FlatEvent::from_event(e);
+            Some(cb) => Box::new(move |e: &crate::runtime::ClientEvent| {
+                let f = FlatEvent::from_client_event(e);
                 let (name, md5, message, path) = (
                     c_string(&f.name),
                     c_string(&f.md5),
@@ -207,7 +207,7 @@ pub unsafe extern "C" fn chatxfer_client_new(
                 unsafe { cb(user_data.get(), &ev) };
             }),
             // No callback: drop events rather than queue them forever.
-            None => Box::new(|_: &crate::engine::Event| {}),
+            None => Box::new(|_: &crate::runtime::ClientEvent| {}),
         };
         let client = Box::new(chatxfer_client {
             inner: Client::new(Some(sink)),

@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
 use super::{lock, Code, DownloadArgs, FfiError, FfiResult, UploadArgs};
-use crate::engine::{Event, FileStatus};
-use crate::runtime::{self, ClientConfig, Events};
+use crate::engine::FileStatus;
+use crate::runtime::{self, ClientConfig, ClientEvent, Events};
 
 /// The app's event handler, called on the `chatxfer-events` thread.
-pub type EventSinkFn = Box<dyn FnMut(&Event) + Send>;
+pub type EventSinkFn = Box<dyn FnMut(&ClientEvent) + Send>;
 
 /// Idle until [`Client::connect`], then a [`runtime::Client`] with either a
 /// pump thread feeding the sink or a queue for [`Client::poll_events`].
@@ -148,7 +148,7 @@ impl Client {
     }
 
     /// Events queued so far (only when no sink was given).
-    pub fn poll_events(&self) -> Vec<Event> {
+    pub fn poll_events(&self) -> Vec<ClientEvent> {
         let mut state = lock(&self.state);
         let mut out = Vec::new();
         if let State::Connected { queue: Some(q), .. } = &mut *state {

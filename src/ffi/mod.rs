@@ -55,6 +55,7 @@ pub use self::core::{Client, EventSinkFn};
 pub use sansio::SansIo;
 
 use crate::engine::{Event, FileState};
+use crate::runtime::ClientEvent;
 
 /// Expands the table in `enums.rs` into `#[repr(u32)]` enums with their
 /// C names as aliases, `from_u32`, `name` and `description`, a conversion to
@@ -323,17 +324,6 @@ impl FlatEvent {
                 message: failure.to_string(),
                 ..FlatEvent::new(EventKind::Failed, name)
             },
-            Event::Connected { server } => FlatEvent {
-                message: server.clone(),
-                ..FlatEvent::new(EventKind::Connected, "")
-            },
-            Event::Disconnected { reason, retry_in } => FlatEvent {
-                message: match retry_in {
-                    Some(d) => format!("{reason} (retry in {} ms)", d.as_millis()),
-                    None => reason.clone(),
-                },
-                ..FlatEvent::new(EventKind::Disconnected, "")
-            },
             Event::ConnectionStalled { waited } => FlatEvent {
                 message: format!("server sent no reply for {} ms", waited.as_millis()),
                 ..FlatEvent::new(EventKind::Warning, "")
@@ -342,7 +332,26 @@ impl FlatEvent {
                 message: format!("protocol violation: {reason}"),
                 ..FlatEvent::new(EventKind::Warning, "")
             },
-            Event::ResumeOffered {
+        }
+    }
+
+    /// Exhaustive over the networked client's events: the engine's, and the
+    /// runtime's own about the connection and the journals.
+    pub fn from_client_event(e: &ClientEvent) -> FlatEvent {
+        match e {
+            ClientEvent::Transfer(e) => FlatEvent::from_event(e),
+            ClientEvent::Connected { server } => FlatEvent {
+                message: server.clone(),
+                ..FlatEvent::new(EventKind::Connected, "")
+            },
+            ClientEvent::Disconnected { reason, retry_in } => FlatEvent {
+                message: match retry_in {
+                    Some(d) => format!("{reason} (retry in {} ms)", d.as_millis()),
+                    None => reason.clone(),
+                },
+                ..FlatEvent::new(EventKind::Disconnected, "")
+            },
+            ClientEvent::ResumeOffered {
                 name, acked, total, ..
             } => FlatEvent {
                 acked: *acked,
@@ -350,7 +359,7 @@ impl FlatEvent {
                 message: "an unfinished upload can be resumed".into(),
                 ..FlatEvent::new(EventKind::Warning, name)
             },
-            Event::JournalIgnored { path, reason } => FlatEvent {
+            ClientEvent::JournalIgnored { path, reason } => FlatEvent {
                 message: format!("journal {} ignored: {reason}", path.display()),
                 ..FlatEvent::new(EventKind::Warning, "")
             },

@@ -48,6 +48,34 @@ impl Default for Backoff {
     }
 }
 
+/// What a [`Client`] tells the application: the engine's events about
+/// transfers, and the runtime's own about the connection and the journals.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// A transfer's state, progress, completion or failure, or a connection
+    /// problem the engine detected.
+    Transfer(Event),
+    /// An upload an earlier process left unfinished was found in the state
+    /// directory; [`Client::resume_offered`] continues it.
+    ResumeOffered {
+        name: String,
+        path: PathBuf,
+        acked: u64,
+        total: u64,
+    },
+    /// A journal in the state directory was corrupt or of another version;
+    /// it is left alone and not resumed.
+    JournalIgnored { path: PathBuf, reason: String },
+    /// A connection to the server is up.
+    Connected { server: String },
+    /// The connection went down or could not be made; unfinished transfers
+    /// continue after a reconnect in `retry_in` (`None`: the client stopped).
+    Disconnected {
+        reason: String,
+        retry_in: Option<Duration>,
+    },
+}
+
 /// Settings of a [`Client`].
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -80,19 +108,19 @@ impl ClientConfig {
 }
 
 /// The receiving end of a client's events.
-pub struct Events(mpsc::UnboundedReceiver<Event>);
+pub struct Events(mpsc::UnboundedReceiver<ClientEvent>);
 
 impl Events {
-    pub async fn recv(&mut self) -> Option<Event> {
+    pub async fn recv(&mut self) -> Option<ClientEvent> {
         self.0.recv().await
     }
 
-    pub fn try_recv(&mut self) -> Option<Event> {
+    pub fn try_recv(&mut self) -> Option<ClientEvent> {
         self.0.try_recv().ok()
     }
 
     /// Blocks the calling thread (not for use inside an async context).
-    pub fn blocking_recv(&mut self) -> Option<Event> {
+    pub fn blocking_recv(&mut self) -> Option<ClientEvent> {
         self.0.blocking_recv()
     }
 }
@@ -103,7 +131,7 @@ struct Shared {
     /// Wakes `wait_idle` callers.
     changed: Notify,
     shutdown: std::sync::atomic::AtomicBool,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedSender<ClientEvent>,
     journal: Mutex<JournalState>,
 }
 
@@ -149,7 +177,7 @@ impl Shared {
                 }
                 _ => {}
             }
-            let _ = self.events.send(e);
+            let _ = self.events.send(ClientEvent::Transfer(e));
         }
         let due = journal
             .last_write
@@ -231,11 +259,11 @@ impl Client {
             let (found, bad) = journal::scan(dir);
             for (path, reason) in bad {
                 tracing::warn!(path = %path.display(), %reason, "ignoring upload journal");
-                let _ = tx.send(Event::JournalIgnored { path, reason });
+                let _ = tx.send(ClientEvent::JournalIgnored { path, reason });
             }
             for entry in found {
                 let acked = (entry.acked_prefix as u64 * entry.chunk_size as u64).min(entry.size);
-                let _ = tx.send(Event::ResumeOffered {
+                let _ = tx.send(ClientEvent::ResumeOffered {
                     name: entry.name.clone(),
                     path: entry.path.clone(),
                     acked,
@@ -320,12 +348,15 @@ impl Client {
             if let Some(dir) = &dir {
                 journal::remove(dir, name);
             }
-            let _ = self.shared.events.send(Event::Failed {
-                name: name.into(),
-                failure: crate::engine::Failure::Source {
-                    message: e.to_string(),
-                },
-            });
+            let _ = self
+                .shared
+                .events
+                .send(ClientEvent::Transfer(Event::Failed {
+                    name: name.into(),
+                    failure: crate::engine::Failure::Source {
+                        message: e.to_string(),
+                    },
+                }));
             e
         };
         let source = FileSource::open(&entry.path).map_err(fail)?;
@@ -523,7 +554,7 @@ async fn drive(shared: Arc<Shared>, config: ClientConfig) {
                 {
                     let mut e = shared.engine();
                     e.connected(Instant::now());
-                    let _ = shared.events.send(Event::Connected {
+                    let _ = shared.events.send(ClientEvent::Connected {
                         server: config.server.clone(),
                     });
                     shared.forward_events(&mut e);
@@ -552,7 +583,7 @@ async fn drive(shared: Arc<Shared>, config: ClientConfig) {
         let delay = backoff_delay(&config.backoff, attempt, &mut rng);
         attempt = attempt.saturating_add(1);
         tracing::info!(%reason, retry_in = ?delay, "resource server connection down");
-        let _ = shared.events.send(Event::Disconnected {
+        let _ = shared.events.send(ClientEvent::Disconnected {
             reason,
             retry_in: Some(delay),
         });
@@ -567,7 +598,7 @@ async fn drive(shared: Arc<Shared>, config: ClientConfig) {
             }
         }
     }
-    let _ = shared.events.send(Event::Disconnected {
+    let _ = shared.events.send(ClientEvent::Disconnected {
         reason: "client shut down".into(),
         retry_in: None,
     });

@@ -17,7 +17,7 @@ pub mod journal;
 use std::sync::Mutex;
 use std::time::Duration;
 
-pub use client::{Backoff, Client, ClientConfig, Events};
+pub use client::{Backoff, Client, ClientConfig, ClientEvent, Events};
 
 static RUNTIME: Mutex<RuntimeSlot> = Mutex::new(RuntimeSlot::NotStarted);
 

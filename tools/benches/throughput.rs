@@ -35,7 +35,7 @@ use chatxfer::engine::{
 use chatxfer::protocol::messages::UploadRsp;
 use chatxfer::protocol::{frame, FrameDecoder, MAX_BODY_LEN};
 use chatxfer::runtime::files::FileSource;
-use chatxfer::runtime::{Client, ClientConfig};
+use chatxfer::runtime::{Client, ClientConfig, ClientEvent};
 use serde_json::{json, Value};
 
 const MIB: u64 = 1 << 20;
@@ -436,8 +436,8 @@ fn client_upload(
     let (client, mut events) = Client::start(cfg).expect("client");
     loop {
         match events.blocking_recv().expect("events") {
-            Event::Connected { .. } => break,
-            Event::Disconnected { reason, .. } => eprintln!("bench: connect: {reason}"),
+            ClientEvent::Connected { .. } => break,
+            ClientEvent::Disconnected { reason, .. } => eprintln!("bench: connect: {reason}"),
             _ => {}
         }
     }
@@ -457,8 +457,10 @@ fn client_upload(
     let mut left = files.len();
     while left > 0 {
         match events.blocking_recv().expect("events") {
-            Event::Completed { .. } => left -= 1,
-            Event::Failed { name, failure } => panic!("{name} failed: {failure}"),
+            ClientEvent::Transfer(Event::Completed { .. }) => left -= 1,
+            ClientEvent::Transfer(Event::Failed { name, failure }) => {
+                panic!("{name} failed: {failure}")
+            }
             _ => {}
         }
     }

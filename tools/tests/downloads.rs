@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use chatxfer::engine::{md5_of, DownloadSpec, Event, ServerStorage, WindowPolicy};
+use chatxfer::runtime::ClientEvent;
 use chatxfer_tools::linkemu::{LinkConfig, LinkEmulator, RandomCut};
 use chatxfer_tools::server::Storage;
 use common::*;
@@ -180,11 +181,13 @@ async fn pipelined_download_fills_an_emulated_40ms_200mbit_link() {
                 .unwrap()
                 .unwrap();
             match ev {
-                Event::Progress { acked, .. } if acked >= limit => {
+                ClientEvent::Transfer(Event::Progress { acked, .. }) if acked >= limit => {
                     break start.elapsed().as_secs_f64()
                 }
-                Event::Completed { .. } => break start.elapsed().as_secs_f64(),
-                Event::Failed { failure, .. } => panic!("{failure}"),
+                ClientEvent::Transfer(Event::Completed { .. }) => {
+                    break start.elapsed().as_secs_f64()
+                }
+                ClientEvent::Transfer(Event::Failed { failure, .. }) => panic!("{failure}"),
                 _ => {}
             }
         };

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chatxfer::engine::{md5_of, Event, Failure, ServerStorage, WindowPolicy};
 use chatxfer::protocol::ErrorCode;
+use chatxfer::runtime::ClientEvent;
 use chatxfer_tools::linkemu::{LinkConfig, LinkEmulator, RandomCut};
 use chatxfer_tools::server::Storage;
 use common::*;
@@ -196,8 +197,8 @@ async fn server_restarted_mid_upload_resumes_and_completes() {
             .unwrap()
             .unwrap()
         {
-            Event::Progress { acked, .. } if acked > 0 => break,
-            Event::Completed { .. } => panic!("finished before the restart"),
+            ClientEvent::Transfer(Event::Progress { acked, .. }) if acked > 0 => break,
+            ClientEvent::Transfer(Event::Completed { .. }) => panic!("finished before the restart"),
             _ => {}
         }
     }
@@ -207,16 +208,25 @@ async fn server_restarted_mid_upload_resumes_and_completes() {
     let srv2 = chatxfer_tools::server::start(&addr.to_string(), cfg)
         .await
         .unwrap();
-    let evs = wait_done(
+    let all = wait_done_client(
         &mut events,
         &["big.bin".to_string()],
         Duration::from_secs(120),
     )
     .await;
+    assert!(all
+        .iter()
+        .any(|e| matches!(e, ClientEvent::Disconnected { .. })));
+    let evs: Vec<Event> = all
+        .into_iter()
+        .filter_map(|e| match e {
+            ClientEvent::Transfer(e) => Some(e),
+            _ => None,
+        })
+        .collect();
     assert!(completed(&evs, "big.bin"), "{evs:?}");
     let stored = std::fs::read(store.path().join("1").join("big.bin")).unwrap();
     assert!(stored == bytes);
-    assert!(evs.iter().any(|e| matches!(e, Event::Disconnected { .. })));
     client.shutdown(None).await;
     srv2.shutdown().await;
 }
@@ -280,7 +290,7 @@ async fn a_server_that_stops_answering_is_detected_and_the_upload_completes() {
             .await
             .unwrap()
             .unwrap();
-        if let Event::ConnectionStalled { waited } = ev {
+        if let ClientEvent::Transfer(Event::ConnectionStalled { waited }) = ev {
             assert!(waited >= Duration::from_millis(500));
             break;
         }

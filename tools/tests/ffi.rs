@@ -112,8 +112,8 @@ fn client_downloads_a_held_file_back_by_message_id() {
     let src = temp_file(300_000);
     let (tx, rx) = std::sync::mpsc::channel::<FlatEvent>();
     let tx = std::sync::Mutex::new(tx);
-    let t = Client::new(Some(Box::new(move |e: &chatxfer::engine::Event| {
-        let _ = chatxfer::sync::lock(&tx).send(FlatEvent::from_event(e));
+    let t = Client::new(Some(Box::new(move |e: &chatxfer::runtime::ClientEvent| {
+        let _ = chatxfer::sync::lock(&tx).send(FlatEvent::from_client_event(e));
     })));
     let dl = |name: &str| DownloadArgs {
         name: name.into(),

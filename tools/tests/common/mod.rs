@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chatxfer::engine::{md5_of, Event, FileSpec, ServerStorage, WindowPolicy};
-use chatxfer::runtime::{Backoff, Client, ClientConfig, Events};
+use chatxfer::runtime::{Backoff, Client, ClientConfig, ClientEvent, Events};
 use chatxfer_tools::server::{self, ServerConfig, ServerHandle, Storage};
 
 pub const CHUNK: usize = 32_768;
@@ -91,9 +91,14 @@ pub fn spec(name: &str, path: &Path) -> FileSpec {
     s
 }
 
-/// Collects events until every named transfer completed or failed (or the
-/// generous limit passes, which fails the test rather than hang it).
-pub async fn wait_done(events: &mut Events, names: &[String], limit: Duration) -> Vec<Event> {
+/// Collects the client's events until every named transfer completed or
+/// failed (or the generous limit passes, which fails the test rather than
+/// hang it).
+pub async fn wait_done_client(
+    events: &mut Events,
+    names: &[String],
+    limit: Duration,
+) -> Vec<ClientEvent> {
     let mut seen = Vec::new();
     let mut left: std::collections::HashSet<&String> = names.iter().collect();
     let deadline = tokio::time::Instant::now() + limit;
@@ -102,15 +107,26 @@ pub async fn wait_done(events: &mut Events, names: &[String], limit: Duration) -
             .await
             .unwrap_or_else(|_| panic!("transfers {left:?} not done within {limit:?}"))
             .expect("client event channel closed");
-        match &ev {
-            Event::Completed { name, .. } | Event::Failed { name, .. } => {
-                left.remove(name);
-            }
-            _ => {}
+        if let ClientEvent::Transfer(Event::Completed { name, .. } | Event::Failed { name, .. }) =
+            &ev
+        {
+            left.remove(name);
         }
         seen.push(ev);
     }
     seen
+}
+
+/// The transfers' events of [`wait_done_client`] (the runtime's connection
+/// and journal events left out).
+pub async fn wait_done(events: &mut Events, names: &[String], limit: Duration) -> Vec<Event> {
+    let all = wait_done_client(events, names, limit).await;
+    all.into_iter()
+        .filter_map(|e| match e {
+            ClientEvent::Transfer(e) => Some(e),
+            _ => None,
+        })
+        .collect()
 }
 
 pub fn completed(events: &[Event], name: &str) -> bool {

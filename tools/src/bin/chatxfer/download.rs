@@ -10,7 +10,7 @@ use std::time::Instant;
 use indicatif::{MultiProgress, ProgressBar};
 
 use chatxfer::engine::{AvatarRef, DownloadSpec, Event, FileSpec, ServerStorage, WindowPolicy};
-use chatxfer::runtime::{Client, ClientConfig, Events};
+use chatxfer::runtime::{Client, ClientConfig, ClientEvent, Events};
 
 use crate::common::{bar_style, file_md5, generate, AnyResult, Embedded, LinkArgs};
 
@@ -119,8 +119,8 @@ async fn upload_reference(addr: &str, to: i64, message_id: i64) -> AnyResult<Str
     up.add_file(&path, spec)?;
     let outcome = loop {
         match ev.recv().await {
-            Some(Event::Completed { .. }) => break Ok(()),
-            Some(Event::Failed { failure, .. }) => {
+            Some(ClientEvent::Transfer(Event::Completed { .. })) => break Ok(()),
+            Some(ClientEvent::Transfer(Event::Failed { failure, .. })) => {
                 break Err(format!("upload before download: {failure}"))
             }
             None => break Err("upload before download: client stopped".to_string()),
@@ -173,7 +173,15 @@ async fn follow(
     let mut lines = Vec::new();
     let mut saved: HashMap<String, PathBuf> = HashMap::new();
     while !pending.is_empty() {
-        let Some(ev) = events.recv().await else { break };
+        let ev = match events.recv().await {
+            Some(ClientEvent::Transfer(ev)) => ev,
+            Some(ClientEvent::Disconnected { reason, retry_in }) => {
+                let _ = multi.println(format!("connection down: {reason}; retry in {retry_in:?}"));
+                continue;
+            }
+            Some(_) => continue,
+            None => break,
+        };
         match ev {
             Event::Progress {
                 name, acked, total, ..
@@ -206,9 +214,6 @@ async fn follow(
                 }
                 lines.push(format!("{name:<14} FAILED: {failure}"));
                 pending.remove(&name);
-            }
-            Event::Disconnected { reason, retry_in } => {
-                let _ = multi.println(format!("connection down: {reason}; retry in {retry_in:?}"));
             }
             _ => {}
         }

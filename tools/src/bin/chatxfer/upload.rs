@@ -12,7 +12,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use chatxfer::engine::{Event, FileSpec, ServerStorage, WindowPolicy};
 use chatxfer::runtime::journal::JournalEntry;
-use chatxfer::runtime::{Client, ClientConfig, Events};
+use chatxfer::runtime::{Client, ClientConfig, ClientEvent, Events};
 
 use crate::common::{bar_style, file_md5, AnyResult, Embedded, LinkArgs};
 
@@ -303,7 +303,23 @@ async fn follow(events: &mut Events, board: &mut Board) -> bool {
     false
 }
 
-fn show(ev: Event, board: &mut Board) {
+fn show(ev: ClientEvent, board: &mut Board) {
+    let ev = match ev {
+        ClientEvent::Transfer(ev) => ev,
+        ClientEvent::Disconnected { reason, retry_in } => {
+            let _ = board
+                .multi
+                .println(format!("connection down: {reason}; retry in {retry_in:?}"));
+            return;
+        }
+        ClientEvent::JournalIgnored { path, reason } => {
+            let _ = board
+                .multi
+                .println(format!("ignoring journal {}: {reason}", path.display()));
+            return;
+        }
+        _ => return,
+    };
     match ev {
         Event::Progress { name, acked, .. } => {
             if let Some(b) = board.bars.get(&name) {
@@ -328,16 +344,6 @@ fn show(ev: Event, board: &mut Board) {
             if let Some(b) = board.bars.get(&name) {
                 b.abandon_with_message(format!("failed: {failure}"));
             }
-        }
-        Event::Disconnected { reason, retry_in } => {
-            let _ = board
-                .multi
-                .println(format!("connection down: {reason}; retry in {retry_in:?}"));
-        }
-        Event::JournalIgnored { path, reason } => {
-            let _ = board
-                .multi
-                .println(format!("ignoring journal {}: {reason}", path.display()));
         }
         _ => {}
     }
