@@ -362,13 +362,7 @@ impl Engine {
             self.stats.unknown_replies += 1;
             return;
         };
-        let sent = self.answered(no);
-        self.window.on_ack(
-            now,
-            now.saturating_duration_since(sent.sent_at),
-            no,
-            self.in_flight.next_no(),
-        );
+        let sent = self.replied(no, now);
         let id = sent.transfer;
         if self.is_terminal(id) {
             return;
@@ -468,13 +462,7 @@ impl Engine {
             self.stats.unknown_replies += 1;
             return;
         };
-        let sent = self.answered(no);
-        self.window.on_ack(
-            now,
-            now.saturating_duration_since(sent.sent_at),
-            no,
-            self.in_flight.next_no(),
-        );
+        let sent = self.replied(no, now);
         let (tid, seq) = (sent.transfer, sent.seq);
         if self.is_terminal(tid) {
             return;

@@ -423,6 +423,15 @@ impl Engine {
         }
     }
 
+    /// A reply answered request `no`: it leaves the table, and its round
+    /// trip feeds the window.
+    fn replied(&mut self, no: ReqNo, now: Instant) -> Request {
+        let sent = self.answered(no);
+        let rtt = now.saturating_duration_since(sent.sent_at);
+        self.window.on_ack(now, rtt, no, self.in_flight.next_no());
+        sent
+    }
+
     /// Takes an answered request out of the in-flight table.
     fn answered(&mut self, no: ReqNo) -> Request {
         self.attribution.answered(no);

@@ -404,7 +404,7 @@ impl Engine {
             return;
         };
         self.stats.acks += 1;
-        let sent = self.answered(no);
+        self.replied(no, now);
         // Replies for one name are ordered: an earlier request of this file
         // still unanswered got an error reply that already arrived.
         let earlier: Vec<ReqNo> = self
@@ -414,12 +414,6 @@ impl Engine {
             .filter(|n| *n < no)
             .collect();
         self.attribution.known_errors(earlier);
-        self.window.on_ack(
-            now,
-            now.saturating_duration_since(sent.sent_at),
-            no,
-            self.in_flight.next_no(),
-        );
         let Some(t) = self.transfers.get_mut(&id) else {
             return;
         };
