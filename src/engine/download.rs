@@ -395,6 +395,9 @@ impl Engine {
             let message = format!("{name:?} is already being downloaded by another transfer");
             return self.fail(id, fail(message), now);
         }
+        if let Some(message) = too_large(total.0, self.config.max_download_size) {
+            return self.fail(id, fail(message), now);
+        }
         let max_seq = total.0.div_ceil(DOWNLOAD_CHUNK);
         if max_seq > i32::MAX as u64 {
             let message = format!("total_size {} is beyond what seqs can address", total.0);
@@ -537,6 +540,9 @@ impl Engine {
                     now,
                 );
             };
+            if let Some(message) = too_large(total.0, self.config.max_download_size) {
+                return self.fail(tid, bad(message), now);
+            }
             let max_seq = total.0.div_ceil(DOWNLOAD_CHUNK).max(1);
             if max_seq > i32::MAX as u64 {
                 let message = format!("total_size {} is beyond what seqs can address", total.0);
@@ -656,4 +662,11 @@ impl Engine {
         self.events.push_back(Event::Completed { name, md5, bytes });
         self.promote();
     }
+}
+
+/// Why a download the server announces as `total` bytes is refused.
+fn too_large(total: u64, limit: u64) -> Option<String> {
+    (total > limit).then(|| {
+        format!("the server announces {total} bytes, more than the limit of {limit} (max_download_size)")
+    })
 }

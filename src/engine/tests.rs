@@ -1571,3 +1571,30 @@ mod restarts {
         assert!(failed);
     }
 }
+
+/// A server that announces a 1 TB file: the download fails before its sink
+/// is opened (nothing is written), with the limit named.
+#[test]
+fn a_download_larger_than_the_limit_fails_before_writing() {
+    let mut p = Pair::new(EngineConfig::default());
+    let sink = MemorySink::default();
+    p.engine
+        .add_download(DownloadSpec::new("d", 5), Box::new(sink.clone()), p.now)
+        .unwrap();
+    p.client_sends();
+    let info = serde_json::json!({"error": 0, "message_id": 5, "name": "x.bin",
+        "total_size": (1u64 << 40).to_string()});
+    p.engine
+        .handle_frame(p.now, MsgId(1046), &serde_json::to_vec(&info).unwrap());
+    assert_eq!(p.state("d"), FileState::Failed);
+    assert!(p.client_sends().is_empty(), "no chunk is asked for");
+    let reason = p.events().into_iter().find_map(|e| match e {
+        Event::Failed { failure, .. } => Some(failure.to_string()),
+        _ => None,
+    });
+    assert!(reason.unwrap().contains("max_download_size"));
+    assert!(
+        sink.0.lock().unwrap().0.is_empty(),
+        "the sink was never opened"
+    );
+}

@@ -38,6 +38,9 @@ pub struct EngineConfig {
     /// sends nothing for an unknown message id.
     pub info_timeout: Duration,
     pub server_storage: ServerStorage,
+    /// A download the server announces as larger than this fails before a
+    /// byte is written (a hostile server could otherwise fill the disk).
+    pub max_download_size: u64,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +54,7 @@ impl Default for EngineConfig {
             ack_timeout: Duration::from_secs(30),
             info_timeout: Duration::from_secs(10),
             server_storage: ServerStorage::default(),
+            max_download_size: 4 << 30,
         }
     }
 }

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
-use super::files::{FileSink, FileSource};
+use super::files::{ExistingFile, FileSink, FileSource};
 use super::journal::{self, JournalEntry};
 use crate::engine::{
     AckRecord, DownloadSpec, Engine, EngineConfig, Event, FileSpec, FileStatus, ServerStorage,
@@ -91,6 +91,9 @@ pub struct ClientConfig {
     pub state_dir: Option<PathBuf>,
     /// Least time between two journal writes.
     pub journal_interval: Duration,
+    /// A download whose name is taken in its destination is saved under the
+    /// next free name (default) or fails; an existing file is never replaced.
+    pub existing_files: ExistingFile,
 }
 
 impl ClientConfig {
@@ -103,6 +106,7 @@ impl ClientConfig {
             write_batch: 256 * 1024,
             state_dir: None,
             journal_interval: Duration::from_millis(250),
+            existing_files: ExistingFile::default(),
         }
     }
 }
@@ -133,6 +137,7 @@ struct Shared {
     shutdown: std::sync::atomic::AtomicBool,
     events: mpsc::UnboundedSender<ClientEvent>,
     journal: Mutex<JournalState>,
+    existing_files: ExistingFile,
 }
 
 #[derive(Default)]
@@ -274,6 +279,7 @@ impl Client {
         }
         let shared = Arc::new(Shared {
             journal: Mutex::new(journal_state),
+            existing_files: config.existing_files,
             engine: Mutex::new(Engine::new(config.engine.clone())),
             wake: Notify::new(),
             changed: Notify::new(),
@@ -323,7 +329,7 @@ impl Client {
             }
             .into());
         }
-        let sink = FileSink::new(dest_dir, file_name);
+        let sink = FileSink::new(dest_dir, file_name).existing(self.shared.existing_files);
         self.with_engine(|e, now| e.add_download(spec, Box::new(sink), now).map(|_| ()))
     }
 

@@ -4,9 +4,17 @@
 //! [`FileSource`] reads a file positionally from a handle kept open and
 //! fails the read when the file's size or modification time changed since it
 //! was opened, so a file edited during its upload fails instead of arriving as
-//! a mix of two versions. [`FileSink`] writes `<dir>/<name>.part`
-//! positionally and renames it into place when the download is complete; an
-//! aborted download removes its `.part`.
+//! a mix of two versions. [`FileSink`] writes a partial file positionally and
+//! puts it into place when the download is complete; an aborted download
+//! removes it.
+//!
+//! A download folder is shared ground: whatever is in it may have been put
+//! there to trick us. So the sink never opens a path that exists — the
+//! partial file is created new (`O_CREAT|O_EXCL`, which does not follow a
+//! symlink, even a dangling one) — and never replaces a file: the complete
+//! file is hard-linked to its name, which fails if anything (a file, a
+//! symlink) has that name, and then takes the next free name
+//! (`photo (1).jpg`, as browsers and chat apps do) or fails, as configured.
 
 use std::fs::File;
 use std::io;
@@ -111,14 +119,30 @@ impl ChunkSource for FileSource {
     }
 }
 
-/// Writes `<dir>/<name>.part` positionally and renames it to `<dir>/<name>`.
-/// `name` is the one given, or else the server's (checked to be one plain
-/// path component).
+/// What a download does when its name is taken in the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExistingFile {
+    /// Save under the next free name: `photo (1).jpg`, `photo (2).jpg`, ...
+    #[default]
+    PickFreeName,
+    /// Fail the download; the existing file is left as it is.
+    Fail,
+}
+
+/// How many alternative names a download tries before it gives up.
+const MAX_NAME_TRIES: u32 = 1000;
+
+/// Writes a new partial file `<dir>/<name>.part` (or `<name>.<n>.part` if
+/// that name is taken) positionally, and links it to `<dir>/<name>` when
+/// complete, never replacing anything. `name` is the one given, or else the
+/// server's (checked to be one plain, visible path component).
 #[derive(Debug)]
 pub struct FileSink {
     dir: PathBuf,
     name: Option<String>,
-    open: Option<(File, PathBuf, PathBuf)>,
+    existing: ExistingFile,
+    /// The open partial file, its path, and the file name wanted.
+    open: Option<(File, PathBuf, String)>,
 }
 
 impl FileSink {
@@ -126,9 +150,89 @@ impl FileSink {
         FileSink {
             dir: dir.into(),
             name,
+            existing: ExistingFile::default(),
             open: None,
         }
     }
+
+    /// What to do when the name is taken (default: pick a free name).
+    pub fn existing(mut self, existing: ExistingFile) -> FileSink {
+        self.existing = existing;
+        self
+    }
+}
+
+/// Creates a new partial file for `name` in `dir`: never an existing path.
+fn create_part(dir: &Path, name: &str) -> io::Result<(File, PathBuf)> {
+    for n in 0..MAX_NAME_TRIES {
+        let part = match n {
+            0 => dir.join(format!("{name}.part")),
+            n => dir.join(format!("{name}.{n}.part")),
+        };
+        match File::options().write(true).create_new(true).open(&part) {
+            Ok(f) => return Ok((f, part)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!(
+            "no free partial-file name for {name:?} in {}",
+            dir.display()
+        ),
+    ))
+}
+
+/// `photo.jpg`, then `photo (1).jpg`, `photo (2).jpg`, ...
+fn candidate(name: &str, n: u32) -> String {
+    if n == 0 {
+        return name.to_string();
+    }
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => format!("{stem} ({n}).{ext}"),
+        _ => format!("{name} ({n})"),
+    }
+}
+
+/// Gives the complete `part` the name `name` in `dir` without replacing
+/// anything; returns the path it got.
+fn place(part: &Path, dir: &Path, name: &str, existing: ExistingFile) -> io::Result<PathBuf> {
+    let tries = match existing {
+        ExistingFile::PickFreeName => MAX_NAME_TRIES,
+        ExistingFile::Fail => 1,
+    };
+    for n in 0..tries {
+        let target = dir.join(candidate(name, n));
+        // A hard link fails if the name exists, whatever it is, and follows
+        // no symlink: an atomic "create if absent".
+        match std::fs::hard_link(part, &target) {
+            Ok(()) => {
+                std::fs::remove_file(part)?;
+                return Ok(target);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            // File systems without hard links: a checked rename (a small
+            // window between the check and the rename remains there).
+            Err(_) => match std::fs::symlink_metadata(&target) {
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    std::fs::rename(part, &target)?;
+                    return Ok(target);
+                }
+                Err(e) => return Err(e),
+            },
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        match existing {
+            ExistingFile::Fail => format!("{} exists; not replaced", dir.join(name).display()),
+            ExistingFile::PickFreeName => {
+                format!("no free name for {name:?} in {}", dir.display())
+            }
+        },
+    ))
 }
 
 impl ChunkSink for FileSink {
@@ -141,15 +245,12 @@ impl ChunkSink for FileSink {
             ));
         }
         std::fs::create_dir_all(&self.dir)?;
-        let final_path = self.dir.join(&name);
-        let part = self.dir.join(format!("{name}.part"));
-        let file = File::options()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&part)?;
-        file.set_len(size)?;
-        self.open = Some((file, part, final_path));
+        let (file, part) = create_part(&self.dir, &name)?;
+        if let Err(e) = file.set_len(size) {
+            let _ = std::fs::remove_file(&part);
+            return Err(e);
+        }
+        self.open = Some((file, part, name));
         Ok(())
     }
 
@@ -162,14 +263,17 @@ impl ChunkSink for FileSink {
     }
 
     fn finish(&mut self) -> io::Result<PathBuf> {
-        let (file, part, final_path) = self
+        let (file, part, name) = self
             .open
             .take()
             .ok_or_else(|| io::Error::other("sink not open"))?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&part, &final_path)?;
-        Ok(final_path)
+        let synced = file.sync_all();
+        drop(file); // closed before it is linked or renamed (Windows)
+        let placed = synced.and_then(|()| place(&part, &self.dir, &name, self.existing));
+        if placed.is_err() {
+            let _ = std::fs::remove_file(&part);
+        }
+        placed
     }
 
     fn abort(&mut self) {
@@ -262,6 +366,57 @@ mod tests {
         f.flush().unwrap();
         let err = src.read_at(0, &mut buf).unwrap_err();
         assert!(err.to_string().contains("changed while uploading"), "{err}");
+    }
+
+    /// An attacker who can write in the download folder plants symlinks at
+    /// the partial and final names, pointing at files outside, and a file
+    /// of the same name: nothing outside is written, nothing is replaced.
+    #[cfg(unix)]
+    #[test]
+    fn file_sink_follows_no_planted_symlink_and_replaces_nothing() {
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("x.bin.part")).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("x.bin")).unwrap();
+        std::fs::write(dir.path().join("x (1).bin"), b"mine").unwrap();
+        let mut s = FileSink::new(dir.path(), None);
+        s.open("x.bin", 4).unwrap();
+        s.write_at(0, b"data").unwrap();
+        let saved = s.finish().unwrap();
+        assert_eq!(saved, dir.path().join("x (2).bin"));
+        assert_eq!(std::fs::read(&saved).unwrap(), b"data");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(
+            std::fs::read(dir.path().join("x (1).bin")).unwrap(),
+            b"mine"
+        );
+        assert!(std::fs::symlink_metadata(dir.path().join("x.bin.part"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".part") && n != "x.bin.part")
+            .collect();
+        assert!(left.is_empty(), "our partial file is gone: {left:?}");
+        // Told to fail instead: the existing name is kept and the download fails.
+        let mut s = FileSink::new(dir.path(), None).existing(ExistingFile::Fail);
+        s.open("x.bin", 1).unwrap();
+        s.write_at(0, b"z").unwrap();
+        let err = s.finish().unwrap_err();
+        assert!(err.to_string().contains("not replaced"), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn free_names_keep_the_extension() {
+        assert_eq!(candidate("photo.jpg", 0), "photo.jpg");
+        assert_eq!(candidate("photo.jpg", 2), "photo (2).jpg");
+        assert_eq!(candidate("a.tar.gz", 1), "a.tar (1).gz");
+        assert_eq!(candidate("README", 3), "README (3)");
     }
 
     #[test]
