@@ -123,7 +123,7 @@ enum chatxfer_event_kind
    */
   CHATXFER_EVENT_KIND_COMPLETED = 2,
   /*
-   `code` (the server's error code, or a failure code 2001..2004) and `message`.
+   `code` (the server's error code, or a failure code 2001..2005) and `message`.
    */
   CHATXFER_EVENT_KIND_FAILED = 3,
   /*
@@ -221,6 +221,11 @@ enum chatxfer_failure
    The local side failed: the downloaded file could not be written or renamed.
    */
   CHATXFER_FAILURE_LOCAL = 2004,
+  /*
+   A give-up budget ran out: no progress for too long, or too many bytes re-sent
+   for one upload; the message names the cause and the last server error.
+   */
+  CHATXFER_FAILURE_GAVE_UP = 2005,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

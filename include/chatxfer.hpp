@@ -67,7 +67,11 @@
 //                              to 1045, or a downloaded file whose md5 does
 //                              not match;
 //   2004 Failure::Local        the local side failed: the downloaded file
-//                              could not be written or renamed.
+//                              could not be written or renamed;
+//   2005 Failure::GaveUp       a give-up budget ran out: no progress for too
+//                              long, or too many bytes re-sent for one
+//                              upload; the message names the cause and the
+//                              last server error.
 //
 // Downloads (Client only): AddDownloadFile registers the download held
 // (Paused, nothing asked of the server); StartDownload (the same as

@@ -84,3 +84,40 @@ async fn garbage_replies_do_not_reset_the_backoff() {
     let ms: Vec<u128> = delays.iter().map(|d| d.as_millis()).collect();
     assert_eq!(ms, vec![2, 4, 8, 16, 32], "doubling: no reply reset it");
 }
+
+/// A server that never comes back: the transfer's give-up budget runs out
+/// while the client is between connection attempts, and it fails saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_gives_up_while_the_server_stays_unreachable() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut config = ClientConfig::new(addr.to_string());
+    config.backoff = Backoff {
+        initial: Duration::from_secs(600),
+        max: Duration::from_secs(600),
+        jitter: 0.0,
+    };
+    config.engine.give_up_after = Some(Duration::from_millis(300));
+    let (client, mut events) = Client::start(config).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let spec = chatxfer::engine::DownloadSpec::new("msg-9", 9);
+    client.add_download(spec, out.path(), None).unwrap();
+    let failure = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.recv().await {
+                Some(ClientEvent::Transfer(chatxfer::engine::Event::Failed {
+                    failure, ..
+                })) => break failure,
+                Some(_) => {}
+                None => panic!("event stream ended"),
+            }
+        }
+    })
+    .await
+    .expect("the budget ends the transfer during a 600 s backoff");
+    assert_eq!(failure.code(), chatxfer::engine::CODE_GAVE_UP);
+    assert!(failure.to_string().contains("give_up_after"), "{failure}");
+    client.shutdown(None).await;
+}

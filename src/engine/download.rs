@@ -610,6 +610,7 @@ impl Engine {
         let done = d.info().is_some_and(|i| seq == i.max_seq);
         let t = self.transfers.get_mut(&tid).expect("looked up above");
         t.common.progress.dirty = true;
+        t.common.last_progress = now;
         if done {
             self.finish_download(tid, now);
         } else if t
@@ -660,7 +661,7 @@ impl Engine {
             path,
         });
         self.events.push_back(Event::Completed { name, md5, bytes });
-        self.promote();
+        self.promote(now);
     }
 }
 

@@ -199,7 +199,6 @@ impl Engine {
 
     /// Stops issuing new chunks of `name`; chunks in flight drain normally.
     pub fn pause(&mut self, name: &str, now: Instant) -> Result<()> {
-        let _ = now;
         let id = self.lookup(name)?;
         match self.state(id) {
             FileState::Paused => return Ok(()),
@@ -208,33 +207,34 @@ impl Engine {
         }
         self.scheduler.dequeue(id);
         self.set_state(id, FileState::Paused);
-        self.promote();
+        self.promote(now);
         Ok(())
     }
 
     /// Continues a paused (or held) transfer after the highest chunk already sent.
     pub fn resume(&mut self, name: &str, now: Instant) -> Result<()> {
-        let _ = now;
         let id = self.lookup(name)?;
         match self.state(id) {
             FileState::Paused => {}
             FileState::Queued | FileState::Sending => return Ok(()),
             state => return Err(wrong_state(name, "resume", state)),
         }
-        if let Some(u) = self.transfers.get_mut(&id).and_then(|t| t.upload_mut()) {
-            if u.next_seq > 1 && u.phase == upload::UploadPhase::Streaming {
-                u.phase = upload::UploadPhase::Resuming;
+        if let Some(t) = self.transfers.get_mut(&id) {
+            t.common.last_progress = now; // the budget counts from the user's resume
+            if let Some(u) = t.upload_mut() {
+                if u.next_seq > 1 && u.phase == upload::UploadPhase::Streaming {
+                    u.phase = upload::UploadPhase::Resuming;
+                }
             }
         }
         self.scheduler.enqueue(id);
         self.set_state(id, FileState::Queued);
-        self.promote();
+        self.promote(now);
         Ok(())
     }
 
     /// Abandons a transfer; its queued chunks are dropped at once.
     pub fn cancel(&mut self, name: &str, now: Instant) -> Result<()> {
-        let _ = now;
         let id = self.lookup(name)?;
         match self.state(id) {
             FileState::Cancelled => return Ok(()),
@@ -250,7 +250,7 @@ impl Engine {
         }
         self.scheduler.dequeue(id);
         self.set_state(id, FileState::Cancelled);
-        self.promote();
+        self.promote(now);
         Ok(())
     }
 
@@ -265,11 +265,10 @@ impl Engine {
 
     /// A connection to the server is up: sending may start.
     pub fn connected(&mut self, now: Instant) {
-        let _ = now;
         self.connected = true;
         self.stall_reported = false;
         self.window.reset();
-        self.promote();
+        self.promote(now);
     }
 
     /// The connection is gone: every unanswered request is forgotten and each
@@ -385,7 +384,6 @@ impl Engine {
         dir: Direction,
         now: Instant,
     ) -> FileId {
-        let _ = now;
         let id = FileId(self.next_id);
         self.next_id += 1;
         let state = if hold {
@@ -393,14 +391,14 @@ impl Engine {
         } else {
             FileState::Queued
         };
-        let common = Common::new(id, name.clone(), priority, state);
+        let common = Common::new(id, name.clone(), priority, state, now);
         self.transfers.insert(id, Transfer { common, dir });
         self.names.insert(name.clone(), id);
         if !hold {
             self.scheduler.enqueue(id);
         }
         self.events.push_back(Event::StateChanged { name, state });
-        self.promote();
+        self.promote(now);
         id
     }
 
@@ -532,7 +530,6 @@ impl Engine {
     }
 
     fn fail(&mut self, id: FileId, failure: Failure, now: Instant) {
-        let _ = now;
         let Some(t) = self.transfers.get_mut(&id) else {
             return;
         };
@@ -546,7 +543,7 @@ impl Engine {
         self.scheduler.dequeue(id);
         self.set_state(id, FileState::Failed);
         self.events.push_back(Event::Failed { name, failure });
-        self.promote();
+        self.promote(now);
     }
 
     fn violation(&mut self, reason: String) {

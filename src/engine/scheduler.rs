@@ -109,7 +109,7 @@ impl Engine {
     }
 
     /// Fills free sending slots from the queue, highest priority first.
-    pub(super) fn promote(&mut self) {
+    pub(super) fn promote(&mut self, now: Instant) {
         self.retain_active();
         let max = self.config.max_active_files.max(1);
         while self.scheduler.active.len() < max && !self.scheduler.queue.is_empty() {
@@ -125,6 +125,10 @@ impl Engine {
             };
             let id = self.scheduler.queue.remove(best);
             self.scheduler.active.push_back(id);
+            if let Some(t) = self.transfers.get_mut(&id) {
+                // The give-up budget counts from when it may send.
+                t.common.last_progress = now;
+            }
             self.set_state(id, FileState::Sending);
         }
     }

@@ -822,6 +822,9 @@ fn check_invariants(
 ) -> Result<(), TestCaseError> {
     let mut cfg = config(window, storage);
     cfg.chunk_size = chunk;
+    // At most 5 cuts, each of which may restart a file from seq 1 against an
+    // appending server: up to 6 sends of a file are legitimate here.
+    cfg.max_resend_factor = 7;
     let mut s = Sim::new(
         Engine::new(cfg),
         SimConfig {
@@ -1597,4 +1600,76 @@ fn a_download_larger_than_the_limit_fails_before_writing() {
         sink.0.lock().unwrap().0.is_empty(),
         "the sink was never opened"
     );
+}
+
+/// Give-up budgets: no upload is re-sent without bound, and no transfer
+/// waits forever without progress.
+mod budgets {
+    use super::*;
+
+    /// A server that acknowledges seq 1 and then loses the connection every
+    /// time: against an appending server each cut restarts from seq 1, so
+    /// without a bound the client would send forever.
+    #[test]
+    fn an_upload_never_sends_more_than_its_resend_bound() {
+        let mut p = Pair::new(config(WindowPolicy::Fixed(8), ServerStorage::Appending));
+        let size = 4 * CHUNK as u64;
+        p.upload(spec("v"), pattern(size as usize, 1));
+        let mut sent = 0u64;
+        for _ in 0..20 {
+            let raw = |s: &pair::Sent| {
+                let data = s.chunk().data.to_string();
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data)
+                    .unwrap()
+                    .len() as u64
+            };
+            let first = p.client_sends();
+            sent += first.iter().map(raw).sum::<u64>();
+            if let Some(f) = first.first() {
+                p.server_acks(f);
+            }
+            sent += p.client_sends().iter().map(raw).sum::<u64>();
+            p.cut();
+            p.reconnect();
+            if p.state("v") == FileState::Failed {
+                break;
+            }
+        }
+        assert_eq!(p.state("v"), FileState::Failed);
+        assert!(sent <= 3 * size + CHUNK as u64, "sent {sent} for {size}");
+        let reason = p.events().into_iter().find_map(|e| match e {
+            Event::Failed { failure, .. } => Some(failure),
+            _ => None,
+        });
+        let reason = reason.unwrap();
+        assert_eq!(reason.code(), CODE_GAVE_UP);
+        assert!(reason.to_string().contains("max_resend_factor"), "{reason}");
+    }
+
+    /// A silent server: after the ack timeout the connection is reported
+    /// stalled; after `give_up_after` without progress the upload fails,
+    /// naming the budget. A paused transfer does not count down.
+    #[test]
+    fn no_progress_for_the_budget_fails_the_transfer_but_not_a_paused_one() {
+        let mut c = config(WindowPolicy::Fixed(8), ServerStorage::Positional);
+        c.give_up_after = Some(Duration::from_secs(60));
+        let mut p = Pair::new(c);
+        p.upload(spec("a"), pattern(3 * CHUNK as usize, 1));
+        let mut held = spec("b");
+        held.hold = true;
+        p.upload(held, pattern(3 * CHUNK as usize, 2));
+        assert_eq!(p.client_sends().len(), 1);
+        p.advance(Duration::from_secs(31));
+        assert_eq!(p.state("a"), FileState::Sending, "stalled, not given up");
+        let deadline = p.engine.poll_timeout().expect("the budget is a timer");
+        assert!(deadline <= p.now + Duration::from_secs(30));
+        p.advance(Duration::from_secs(30));
+        assert_eq!(p.state("a"), FileState::Failed);
+        assert_eq!(p.state("b"), FileState::Paused, "a held transfer waits");
+        let failed = p.events().into_iter().find_map(|e| match e {
+            Event::Failed { failure, .. } => Some(failure.to_string()),
+            _ => None,
+        });
+        assert!(failed.unwrap().contains("give_up_after"));
+    }
 }

@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use super::inflight::{Request, RequestKind};
-use super::types::{Event, Failure, FileId, ServerStorage};
+use super::types::{Event, Failure, FileId, FileState, ServerStorage};
 use super::Engine;
 
 impl Engine {
@@ -30,7 +30,14 @@ impl Engine {
             .values()
             .filter_map(|t| t.common.progress.due_at(self.config.progress_interval))
             .min();
-        [ack, info, progress].into_iter().flatten().min()
+        let give_up = self.config.give_up_after.and_then(|budget| {
+            self.transfers
+                .values()
+                .filter(|t| t.common.state == FileState::Sending)
+                .map(|t| t.common.last_progress + budget)
+                .min()
+        });
+        [ack, info, progress, give_up].into_iter().flatten().min()
     }
 
     /// Fires due timers: coalesced progress, the 1045 timeout, the ack timeout.
@@ -52,6 +59,28 @@ impl Engine {
         }
         self.expire_info_requests(now);
         self.check_stall(now);
+        self.give_up_stalled(now);
+    }
+
+    /// Transfers that want to send and made no progress for `give_up_after`
+    /// fail, naming the last server error they saw.
+    fn give_up_stalled(&mut self, now: Instant) {
+        let Some(budget) = self.config.give_up_after else {
+            return;
+        };
+        let due: Vec<(FileId, Option<crate::protocol::ErrorCode>)> = self
+            .transfers
+            .values()
+            .filter(|t| {
+                t.common.state == FileState::Sending
+                    && now.saturating_duration_since(t.common.last_progress) >= budget
+            })
+            .map(|t| (t.common.id, t.common.last_error))
+            .collect();
+        for (id, last_error) in due {
+            let reason = format!("no progress for {budget:?} (give_up_after)");
+            self.fail(id, Failure::GaveUp { reason, last_error }, now);
+        }
     }
 
     /// A 1045 nobody answers: the deployed server sends nothing for an

@@ -24,10 +24,15 @@ pub(super) struct Common {
     /// Chunks sent in a row on this round-robin turn.
     pub burst: u32,
     pub started_at: Option<Instant>,
+    /// When the transfer last moved on (registered, resumed, a chunk
+    /// acknowledged or received); the give-up budget counts from here.
+    pub last_progress: Instant,
+    /// The last error code a server reply carried for it.
+    pub last_error: Option<crate::protocol::ErrorCode>,
 }
 
 impl Common {
-    pub fn new(id: FileId, name: String, priority: u8, state: FileState) -> Common {
+    pub fn new(id: FileId, name: String, priority: u8, state: FileState, now: Instant) -> Common {
         Common {
             id,
             name,
@@ -36,6 +41,8 @@ impl Common {
             progress: Progress::default(),
             burst: 0,
             started_at: None,
+            last_progress: now,
+            last_error: None,
         }
     }
 }

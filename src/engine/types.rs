@@ -41,6 +41,14 @@ pub struct EngineConfig {
     /// A download the server announces as larger than this fails before a
     /// byte is written (a hostile server could otherwise fill the disk).
     pub max_download_size: u64,
+    /// A transfer that makes no progress (no chunk acknowledged or received)
+    /// for this long while it wants to send fails; `None` never gives up.
+    /// Generous: a chat app may sit on a dead network for a while.
+    pub give_up_after: Option<Duration>,
+    /// An upload that has sent more than this many times its size (plus a
+    /// chunk) without completing fails: a server that loses every upload
+    /// cannot make the client send without bound.
+    pub max_resend_factor: u64,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +63,8 @@ impl Default for EngineConfig {
             info_timeout: Duration::from_secs(10),
             server_storage: ServerStorage::default(),
             max_download_size: 4 << 30,
+            give_up_after: Some(Duration::from_secs(600)),
+            max_resend_factor: 3,
         }
     }
 }
@@ -146,6 +156,12 @@ pub enum Failure {
     BadReply { seq: u32, message: String },
     /// The local side failed (the download's file could not be written).
     Local { message: String },
+    /// A give-up budget ran out: no progress for too long, or too many bytes
+    /// re-sent for one upload. `last_error` is the last server error seen.
+    GaveUp {
+        reason: String,
+        last_error: Option<ErrorCode>,
+    },
 }
 
 /// Library failure codes, outside the server's range.
@@ -153,6 +169,7 @@ pub const CODE_SOURCE: i64 = 2001;
 pub const CODE_UNCONFIRMED: i64 = 2002;
 pub const CODE_BAD_REPLY: i64 = 2003;
 pub const CODE_LOCAL: i64 = 2004;
+pub const CODE_GAVE_UP: i64 = 2005;
 
 impl Failure {
     /// A numeric code: the server's, or one of the library's 2xxx codes.
@@ -163,6 +180,7 @@ impl Failure {
             Failure::Unconfirmed { .. } => CODE_UNCONFIRMED,
             Failure::BadReply { .. } => CODE_BAD_REPLY,
             Failure::Local { .. } => CODE_LOCAL,
+            Failure::GaveUp { .. } => CODE_GAVE_UP,
         }
     }
 }
@@ -179,6 +197,10 @@ impl std::fmt::Display for Failure {
             ),
             Failure::BadReply { seq, message } => write!(f, "bad reply from the server (seq {seq}): {message}"),
             Failure::Local { message } => write!(f, "local: {message}"),
+            Failure::GaveUp { reason, last_error } => match last_error {
+                Some(code) => write!(f, "gave up: {reason}; last server error {code}"),
+                None => write!(f, "gave up: {reason}"),
+            },
         }
     }
 }

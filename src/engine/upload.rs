@@ -55,6 +55,8 @@ pub(super) struct Upload {
     pub phase: UploadPhase,
     /// Restarts from seq 1 because the server had lost its record (1012).
     pub lost_record_restarts: u8,
+    /// File bytes sent so far, resends included (bounded by `max_resend_factor`).
+    pub sent_bytes: u64,
 }
 
 impl Upload {
@@ -301,6 +303,7 @@ impl Engine {
             acked_bytes: 0,
             phase: UploadPhase::Streaming,
             lost_record_restarts: 0,
+            sent_bytes: 0,
             spec,
         };
         if let Some(rec) = resume.filter(|r| r.acked_prefix >= 1) {
@@ -343,6 +346,21 @@ impl Engine {
         }
         let len = u.chunk_len(seq);
         let offset = (seq as u64 - 1) * u.chunk as u64;
+        // Restarts and resends are bounded: past the factor, give up.
+        let bound = u
+            .size
+            .saturating_mul(self.config.max_resend_factor)
+            .saturating_add(u.chunk as u64);
+        if u.sent_bytes.saturating_add(len as u64) > bound {
+            let reason = format!(
+                "sent {} bytes of a {}-byte file without completing (max_resend_factor {})",
+                u.sent_bytes, u.size, self.config.max_resend_factor
+            );
+            let last_error = self.transfers.get(&id).and_then(|t| t.common.last_error);
+            self.fail(id, Failure::GaveUp { reason, last_error }, now);
+            return None;
+        }
+        let u = self.transfers.get_mut(&id)?.upload_mut()?;
         self.scratch.resize(len, 0);
         let read = match u.source.as_mut() {
             Some(source) => source.read_at(offset, &mut self.scratch[..len]),
@@ -384,6 +402,7 @@ impl Engine {
         let before = out.len();
         frame.encode(&self.scratch[..len], out);
         u.next_seq = seq + 1;
+        u.sent_bytes += len as u64;
         let request = Request {
             transfer: id,
             seq,
@@ -430,6 +449,7 @@ impl Engine {
         }
         let complete = u.is_complete();
         t.common.progress.dirty = true;
+        t.common.last_progress = now;
         if complete {
             self.complete_upload(id, now);
         } else if t
@@ -450,6 +470,7 @@ impl Engine {
         if t.common.state.is_terminal() {
             return;
         }
+        t.common.last_error = Some(code);
         let name = t.common.name.clone();
         let Some(u) = t.upload_mut() else { return };
         if u.phase == UploadPhase::RestartWhenDrained {
@@ -493,6 +514,6 @@ impl Engine {
         let (md5, bytes) = (u.md5.clone(), u.size);
         self.set_state(id, FileState::Completed);
         self.events.push_back(Event::Completed { name, md5, bytes });
-        self.promote();
+        self.promote(now);
     }
 }

@@ -81,6 +81,9 @@ pub mod ffi {
         /// The local side failed: the downloaded file could not be written
         /// or renamed.
         Local = 2004,
+        /// A give-up budget ran out: no progress for too long, or too many
+        /// bytes re-sent for one upload.
+        GaveUp = 2005,
     }
 
     /// One event, flat. Progress: `acked`, `total`, `rate` (bytes/s).

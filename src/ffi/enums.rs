@@ -67,7 +67,7 @@ ffi_enums! {
         StateChanged = 1 => c"STATE_CHANGED",
         /// Stored (upload) or saved (download) and verified: `md5`, `total` bytes.
         Completed = 2 => c"COMPLETED",
-        /// `code` (the server's error code, or a failure code 2001..2004) and `message`.
+        /// `code` (the server's error code, or a failure code 2001..2005) and `message`.
         Failed = 3 => c"FAILED",
         /// The connection is up; `message` names the server.
         Connected = 4 => c"CONNECTED",
@@ -93,5 +93,8 @@ ffi_enums! {
         BadReply = 2003 => c"BAD_REPLY",
         /// The local side failed: the downloaded file could not be written or renamed.
         Local = 2004 => c"LOCAL",
+        /// A give-up budget ran out: no progress for too long, or too many bytes re-sent
+        /// for one upload; the message names the cause and the last server error.
+        GaveUp = 2005 => c"GAVE_UP",
     }
 }

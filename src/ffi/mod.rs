@@ -233,6 +233,7 @@ const _: () = assert!(FailureCode::Source as i64 == crate::engine::CODE_SOURCE);
 const _: () = assert!(FailureCode::Unconfirmed as i64 == crate::engine::CODE_UNCONFIRMED);
 const _: () = assert!(FailureCode::BadReply as i64 == crate::engine::CODE_BAD_REPLY);
 const _: () = assert!(FailureCode::Local as i64 == crate::engine::CODE_LOCAL);
+const _: () = assert!(FailureCode::GaveUp as i64 == crate::engine::CODE_GAVE_UP);
 
 impl From<FileState> for XferState {
     // Exhaustive: a new engine state fails to compile until it has a number.

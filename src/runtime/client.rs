@@ -596,11 +596,28 @@ async fn drive(shared: Arc<Shared>, config: ClientConfig) {
         shared.changed.notify_waiters();
         // An API call wakes the driver: the backoff keeps its deadline (a
         // busy app must not postpone the reconnect), shutdown ends it.
+        // The engine's timers run while disconnected too: a transfer's
+        // give-up budget ends it even if the server never comes back.
         let deadline = tokio::time::Instant::now() + delay;
         while !is_shutdown(&shared) {
+            let timer = shared
+                .engine()
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
+            let timer = async {
+                match timer {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = shared.wake.notified() => {}
+                _ = timer => {
+                    let mut e = shared.engine();
+                    e.handle_timeout(Instant::now());
+                    shared.forward_events(&mut e);
+                }
             }
         }
     }

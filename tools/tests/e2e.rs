@@ -138,6 +138,10 @@ async fn random_cuts_never_lose_or_duplicate_data() {
             .unwrap();
             let mut cfg = client_config(emu.local_addr(), engine_storage);
             cfg.engine.window = WindowPolicy::Fixed(8);
+            // Cuts as often as every byte, each of which may restart a file
+            // from seq 1 against the appending peer: this test is about the
+            // bytes stored, not the re-send budget (tested in the engine).
+            cfg.engine.max_resend_factor = 1000;
             if storage == Storage::AppendStrict {
                 // The production backoff: bytes of the dead connection that
                 // already reached the server are processed before the restart's
