@@ -40,6 +40,9 @@ pub struct Args {
     /// Window policy: adaptive, adaptive:MAX or fixed:N.
     #[arg(long, default_value = "adaptive", value_parser = WindowPolicy::parse)]
     window: WindowPolicy,
+    /// Give a transfer up after this long without progress (0s: never).
+    #[arg(long, default_value = "60s", value_parser = chatxfer_tools::linkemu::parse_duration)]
+    give_up_after: std::time::Duration,
 }
 
 /// The file uploaded to the embedded server before downloading it.
@@ -67,6 +70,7 @@ pub async fn run(mut a: Args) -> AnyResult<bool> {
     }
     let mut config = ClientConfig::new(server);
     config.engine.window = a.window;
+    config.engine.give_up_after = (!a.give_up_after.is_zero()).then_some(a.give_up_after);
     let (client, mut events) = Client::start(config)?;
     let multi = MultiProgress::new();
     let style = bar_style("green/blue")?;

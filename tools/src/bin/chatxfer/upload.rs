@@ -36,6 +36,10 @@ pub struct Args {
     /// Window policy: adaptive, adaptive:MAX or fixed:N.
     #[arg(long, default_value = "adaptive", value_parser = WindowPolicy::parse)]
     pub window: WindowPolicy,
+    /// Give a transfer up after this long without progress (0s: never).
+    #[arg(long, default_value = "60s", value_parser = chatxfer_tools::linkemu::parse_duration)]
+    give_up_after: std::time::Duration,
+
     /// Raw bytes per chunk.
     #[arg(long, default_value_t = chatxfer::protocol::DEFAULT_CHUNK_SIZE)]
     chunk: u32,
@@ -71,6 +75,7 @@ impl Args {
             uid: 1,
             receiver: 2,
             window: WindowPolicy::adaptive(),
+            give_up_after: std::time::Duration::from_secs(60),
             chunk: chatxfer::protocol::DEFAULT_CHUNK_SIZE,
             state_dir: None,
             resume: false,
@@ -152,6 +157,7 @@ fn client_config(a: &Args, embedded: Option<&Embedded>) -> ClientConfig {
     };
     let mut config = ClientConfig::new(addr);
     config.engine.window = a.window;
+    config.engine.give_up_after = (!a.give_up_after.is_zero()).then_some(a.give_up_after);
     config.engine.chunk_size = a.chunk;
     config.engine.server_storage = storage;
     config.state_dir = a.state_dir.clone();
