@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use chatxfer::runtime::{Backoff, Client, ClientConfig, ClientEvent};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_during_the_backoff_ends_the_driver_at_once() {
-    // A port nobody listens on: connecting fails at once.
+/// A client of a port nobody listens on (connecting fails at once), with a
+/// 600 s backoff between attempts.
+fn unreachable() -> ClientConfig {
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -18,7 +18,12 @@ async fn shutdown_during_the_backoff_ends_the_driver_at_once() {
         max: Duration::from_secs(600),
         jitter: 0.0,
     };
-    let (client, mut events) = Client::start(config).unwrap();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_the_backoff_ends_the_driver_at_once() {
+    let (client, mut events) = Client::start(unreachable()).unwrap();
     let (_, retry_in) = next(&mut events).await.expect("the first connect fails");
     assert_eq!(retry_in, Some(Duration::from_secs(600)));
     // API calls wake the driver during its backoff; they must not restart it.
@@ -89,16 +94,7 @@ async fn garbage_replies_do_not_reset_the_backoff() {
 /// while the client is between connection attempts, and it fails saying so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_gives_up_while_the_server_stays_unreachable() {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut config = ClientConfig::new(addr.to_string());
-    config.backoff = Backoff {
-        initial: Duration::from_secs(600),
-        max: Duration::from_secs(600),
-        jitter: 0.0,
-    };
+    let mut config = unreachable();
     config.engine.give_up_after = Some(Duration::from_millis(300));
     let (client, mut events) = Client::start(config).unwrap();
     let out = tempfile::tempdir().unwrap();

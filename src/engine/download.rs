@@ -40,7 +40,7 @@ use crate::protocol::messages::{
     decode_as, DownChunkReq, DownChunkRsp, DownInfoReq, DownInfoRsp, StrU64,
 };
 use crate::protocol::name::name_problem;
-use crate::protocol::{frame, MsgId, DOWNLOAD_CHUNK};
+use crate::protocol::{frame, is_md5_hex, MsgId, DOWNLOAD_CHUNK};
 
 /// A download as the application asks for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,20 +221,17 @@ impl Engine {
         sink: Box<dyn ChunkSink>,
         now: Instant,
     ) -> Result<FileId> {
-        let _ = now;
         if let Some(reason) = name_problem(&spec.name) {
             return Err(Error::InvalidName {
                 name: spec.name.clone(),
                 reason,
             });
         }
-        if let Some(m) = &spec.md5 {
-            if m.len() != 32 || !m.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(Error::InvalidMd5 {
-                    name: spec.name.clone(),
-                    md5: m.clone(),
-                });
-            }
+        if let Some(m) = spec.md5.as_ref().filter(|m| !is_md5_hex(m)) {
+            return Err(Error::InvalidMd5 {
+                name: spec.name.clone(),
+                md5: m.clone(),
+            });
         }
         self.take_name(&spec.name)?;
         let (name, priority, hold) = (spec.name.clone(), spec.priority, spec.hold);

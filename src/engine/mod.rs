@@ -205,7 +205,6 @@ impl Engine {
             FileState::Queued | FileState::Sending => {}
             state => return Err(wrong_state(name, "pause", state)),
         }
-        self.scheduler.dequeue(id);
         self.set_state(id, FileState::Paused);
         self.promote(now);
         Ok(())
@@ -248,7 +247,6 @@ impl Engine {
             let (done, total) = t.done_total();
             tracing::info!(name, done, total, "transfer cancelled");
         }
-        self.scheduler.dequeue(id);
         self.set_state(id, FileState::Cancelled);
         self.promote(now);
         Ok(())
@@ -273,8 +271,7 @@ impl Engine {
 
     /// The connection is gone: every unanswered request is forgotten and each
     /// unfinished transfer is planned again from its record (see the module docs).
-    pub fn connection_lost(&mut self, now: Instant) {
-        let _ = now;
+    pub fn connection_lost(&mut self, _now: Instant) {
         self.connected = false;
         self.stall_reported = false;
         let uncertain: BTreeSet<FileId> = self
@@ -540,7 +537,6 @@ impl Engine {
         let (done, total) = t.done_total();
         let name = t.common.name.clone();
         tracing::info!(%name, done, total, %failure, "transfer failed");
-        self.scheduler.dequeue(id);
         self.set_state(id, FileState::Failed);
         self.events.push_back(Event::Failed { name, failure });
         self.promote(now);

@@ -30,10 +30,6 @@ impl Scheduler {
             self.queue.push(id);
         }
     }
-
-    pub fn dequeue(&mut self, id: FileId) {
-        self.queue.retain(|q| *q != id);
-    }
 }
 
 /// Chunks a transfer may send in a row on its round-robin turn.

@@ -1187,11 +1187,8 @@ mod downloads {
         assert!(!g.1 && g.0.is_empty(), "aborted and cleared");
     }
 
-    /// A cut with requests in flight: the server's expected seq ran ahead of
-    /// what arrived, so the probe after the reconnect fails, and the download
-    /// starts again from seq 1 (once) and completes byte-identical.
-    #[test]
-    fn a_cut_with_requests_in_flight_restarts_from_seq_1_and_completes() {
+    /// A 41-chunk download with its first 5 chunks received.
+    fn five_chunks_in() -> (Sim, Vec<u8>, MemorySink) {
         let mut s = sim(WindowPolicy::Fixed(8), ServerStorage::Positional);
         let data = pattern(40 * 32_768 + 11, 4);
         serve(&mut s, 1, "v.bin", &data);
@@ -1199,24 +1196,31 @@ mod downloads {
         while s.engine.file_status("d").unwrap().acked_prefix < 5 {
             s.step();
         }
+        (s, data, sink)
+    }
+
+    /// Runs the download to its end, checks it is byte-identical, and
+    /// returns the seqs the server was asked for from `s.server.down_log[from..]`.
+    fn complete_and_asked(s: &mut Sim, from: usize, data: &[u8], sink: &MemorySink) -> Vec<u32> {
+        s.run(Duration::from_secs(60));
+        assert_eq!(state(s, "d"), FileState::Completed, "{:?}", failure(s, "d"));
+        assert!(sink.0.lock().unwrap().0 == data);
+        s.server.down_log[from..].iter().map(|(_, q)| *q).collect()
+    }
+
+    /// A cut with requests in flight: the server's expected seq ran ahead of
+    /// what arrived, so the probe after the reconnect fails, and the download
+    /// starts again from seq 1 (once) and completes byte-identical.
+    #[test]
+    fn a_cut_with_requests_in_flight_restarts_from_seq_1_and_completes() {
+        let (mut s, data, sink) = five_chunks_in();
         let status = s.engine.file_status("d").unwrap();
         assert!(status.in_flight > 0, "{status:?}");
         let received = status.acked_prefix;
         s.cut();
         let logged = s.server.down_log.len();
-        s.run(Duration::from_secs(60));
-        assert_eq!(
-            state(&s, "d"),
-            FileState::Completed,
-            "{:?}",
-            failure(&s, "d")
-        );
-        assert!(sink.0.lock().unwrap().0 == data);
+        let after = complete_and_asked(&mut s, logged, &data, &sink);
         assert_eq!(s.engine.stats().restarts, 1);
-        let after: Vec<u32> = s.server.down_log[logged..]
-            .iter()
-            .map(|(_, q)| *q)
-            .collect();
         assert_eq!(
             after[0],
             received + 1,
@@ -1234,13 +1238,7 @@ mod downloads {
     /// expected seq is ours, so the download resumes exactly, with no restart.
     #[test]
     fn a_cut_with_nothing_in_flight_resumes_exactly() {
-        let mut s = sim(WindowPolicy::Fixed(8), ServerStorage::Positional);
-        let data = pattern(40 * 32_768 + 11, 4);
-        serve(&mut s, 1, "v.bin", &data);
-        let sink = download(&mut s, "d", 1, Some(md5_of(&data)));
-        while s.engine.file_status("d").unwrap().acked_prefix < 5 {
-            s.step();
-        }
+        let (mut s, data, sink) = five_chunks_in();
         s.engine.pause("d", s.now).unwrap();
         while s.engine.file_status("d").unwrap().in_flight > 0 {
             s.step();
@@ -1249,19 +1247,8 @@ mod downloads {
         s.cut();
         s.engine.resume("d", s.now).unwrap();
         let logged = s.server.down_log.len();
-        s.run(Duration::from_secs(60));
-        assert_eq!(
-            state(&s, "d"),
-            FileState::Completed,
-            "{:?}",
-            failure(&s, "d")
-        );
-        assert!(sink.0.lock().unwrap().0 == data);
+        let after = complete_and_asked(&mut s, logged, &data, &sink);
         assert_eq!(s.engine.stats().restarts, 0);
-        let after: Vec<u32> = s.server.down_log[logged..]
-            .iter()
-            .map(|(_, q)| *q)
-            .collect();
         assert_eq!(
             after,
             (received + 1..=41).collect::<Vec<u32>>(),

@@ -22,7 +22,7 @@ use super::transfer::Direction;
 use super::types::*;
 use super::Engine;
 use crate::protocol::name::name_problem;
-use crate::protocol::{ChunkFrame, ErrorCode, MsgId, SeqRanges, MAX_1043_SIZE};
+use crate::protocol::{is_md5_hex, ChunkFrame, ErrorCode, MsgId, SeqRanges, MAX_1043_SIZE};
 
 /// How often one file may start again from seq 1 after the server answered
 /// 1012 (no record); past that the 1012 fails it.
@@ -200,9 +200,7 @@ pub(super) fn check_spec(
     }
     let max_seq = max_seq as u32;
     let md5 = match &spec.md5 {
-        Some(m) if m.len() == 32 && m.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            m.to_ascii_lowercase()
-        }
+        Some(m) if is_md5_hex(m) => m.to_ascii_lowercase(),
         other => {
             return Err(Error::InvalidMd5 {
                 name: spec.name.clone(),

@@ -429,9 +429,7 @@ impl DownloadArgs {
                 "empty destination directory",
             ));
         }
-        if !self.md5.is_empty()
-            && (self.md5.len() != 32 || !self.md5.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
+        if !self.md5.is_empty() && !crate::protocol::is_md5_hex(&self.md5) {
             return Err(FfiError::new(
                 Code::InvalidArgument,
                 format!("md5 {:?} is not 32 hex digits", self.md5),

@@ -37,6 +37,11 @@ pub const DOWNLOAD_CHUNK: u64 = 32_768;
 /// with `asInt`, and anything above `i32::MAX` throws and ends the process.
 pub const MAX_1043_SIZE: u64 = i32::MAX as u64;
 
+/// Whether `s` is an md5 as the protocol carries it: 32 hex digits.
+pub fn is_md5_hex(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Errors decoding a message body.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {

@@ -23,7 +23,7 @@ use std::time::SystemTime;
 
 use crate::engine::{ChunkSink, ChunkSource};
 use crate::error::{Error, Result};
-use crate::protocol::name::name_problem as unsafe_name;
+use crate::protocol::name::name_problem;
 
 /// A file on disk, opened once and read positionally.
 #[derive(Debug)]
@@ -238,7 +238,7 @@ fn place(part: &Path, dir: &Path, name: &str, existing: ExistingFile) -> io::Res
 impl ChunkSink for FileSink {
     fn open(&mut self, server_name: &str, size: u64) -> io::Result<()> {
         let name = self.name.clone().unwrap_or_else(|| server_name.to_string());
-        if let Some(why) = unsafe_name(&name) {
+        if let Some(why) = name_problem(&name) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("refusing file name {name:?} from the server: {why}"),

@@ -19,7 +19,7 @@ use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
 use super::{lock, CompletedFile, Counters, Storage, MD5_MISMATCH};
-use chatxfer::protocol::ErrorCode;
+use chatxfer::protocol::{is_md5_hex, ErrorCode};
 use chatxfer::runtime::files::write_all_at;
 
 pub use chatxfer::protocol::name::{name_problem, MAX_NAME_LEN};
@@ -221,10 +221,6 @@ pub struct Store {
 
 fn md5_eq(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
-}
-
-fn is_md5_hex(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn hex(digest: &[u8]) -> String {
