@@ -113,9 +113,10 @@ class Sink : public chatxfer::EventSink {
     n.code = code, n.text = message;
     inbox_->Push(std::move(n));
   }
-  void OnConnection(bool up, const std::string& detail) override {
+  void OnConnection(bool up, const std::string& detail, std::int64_t retry_in_ms) override {
     Note n{Note::Conn, ""};
     n.code = up ? 1 : 0, n.text = detail;
+    if (!up && retry_in_ms >= 0) n.text += ", retry in " + std::to_string(retry_in_ms) + " ms";
     inbox_->Push(std::move(n));
   }
 

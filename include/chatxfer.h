@@ -90,9 +90,14 @@ enum chatxfer_result
    */
   CHATXFER_RESULT_BAD_FRAME = 14,
   /*
-   An internal error (a bug); the library stays usable.
+   An internal error (a bug) in this call; the library stays usable.
    */
   CHATXFER_RESULT_PANIC = 15,
+  /*
+   The client stopped after an internal error (a bug) in its driver: its
+   transfers failed with FAILURE_INTERNAL; create a new client.
+   */
+  CHATXFER_RESULT_BROKEN = 16,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -123,7 +128,7 @@ enum chatxfer_event_kind
    */
   CHATXFER_EVENT_KIND_COMPLETED = 2,
   /*
-   `code` (the server's error code, or a failure code 2001..2005) and `message`.
+   `code` (the server's error code, or a failure code 2001..2006) and `message`.
    */
   CHATXFER_EVENT_KIND_FAILED = 3,
   /*
@@ -131,7 +136,9 @@ enum chatxfer_event_kind
    */
   CHATXFER_EVENT_KIND_CONNECTED = 4,
   /*
-   The connection is down; `message` says why and when it retries.
+   The connection is down: `message` says why; `retry_in_ms` is when the
+   next attempt starts (-1: none, the client stopped), `attempt` its number
+   (1 for the first retry after a working connection).
    */
   CHATXFER_EVENT_KIND_DISCONNECTED = 5,
   /*
@@ -226,6 +233,11 @@ enum chatxfer_failure
    for one upload; the message names the cause and the last server error.
    */
   CHATXFER_FAILURE_GAVE_UP = 2005,
+  /*
+   The library failed inside (a bug, e.g. a panic in its connection driver): the
+   client stopped and every unfinished transfer fails with this code.
+   */
+  CHATXFER_FAILURE_INTERNAL = 2006,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -260,6 +272,16 @@ typedef struct chatxfer_event {
    Saved: the downloaded file's path ("" for other kinds).
    */
   const char *path;
+  /*
+   Disconnected: milliseconds until the next connection attempt; -1 when
+   none follows (the client stopped) and for every other kind.
+   */
+  int64_t retry_in_ms;
+  /*
+   Disconnected: the number of that attempt (1 after a connection that
+   worked, growing while the server stays unreachable); 0 otherwise.
+   */
+  uint32_t attempt;
 } chatxfer_event;
 
 /*

@@ -71,7 +71,12 @@
 //   2005 Failure::GaveUp       a give-up budget ran out: no progress for too
 //                              long, or too many bytes re-sent for one
 //                              upload; the message names the cause and the
-//                              last server error.
+//                              last server error;
+//   2006 Failure::Internal     the library failed inside (a bug, e.g. a panic
+//                              in its connection driver): the client stopped,
+//                              every unfinished transfer fails with this code,
+//                              OnConnection(false, reason, -1) follows, and
+//                              later calls return Status::Broken.
 //
 // Downloads (Client only): AddDownloadFile registers the download held
 // (Paused, nothing asked of the server); StartDownload (the same as

@@ -57,10 +57,13 @@ class EventSink {
                         const std::string& message) {
     (void)name, (void)code, (void)message;
   }
-  // Connection to the ResourceServer up (true) or down (false, with the
-  // reason; the library reconnects by itself and resumes the uploads).
-  virtual void OnConnection(bool up, const std::string& detail) {
-    (void)up, (void)detail;
+  // Connection to the ResourceServer up (true; `detail` names the server)
+  // or down (false; `detail` says why). When down, the library reconnects
+  // by itself in `retry_in_ms` milliseconds and resumes the transfers;
+  // -1 means it will not (the client stopped). Transfers that make no
+  // progress for their give-up budget fail meanwhile (Failure::GaveUp).
+  virtual void OnConnection(bool up, const std::string& detail, std::int64_t retry_in_ms) {
+    (void)up, (void)detail, (void)retry_in_ms;
   }
   // Something worth logging (a stalled server, a protocol violation).
   virtual void OnWarning(const std::string& message) { (void)message; }

@@ -22,6 +22,10 @@ pub enum Error {
     NotAFile { path: PathBuf },
     #[error("{}: changed since the upload started ({detail}); not resumed", path.display())]
     SourceChanged { path: PathBuf, detail: String },
+    /// The client stopped after an internal error (a bug); its transfers
+    /// failed. A new client works.
+    #[error("{reason}; create a new client")]
+    Broken { reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -45,7 +45,9 @@ async fn next(
     let fut = async {
         loop {
             match events.recv().await {
-                Some(ClientEvent::Disconnected { reason, retry_in }) => break (reason, retry_in),
+                Some(ClientEvent::Disconnected {
+                    reason, retry_in, ..
+                }) => break (reason, retry_in),
                 Some(_) => {}
                 None => panic!("event stream ended"),
             }

@@ -293,7 +293,7 @@ class QtSink : public chatxfer::EventSink {
   void OnCompleted(const std::string& name, const std::string& md5, std::uint64_t bytes) override;
   void OnFailed(const std::string& name, std::int64_t code, const std::string& message) override;
   void OnSaved(const std::string& name, const std::string& path) override;
-  void OnConnection(bool up, const std::string& detail) override;
+  void OnConnection(bool up, const std::string& detail, std::int64_t retry_in_ms) override;
 
  private:
   template <typename F>
@@ -418,9 +418,14 @@ class ChatWindow : public QWidget {
     saved_[name] = path;
     if (Bubble* b = Find(name)) b->SetPicture(path);
   }
-  void OnConnection(bool up, const QString& detail) {
+  void OnConnection(bool up, const QString& detail, qint64 retry_in_ms) {
     CheckThread();
-    status_->setText(up ? "online" : "reconnecting...");
+    if (up)
+      status_->setText("online");
+    else if (retry_in_ms >= 0)
+      status_->setText(QString("reconnecting in %1 s...").arg(retry_in_ms / 1000.0, 0, 'f', 1));
+    else
+      status_->setText("offline");
     status_->setToolTip(detail);
   }
 
@@ -597,8 +602,10 @@ void QtSink::OnSaved(const std::string& name, const std::string& path) {
     w->OnSaved(n, p);
   });
 }
-void QtSink::OnConnection(bool up, const std::string& detail) {
-  Post([w = w_, up, d = QString::fromStdString(detail)] { w->OnConnection(up, d); });
+void QtSink::OnConnection(bool up, const std::string& detail, std::int64_t retry_in_ms) {
+  Post([w = w_, up, d = QString::fromStdString(detail), retry_in_ms] {
+    w->OnConnection(up, d, retry_in_ms);
+  });
 }
 
 // --- self-test --------------------------------------------------------------

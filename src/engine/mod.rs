@@ -252,6 +252,23 @@ impl Engine {
         Ok(())
     }
 
+    /// Ends every unfinished transfer with [`Failure::Internal`]: the host
+    /// that drives this engine failed, and nothing will move them on.
+    pub fn fail_all(&mut self, message: &str, now: Instant) {
+        let unfinished: Vec<FileId> = self
+            .transfers
+            .values()
+            .filter(|t| !t.common.state.is_terminal())
+            .map(|t| t.common.id)
+            .collect();
+        for id in unfinished {
+            let failure = Failure::Internal {
+                message: message.to_string(),
+            };
+            self.fail(id, failure, now);
+        }
+    }
+
     /// Stops (or restarts) issuing new chunks for every transfer, without
     /// changing their states; in-flight chunks still get their replies. A
     /// graceful shutdown drains this way so that the acknowledged record is exact.

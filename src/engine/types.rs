@@ -162,6 +162,9 @@ pub enum Failure {
         reason: String,
         last_error: Option<ErrorCode>,
     },
+    /// The library failed inside (a bug, e.g. a panic in the connection
+    /// driver): the client stopped and nothing will move this transfer on.
+    Internal { message: String },
 }
 
 /// Library failure codes, outside the server's range.
@@ -170,6 +173,7 @@ pub const CODE_UNCONFIRMED: i64 = 2002;
 pub const CODE_BAD_REPLY: i64 = 2003;
 pub const CODE_LOCAL: i64 = 2004;
 pub const CODE_GAVE_UP: i64 = 2005;
+pub const CODE_INTERNAL: i64 = 2006;
 
 impl Failure {
     /// A numeric code: the server's, or one of the library's 2xxx codes.
@@ -181,6 +185,7 @@ impl Failure {
             Failure::BadReply { .. } => CODE_BAD_REPLY,
             Failure::Local { .. } => CODE_LOCAL,
             Failure::GaveUp { .. } => CODE_GAVE_UP,
+            Failure::Internal { .. } => CODE_INTERNAL,
         }
     }
 }
@@ -201,6 +206,7 @@ impl std::fmt::Display for Failure {
                 Some(code) => write!(f, "gave up: {reason}; last server error {code}"),
                 None => write!(f, "gave up: {reason}"),
             },
+            Failure::Internal { message } => write!(f, "internal error in the library: {message}"),
         }
     }
 }

@@ -36,6 +36,7 @@ pub mod ffi {
         Runtime = 13,
         BadFrame = 14,
         Panic = 15,
+        Broken = 16,
     }
 
     /// Where a transfer stands (`Queued` also for events that carry no state).
@@ -84,12 +85,15 @@ pub mod ffi {
         /// A give-up budget ran out: no progress for too long, or too many
         /// bytes re-sent for one upload.
         GaveUp = 2005,
+        /// The library failed inside (a bug); the client stopped.
+        Internal = 2006,
     }
 
     /// One event, flat. Progress: `acked`, `total`, `rate` (bytes/s).
     /// StateChanged: `state`. Completed: `md5`, `total`. Failed: `code`
     /// (the server's error code or a `Failure`), `message`.
-    /// Connected/Disconnected/Warning: `message`. Saved (downloads, just
+    /// Connected/Warning: `message`. Disconnected: `message`,
+    /// `retry_in_ms`, `attempt`. Saved (downloads, just
     /// before Completed): `path`. `name` is empty for connection events.
     #[derive(Debug)]
     struct Event {
@@ -103,6 +107,12 @@ pub mod ffi {
         code: i64,
         message: String,
         path: String,
+        /// Disconnected: milliseconds until the next attempt (-1: none, the
+        /// client stopped; also -1 for other kinds).
+        retry_in_ms: i64,
+        /// Disconnected: the number of that attempt (1 after a connection
+        /// that worked); 0 for other kinds.
+        attempt: u32,
     }
 
     /// A snapshot of one transfer.
@@ -306,6 +316,8 @@ fn flat_to_event(f: FlatEvent) -> Event {
         code: f.code,
         message: f.message,
         path: f.path,
+        retry_in_ms: f.retry_in_ms,
+        attempt: f.attempt,
     }
 }
 

@@ -45,6 +45,12 @@ pub struct chatxfer_event {
     pub message: *const c_char,
     /// Saved: the downloaded file's path ("" for other kinds).
     pub path: *const c_char,
+    /// Disconnected: milliseconds until the next connection attempt; -1 when
+    /// none follows (the client stopped) and for every other kind.
+    pub retry_in_ms: i64,
+    /// Disconnected: the number of that attempt (1 after a connection that
+    /// worked, growing while the server stays unreachable); 0 otherwise.
+    pub attempt: u32,
 }
 
 /// Receives events on a library thread (`chatxfer-events`), one at a time,
@@ -201,6 +207,8 @@ pub unsafe extern "C" fn chatxfer_client_new(
                     code: f.code,
                     message: message.as_ptr(),
                     path: path.as_ptr(),
+                    retry_in_ms: f.retry_in_ms,
+                    attempt: f.attempt,
                 };
                 // SAFETY: the app gave a valid callback; `ev` and its
                 // strings outlive the call.

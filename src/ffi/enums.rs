@@ -38,8 +38,11 @@ ffi_enums! {
         Runtime = 13 => c"RUNTIME",
         /// Bytes from the server do not form a valid frame (sans-IO engine).
         BadFrame = 14 => c"BAD_FRAME",
-        /// An internal error (a bug); the library stays usable.
+        /// An internal error (a bug) in this call; the library stays usable.
         Panic = 15 => c"PANIC",
+        /// The client stopped after an internal error (a bug) in its driver: its
+        /// transfers failed with FAILURE_INTERNAL; create a new client.
+        Broken = 16 => c"BROKEN",
     }
 
     /// Where a transfer stands (C `chatxfer_state`, C++ `chatxfer::State`).
@@ -67,11 +70,13 @@ ffi_enums! {
         StateChanged = 1 => c"STATE_CHANGED",
         /// Stored (upload) or saved (download) and verified: `md5`, `total` bytes.
         Completed = 2 => c"COMPLETED",
-        /// `code` (the server's error code, or a failure code 2001..2005) and `message`.
+        /// `code` (the server's error code, or a failure code 2001..2006) and `message`.
         Failed = 3 => c"FAILED",
         /// The connection is up; `message` names the server.
         Connected = 4 => c"CONNECTED",
-        /// The connection is down; `message` says why and when it retries.
+        /// The connection is down: `message` says why; `retry_in_ms` is when the
+        /// next attempt starts (-1: none, the client stopped), `attempt` its number
+        /// (1 for the first retry after a working connection).
         Disconnected = 5 => c"DISCONNECTED",
         /// Something to log (`message`): a stalled server, a protocol violation, a
         /// journal ignored or offered.
@@ -96,5 +101,8 @@ ffi_enums! {
         /// A give-up budget ran out: no progress for too long, or too many bytes re-sent
         /// for one upload; the message names the cause and the last server error.
         GaveUp = 2005 => c"GAVE_UP",
+        /// The library failed inside (a bug, e.g. a panic in its connection driver): the
+        /// client stopped and every unfinished transfer fails with this code.
+        Internal = 2006 => c"INTERNAL",
     }
 }

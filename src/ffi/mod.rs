@@ -154,6 +154,7 @@ impl From<crate::Error> for FfiError {
             E::Engine(e) => FfiError::from(e),
             E::Source { .. } | E::SourceChanged { .. } => FfiError::new(Code::Io, e.to_string()),
             E::NotAFile { .. } => FfiError::new(Code::NotAFile, e.to_string()),
+            E::Broken { .. } => FfiError::new(Code::Broken, e.to_string()),
         }
     }
 }
@@ -234,6 +235,7 @@ const _: () = assert!(FailureCode::Unconfirmed as i64 == crate::engine::CODE_UNC
 const _: () = assert!(FailureCode::BadReply as i64 == crate::engine::CODE_BAD_REPLY);
 const _: () = assert!(FailureCode::Local as i64 == crate::engine::CODE_LOCAL);
 const _: () = assert!(FailureCode::GaveUp as i64 == crate::engine::CODE_GAVE_UP);
+const _: () = assert!(FailureCode::Internal as i64 == crate::engine::CODE_INTERNAL);
 
 impl From<FileState> for XferState {
     // Exhaustive: a new engine state fails to compile until it has a number.
@@ -264,6 +266,12 @@ pub struct FlatEvent {
     pub message: String,
     /// Saved: where the downloaded file now is.
     pub path: String,
+    /// Disconnected: milliseconds until the next attempt; -1 when none
+    /// follows (the client stopped) and for every other kind.
+    pub retry_in_ms: i64,
+    /// Disconnected: the number of the next attempt (1 after a connection
+    /// that worked); 0 for every other kind.
+    pub attempt: u32,
 }
 
 impl FlatEvent {
@@ -279,6 +287,8 @@ impl FlatEvent {
             code: 0,
             message: String::new(),
             path: String::new(),
+            retry_in_ms: -1,
+            attempt: 0,
         }
     }
 
@@ -345,11 +355,17 @@ impl FlatEvent {
                 message: server.clone(),
                 ..FlatEvent::new(EventKind::Connected, "")
             },
-            ClientEvent::Disconnected { reason, retry_in } => FlatEvent {
+            ClientEvent::Disconnected {
+                reason,
+                retry_in,
+                attempt,
+            } => FlatEvent {
                 message: match retry_in {
-                    Some(d) => format!("{reason} (retry in {} ms)", d.as_millis()),
+                    Some(d) => format!("{reason} (retry {attempt} in {} ms)", d.as_millis()),
                     None => reason.clone(),
                 },
+                retry_in_ms: retry_in.map_or(-1, |d| d.as_millis().min(i64::MAX as u128) as i64),
+                attempt: *attempt,
                 ..FlatEvent::new(EventKind::Disconnected, "")
             },
             ClientEvent::ResumeOffered {

@@ -24,10 +24,10 @@ void deliver(EventSink& sink, const Event& e) {
         sink.OnFailed(name, e.code, std::string(e.message));
         break;
       case EventKind::Connected:
-        sink.OnConnection(true, std::string(e.message));
+        sink.OnConnection(true, std::string(e.message), -1);
         break;
       case EventKind::Disconnected:
-        sink.OnConnection(false, std::string(e.message));
+        sink.OnConnection(false, std::string(e.message), e.retry_in_ms);
         break;
       case EventKind::Warning:
         sink.OnWarning(std::string(e.message));

@@ -13,6 +13,7 @@
 //! change it, and wake the driver.
 
 use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -70,9 +71,12 @@ pub enum ClientEvent {
     Connected { server: String },
     /// The connection went down or could not be made; unfinished transfers
     /// continue after a reconnect in `retry_in` (`None`: the client stopped).
+    /// `attempt` numbers that reconnect: 1 after a connection that moved a
+    /// transfer on, growing while the server stays unreachable or useless.
     Disconnected {
         reason: String,
         retry_in: Option<Duration>,
+        attempt: u32,
     },
 }
 
@@ -138,6 +142,9 @@ struct Shared {
     events: mpsc::UnboundedSender<ClientEvent>,
     journal: Mutex<JournalState>,
     existing_files: ExistingFile,
+    /// Set when the driver failed (a panic): why. From then on every call
+    /// returns [`crate::Error::Broken`] and every transfer has failed.
+    broken: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -153,6 +160,44 @@ struct JournalState {
 }
 
 impl Shared {
+    fn broken(&self) -> Option<String> {
+        lock(&self.broken).clone()
+    }
+
+    /// Contains a fault of the driver (or of a call): the client stops for
+    /// good, every unfinished transfer fails saying so, and every waiter
+    /// wakes. The engine may be half-way through a change, so failing its
+    /// transfers is itself guarded; if even that fails, the app still gets
+    /// the final `Disconnected`.
+    fn contain(&self, what: &str) {
+        let reason = format!("the client stopped after an internal error: {what}");
+        {
+            let mut broken = lock(&self.broken);
+            if broken.is_some() {
+                return;
+            }
+            *broken = Some(reason.clone());
+        }
+        tracing::error!(%reason, "chatxfer client broken");
+        self.shutdown
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let failed = catch_unwind(AssertUnwindSafe(|| {
+            let mut e = self.engine();
+            e.fail_all(&reason, Instant::now());
+            self.forward_events(&mut e);
+        }));
+        if failed.is_err() {
+            tracing::error!("could not fail the transfers of a broken client");
+        }
+        let _ = self.events.send(ClientEvent::Disconnected {
+            reason,
+            retry_in: None,
+            attempt: 0,
+        });
+        self.changed.notify_waiters();
+        self.wake.notify_one();
+    }
+
     fn engine(&self) -> MutexGuard<'_, Engine> {
         // The engine never panics with the lock held in normal operation; a
         // poisoned lock still holds a consistent engine (every mutation is
@@ -285,8 +330,19 @@ impl Client {
             changed: Notify::new(),
             shutdown: std::sync::atomic::AtomicBool::new(false),
             events: tx,
+            broken: Mutex::new(None),
         });
-        rt.spawn(drive(shared.clone(), config));
+        let driver = rt.spawn(drive(shared.clone(), config));
+        // Whatever ends the driver abnormally (a panic: a bug) is contained
+        // here rather than leaving every transfer waiting forever.
+        let watched = shared.clone();
+        rt.spawn(async move {
+            if let Err(e) = driver.await {
+                if e.is_panic() {
+                    watched.contain(&panic_message(e.into_panic()));
+                }
+            }
+        });
         let guard = Arc::new(DropGuard(shared.clone()));
         (
             Client {
@@ -308,6 +364,17 @@ impl Client {
         self.with_engine(|e, now| e.add_file(spec, Box::new(source), now).map(|_| ()))?;
         self.remember(template);
         Ok(())
+    }
+
+    /// Registers an upload read from any [`ChunkSource`] (a buffer, a
+    /// generated stream, a file the app opened itself); `spec.md5` is
+    /// required, since the source is not read ahead.
+    pub fn add_source(
+        &self,
+        spec: FileSpec,
+        source: Box<dyn crate::engine::ChunkSource + Send>,
+    ) -> Result<()> {
+        self.with_engine(|e, now| e.add_file(spec, source, now).map(|_| ()))
     }
 
     /// Downloads the file of chat message `spec.message_id` into `dest_dir`,
@@ -487,14 +554,37 @@ impl Client {
         self.shared.engine().stats().clone()
     }
 
-    /// Waits until no transfer is queued, sending or paused.
-    pub async fn wait_idle(&self) {
+    /// Waits until no transfer is queued, sending or paused; an error if
+    /// the client broke (its transfers then failed).
+    pub async fn wait_idle(&self) -> Result<()> {
         loop {
             let notified = self.shared.changed.notified();
+            self.check_broken()?;
             if self.shared.engine().is_idle() {
-                return;
+                return Ok(());
             }
             notified.await;
+        }
+    }
+
+    /// [`Client::wait_idle`] for at most `limit`: `Ok(false)` if transfers
+    /// are still unfinished then.
+    pub async fn wait_idle_for(&self, limit: Duration) -> Result<bool> {
+        match tokio::time::timeout(limit, self.wait_idle()).await {
+            Ok(r) => r.map(|()| true),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Why the client stopped, if an internal error stopped it.
+    pub fn broken(&self) -> Option<String> {
+        self.shared.broken()
+    }
+
+    fn check_broken(&self) -> Result<()> {
+        match self.shared.broken() {
+            Some(reason) => Err(crate::Error::Broken { reason }),
+            None => Ok(()),
         }
     }
 
@@ -534,13 +624,36 @@ impl Client {
     where
         crate::Error: From<E>,
     {
-        let mut engine = self.shared.engine();
-        let r = f(&mut engine, Instant::now()).map_err(crate::Error::from);
-        self.shared.forward_events(&mut engine);
-        drop(engine);
+        self.check_broken()?;
+        // A panic here is a bug of the library; it breaks this client (the
+        // engine may be half-changed) instead of unwinding into the app.
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            let mut engine = self.shared.engine();
+            let r = f(&mut engine, Instant::now()).map_err(crate::Error::from);
+            self.shared.forward_events(&mut engine);
+            r
+        }));
         self.shared.wake.notify_one();
-        r
+        match r {
+            Ok(r) => r,
+            Err(panic) => {
+                self.shared.contain(&panic_message(panic));
+                Err(crate::Error::Broken {
+                    reason: self.shared.broken().unwrap_or_default(),
+                })
+            }
+        }
     }
+}
+
+/// The text of a panic's payload, for the failure it becomes.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    format!("panic: {text}")
 }
 
 fn is_shutdown(shared: &Shared) -> bool {
@@ -592,6 +705,7 @@ async fn drive(shared: Arc<Shared>, config: ClientConfig) {
         let _ = shared.events.send(ClientEvent::Disconnected {
             reason,
             retry_in: Some(delay),
+            attempt,
         });
         shared.changed.notify_waiters();
         // An API call wakes the driver: the backoff keeps its deadline (a
@@ -624,6 +738,7 @@ async fn drive(shared: Arc<Shared>, config: ClientConfig) {
     let _ = shared.events.send(ClientEvent::Disconnected {
         reason: "client shut down".into(),
         retry_in: None,
+        attempt: 0,
     });
     shared.changed.notify_waiters();
 }

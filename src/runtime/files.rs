@@ -184,6 +184,20 @@ fn create_part(dir: &Path, name: &str) -> io::Result<(File, PathBuf)> {
     ))
 }
 
+/// Refuses a download that cannot fit before a byte is written (the size
+/// is the server's word; the limit on it is the engine's). A file system
+/// that cannot say how much is free is not refused here: a full disk then
+/// fails the write, and the partial file is removed.
+fn check_free_space(dir: &Path, name: &str, size: u64) -> io::Result<()> {
+    match fs4::available_space(dir) {
+        Ok(free) if size > free => Err(io::Error::other(format!(
+            "not enough free space in {} for {name:?}: {size} bytes needed, {free} available",
+            dir.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// `photo.jpg`, then `photo (1).jpg`, `photo (2).jpg`, ...
 fn candidate(name: &str, n: u32) -> String {
     if n == 0 {
@@ -245,6 +259,7 @@ impl ChunkSink for FileSink {
             ));
         }
         std::fs::create_dir_all(&self.dir)?;
+        check_free_space(&self.dir, &name, size)?;
         let (file, part) = create_part(&self.dir, &name)?;
         if let Err(e) = file.set_len(size) {
             let _ = std::fs::remove_file(&part);
@@ -409,6 +424,19 @@ mod tests {
         let err = s.finish().unwrap_err();
         assert!(err.to_string().contains("not replaced"), "{err}");
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn file_sink_refuses_a_size_beyond_the_free_space_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::new(dir.path(), None);
+        let e = sink.open("huge.mp4", u64::MAX / 2).unwrap_err();
+        assert!(e.to_string().contains("not enough free space"), "{e}");
+        assert!(e.to_string().contains("huge.mp4"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // A size that fits is accepted.
+        sink.open("small.jpg", 1000).unwrap();
+        sink.abort();
     }
 
     #[test]

@@ -149,3 +149,146 @@ pub fn file_md5(path: &Path) -> chatxfer::Result<String> {
         })
     })
 }
+
+/// Ctrl-C, watched from the command's start: hashing, transfers and
+/// waits all see it, so no phase of a run ignores it.
+#[derive(Clone)]
+pub struct Interrupt(tokio::sync::watch::Receiver<bool>);
+
+impl Interrupt {
+    /// Starts watching for Ctrl-C (on the current runtime).
+    pub fn watch() -> Interrupt {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                let _ = tx.send(true);
+            }
+            // Keep the sender (and so the state) for the run's rest.
+            std::future::pending::<()>().await;
+        });
+        Interrupt(rx)
+    }
+
+    pub fn is_set(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Returns once Ctrl-C was pressed.
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|set| *set).await;
+    }
+}
+
+/// Returned when Ctrl-C stopped a phase.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// The md5 of a file, read off the runtime's threads and stopped by Ctrl-C
+/// between two reads (hashing a video takes seconds).
+pub async fn file_md5_interruptible(path: &Path, stop: &Interrupt) -> AnyResult<String> {
+    use md5::Digest;
+    use std::io::Read;
+    let path = path.to_path_buf();
+    let stop = stop.clone();
+    // Err(None): interrupted; Err(Some(text)): unreadable.
+    let hashed = tokio::task::spawn_blocking(move || -> Result<String, Option<String>> {
+        let unreadable = |e: std::io::Error| Some(format!("{}: cannot read: {e}", path.display()));
+        let mut file = std::fs::File::open(&path).map_err(unreadable)?;
+        let mut hasher = md5::Md5::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            if stop.is_set() {
+                return Err(None);
+            }
+            let n = file.read(&mut buf).map_err(unreadable)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(hex(&hasher.finalize()))
+    });
+    match hashed.await {
+        Ok(Ok(md5)) => Ok(md5),
+        Ok(Err(None)) => Err(Interrupted.into()),
+        Ok(Err(Some(text))) => Err(text.into()),
+        Err(e) => Err(format!("hashing failed: {e}").into()),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `text` safe to print on a terminal: control characters (escape
+/// sequences, carriage returns) and bidirectional overrides, which a server
+/// could put in a file name or an error, are shown escaped.
+pub fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The line printed when the connection is down: why, and when the next
+/// attempt (and which) starts.
+pub fn connection_down(reason: &str, retry_in: Option<Duration>, attempt: u32) -> String {
+    match retry_in {
+        Some(d) => format!(
+            "connection down: {}; retry {attempt} in {:.1} s",
+            shown(reason),
+            d.as_secs_f64()
+        ),
+        None => format!("connection down: {}", shown(reason)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_controls_are_escaped_and_plain_text_kept() {
+        assert_eq!(shown("photo (1).jpg"), "photo (1).jpg");
+        assert_eq!(shown("照片.png"), "照片.png");
+        let hostile = "a\u{1b}]0;owned\u{7}b\r\nc\u{202e}gpj.exe";
+        let s = shown(hostile);
+        assert!(
+            !s.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{s:?}"
+        );
+        assert_eq!(s, "a\\u{1b}]0;owned\\u{7}b\\u{d}\\u{a}c\\u{202e}gpj.exe");
+    }
+
+    #[test]
+    fn the_connection_line_says_which_retry_and_when() {
+        let line = connection_down(
+            "connect to h:1: refused",
+            Some(Duration::from_millis(3200)),
+            4,
+        );
+        assert_eq!(
+            line,
+            "connection down: connect to h:1: refused; retry 4 in 3.2 s"
+        );
+        assert_eq!(
+            connection_down("client shut down", None, 0),
+            "connection down: client shut down"
+        );
+    }
+}

@@ -12,7 +12,9 @@ use indicatif::{MultiProgress, ProgressBar};
 use chatxfer::engine::{AvatarRef, DownloadSpec, Event, FileSpec, ServerStorage, WindowPolicy};
 use chatxfer::runtime::{Client, ClientConfig, ClientEvent, Events};
 
-use crate::common::{bar_style, file_md5, generate, AnyResult, Embedded, LinkArgs};
+use crate::common::{
+    bar_style, connection_down, file_md5, generate, shown, AnyResult, Embedded, Interrupt, LinkArgs,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -49,6 +51,7 @@ pub struct Args {
 const REFERENCE_NAME: &str = "incoming-photo.jpg";
 
 pub async fn run(mut a: Args) -> AnyResult<bool> {
+    let stop = Interrupt::watch();
     let mut embedded = None;
     let mut reference_md5 = None;
     let server = match a.server.clone() {
@@ -82,12 +85,23 @@ pub async fn run(mut a: Args) -> AnyResult<bool> {
         bar.set_prefix(spec.name.clone());
         bars.insert(spec.name, bar);
     }
-    let (mut ok, lines) = follow(&mut events, &multi, &bars).await;
+    let (mut ok, lines, interrupted) = follow(&mut events, &multi, &bars, &stop).await;
+    if interrupted {
+        // Downloads keep no journal across runs: cancelling removes each
+        // partial file rather than leaving litter nothing will resume.
+        for name in bars.keys() {
+            let _ = client.cancel(name);
+        }
+        ok = false;
+    }
     client.shutdown(None).await;
     drop(bars);
     println!();
     for l in lines {
-        println!("{l}");
+        println!("{}", shown(&l));
+    }
+    if interrupted {
+        println!("interrupted: unfinished downloads cancelled and their partial files removed; run the command again to download them");
     }
     if let Some(md5) = reference_md5 {
         let got = file_md5(&a.out.join(REFERENCE_NAME))?;
@@ -164,23 +178,33 @@ fn specs(a: &Args) -> Vec<DownloadSpec> {
     messages.chain(avatars).collect()
 }
 
-/// Moves the bars until every download completed or failed; returns whether
-/// all completed, and a summary line per file.
+/// Moves the bars until every download completed or failed, or Ctrl-C;
+/// returns whether all completed, a summary line per file, and whether
+/// Ctrl-C cut it short.
 async fn follow(
     events: &mut Events,
     multi: &MultiProgress,
     bars: &HashMap<String, ProgressBar>,
-) -> (bool, Vec<String>) {
+    stop: &Interrupt,
+) -> (bool, Vec<String>, bool) {
     let start = Instant::now();
     let mut pending: HashSet<&String> = bars.keys().collect();
     let mut ok = true;
     let mut lines = Vec::new();
     let mut saved: HashMap<String, PathBuf> = HashMap::new();
     while !pending.is_empty() {
-        let ev = match events.recv().await {
+        let ev = tokio::select! {
+            ev = events.recv() => ev,
+            _ = stop.wait() => return (false, lines, true),
+        };
+        let ev = match ev {
             Some(ClientEvent::Transfer(ev)) => ev,
-            Some(ClientEvent::Disconnected { reason, retry_in }) => {
-                let _ = multi.println(format!("connection down: {reason}; retry in {retry_in:?}"));
+            Some(ClientEvent::Disconnected {
+                reason,
+                retry_in,
+                attempt,
+            }) => {
+                let _ = multi.println(connection_down(&reason, retry_in, attempt));
                 continue;
             }
             Some(_) => continue,
@@ -214,7 +238,7 @@ async fn follow(
             Event::Failed { name, failure } => {
                 ok = false;
                 if let Some(b) = bars.get(&name) {
-                    b.abandon_with_message(format!("failed: {failure}"));
+                    b.abandon_with_message(format!("failed: {}", shown(&failure.to_string())));
                 }
                 lines.push(format!("{name:<14} FAILED: {failure}"));
                 pending.remove(&name);
@@ -222,5 +246,5 @@ async fn follow(
             _ => {}
         }
     }
-    (ok, lines)
+    (ok, lines, false)
 }

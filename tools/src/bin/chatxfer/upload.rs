@@ -14,7 +14,10 @@ use chatxfer::engine::{Event, FileSpec, ServerStorage, WindowPolicy};
 use chatxfer::runtime::journal::JournalEntry;
 use chatxfer::runtime::{Client, ClientConfig, ClientEvent, Events};
 
-use crate::common::{bar_style, file_md5, AnyResult, Embedded, LinkArgs};
+use crate::common::{
+    bar_style, connection_down, file_md5, file_md5_interruptible, shown, AnyResult, Embedded,
+    Interrupt, Interrupted, LinkArgs,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -101,6 +104,24 @@ pub async fn run(a: Args) -> AnyResult<bool> {
     if a.files.is_empty() && !a.resume {
         return Err("no files to upload (give FILE... or --resume with --state-dir)".into());
     }
+    let stop = Interrupt::watch();
+    // Hashed first (the chat client knows the md5 before it announces a
+    // message, so the timings are the transfers alone); Ctrl-C stops it.
+    let mut md5s = Vec::with_capacity(a.files.len());
+    for path in &a.files {
+        match file_md5_interruptible(path, &stop).await {
+            Ok(md5) => md5s.push(Some(md5)),
+            Err(e) if e.is::<Interrupted>() => {
+                eprintln!(
+                    "interrupted while hashing {}; nothing was sent",
+                    path.display()
+                );
+                return Ok(false);
+            }
+            // add_file reports the unreadable file.
+            Err(_) => md5s.push(None),
+        }
+    }
     let embedded = match a.server {
         Some(_) => None,
         None => Some(Embedded::start(a.store_dir.clone(), &a.link).await?),
@@ -110,17 +131,24 @@ pub async fn run(a: Args) -> AnyResult<bool> {
     if a.resume {
         resume_journaled(&client, &mut board);
     }
-    add_files(&client, &a, &mut board);
+    add_files(&client, &a, md5s, &mut board);
 
     let start = Instant::now();
-    let interrupted = follow(&mut events, &mut board).await;
+    let interrupted = follow(&mut events, &mut board, &stop).await;
     let elapsed = start.elapsed();
     client.shutdown(Some(Duration::from_secs(5))).await;
     board.bars.clear();
     if interrupted {
+        let how = match &a.state_dir {
+            Some(dir) => format!(
+                "resume with: chatxfer upload --resume --state-dir {}",
+                shown(&dir.display().to_string())
+            ),
+            None => "without --state-dir a new run starts over".to_string(),
+        };
         let _ = board
             .multi
-            .println("interrupted: in-flight chunks drained; resume with --resume --state-dir");
+            .println(format!("interrupted: in-flight chunks drained; {how}"));
     }
 
     println!();
@@ -128,7 +156,7 @@ pub async fn run(a: Args) -> AnyResult<bool> {
     let (all_ok, total) = summarize(&board.rows, stored_under.as_deref());
     let stats = client.stats();
     println!(
-        "total {:.1} MB in {:.2} s = {:.1} MB/s; {} requests, {} bytes on the wire, {} restarts",
+        "total {:.1} MB acknowledged in {:.2} s = {:.1} MB/s; {} requests, {} bytes on the wire, {} restarts",
         total as f64 / 1e6,
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64().max(1e-9) / 1e6,
@@ -173,6 +201,9 @@ struct Row {
     done: Option<Instant>,
     md5: Option<String>,
     error: Option<String>,
+    /// Bytes the server acknowledged, and how many of them an earlier run did.
+    acked: u64,
+    acked_before: u64,
 }
 
 impl Row {
@@ -222,6 +253,8 @@ impl Board {
             done: None,
             md5: None,
             error: None,
+            acked,
+            acked_before: acked,
         });
         self.rows.last_mut().expect("just added")
     }
@@ -251,11 +284,9 @@ fn resume_journaled(client: &Client, board: &mut Board) {
     }
 }
 
-/// Adds the command line's files: hashed first (the chat client knows the
-/// md5 before it announces a message, so the timings are the transfers
-/// alone), named after their file names (`2-NAME`, ... for duplicates).
-fn add_files(client: &Client, a: &Args, board: &mut Board) {
-    let md5s: Vec<Option<String>> = a.files.iter().map(|p| file_md5(p).ok()).collect();
+/// Adds the command line's files with their md5s, named after their file
+/// names (`2-NAME`, ... for duplicates).
+fn add_files(client: &Client, a: &Args, md5s: Vec<Option<String>>, board: &mut Board) {
     let mut used = HashSet::new();
     for (index, (path, md5)) in a.files.iter().zip(md5s).enumerate() {
         let name = unique_name(path, &mut used);
@@ -271,7 +302,7 @@ fn add_files(client: &Client, a: &Args, board: &mut Board) {
         board.add(&name, path, size, 0);
         if let Err(e) = client.add_file(path, spec) {
             board.rows.last_mut().expect("just added").error = Some(e.to_string());
-            board.bars[&name].abandon_with_message(format!("error: {e}"));
+            board.bars[&name].abandon_with_message(format!("error: {}", shown(&e.to_string())));
         }
     }
 }
@@ -295,13 +326,11 @@ fn unique_name(path: &Path, used: &mut HashSet<String>) -> String {
 /// Moves the bars until every file completed or failed; returns whether
 /// Ctrl-C cut it short (the client then drains its in-flight chunks on
 /// shutdown, so the journal is exact).
-async fn follow(events: &mut Events, board: &mut Board) -> bool {
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+async fn follow(events: &mut Events, board: &mut Board, stop: &Interrupt) -> bool {
     while board.pending() {
         let ev = tokio::select! {
             ev = events.recv() => ev,
-            _ = &mut ctrl_c => return true,
+            _ = stop.wait() => return true,
         };
         let Some(ev) = ev else { break };
         show(ev, board);
@@ -312,16 +341,22 @@ async fn follow(events: &mut Events, board: &mut Board) -> bool {
 fn show(ev: ClientEvent, board: &mut Board) {
     let ev = match ev {
         ClientEvent::Transfer(ev) => ev,
-        ClientEvent::Disconnected { reason, retry_in } => {
+        ClientEvent::Disconnected {
+            reason,
+            retry_in,
+            attempt,
+        } => {
             let _ = board
                 .multi
-                .println(format!("connection down: {reason}; retry in {retry_in:?}"));
+                .println(connection_down(&reason, retry_in, attempt));
             return;
         }
         ClientEvent::JournalIgnored { path, reason } => {
-            let _ = board
-                .multi
-                .println(format!("ignoring journal {}: {reason}", path.display()));
+            let _ = board.multi.println(format!(
+                "ignoring journal {}: {}",
+                shown(&path.display().to_string()),
+                shown(&reason)
+            ));
             return;
         }
         _ => return,
@@ -331,12 +366,16 @@ fn show(ev: ClientEvent, board: &mut Board) {
             if let Some(b) = board.bars.get(&name) {
                 b.set_position(acked);
             }
+            if let Some(row) = board.row(&name) {
+                row.acked = acked;
+            }
         }
         Event::Completed { name, md5, bytes } => {
             if let Some(row) = board.row(&name) {
                 row.done = Some(Instant::now());
                 row.md5 = Some(md5);
                 row.bytes = bytes;
+                row.acked = bytes;
             }
             if let Some(b) = board.bars.get(&name) {
                 b.set_position(bytes);
@@ -348,7 +387,7 @@ fn show(ev: ClientEvent, board: &mut Board) {
                 row.error = Some(failure.to_string());
             }
             if let Some(b) = board.bars.get(&name) {
-                b.abandon_with_message(format!("failed: {failure}"));
+                b.abandon_with_message(format!("failed: {}", shown(&failure.to_string())));
             }
         }
         _ => {}
@@ -357,15 +396,16 @@ fn show(ev: ClientEvent, board: &mut Board) {
 
 /// Prints a line per file; `stored_under` (the embedded server's directory
 /// of this uid) has the stored copies checked. Returns whether every file
-/// completed (and checked out) and the bytes uploaded.
+/// completed (and checked out) and the bytes this run got acknowledged,
+/// finished files or not.
 fn summarize(rows: &[Row], stored_under: Option<&Path>) -> (bool, u64) {
     let mut ok = true;
     let mut total = 0u64;
     for r in rows {
+        total += r.acked.saturating_sub(r.acked_before);
         match (&r.error, &r.md5, r.done) {
             (None, Some(md5), Some(done)) => {
                 let secs = done.duration_since(r.added).as_secs_f64().max(1e-9);
-                total += r.bytes;
                 let check = match stored_under {
                     Some(dir) => {
                         let (fine, text) = check_stored(&dir.join(&r.name), md5);
@@ -376,7 +416,7 @@ fn summarize(rows: &[Row], stored_under: Option<&Path>) -> (bool, u64) {
                 };
                 println!(
                     "{:<22} {:>12} bytes {:>8.2} s {:>9.1} MB/s  md5 {md5}  {check}",
-                    r.name,
+                    shown(&r.name),
                     r.bytes,
                     secs,
                     r.bytes as f64 / secs / 1e6
@@ -385,10 +425,12 @@ fn summarize(rows: &[Row], stored_under: Option<&Path>) -> (bool, u64) {
             (err, _, _) => {
                 ok = false;
                 println!(
-                    "{:<22} FAILED: {} ({})",
-                    r.name,
-                    err.as_deref().unwrap_or("did not complete"),
-                    r.path.display()
+                    "{:<22} FAILED: {} ({}; {} of {} bytes acknowledged)",
+                    shown(&r.name),
+                    shown(err.as_deref().unwrap_or("did not complete")),
+                    shown(&r.path.display().to_string()),
+                    r.acked,
+                    r.bytes
                 );
             }
         }
