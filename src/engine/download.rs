@@ -512,7 +512,10 @@ impl Engine {
         if rsp.seq != Some(seq) {
             return self.fail(
                 tid,
-                bad(format!("asked for chunk {seq}, got {:?}", rsp.seq)),
+                bad(match rsp.seq {
+                    Some(got) => format!("asked for chunk {seq}, got chunk {got}"),
+                    None => format!("asked for chunk {seq}, got a reply without seq"),
+                }),
                 now,
             );
         }

@@ -120,6 +120,9 @@ pub struct Engine {
     events: VecDeque<Event>,
     stats: Stats,
     scratch: Vec<u8>,
+    /// The last thing that went wrong on the path (a protocol violation, a
+    /// failed connect) for the message of a transfer that gives up.
+    last_problem: Option<String>,
 }
 
 impl Engine {
@@ -135,6 +138,7 @@ impl Engine {
             in_flight: InFlight::default(),
             attribution: Attribution::default(),
             stall_reported: false,
+            last_problem: None,
             draining: false,
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -284,6 +288,20 @@ impl Engine {
         self.stall_reported = false;
         self.window.reset();
         self.promote(now);
+    }
+
+    /// The host says why a connection failed or could not be made; a
+    /// transfer that later gives up names the last such problem.
+    pub fn note_problem(&mut self, problem: impl Into<String>) {
+        self.last_problem = Some(problem.into());
+    }
+
+    /// What a give-up says besides its budget: the last problem seen.
+    pub(crate) fn give_up_reason(&self, budget: String) -> String {
+        match &self.last_problem {
+            Some(p) => format!("{budget}; last problem: {p}"),
+            None => budget,
+        }
     }
 
     /// The connection is gone: every unanswered request is forgotten and each
@@ -562,6 +580,7 @@ impl Engine {
     fn violation(&mut self, reason: String) {
         self.stats.malformed_replies += 1;
         tracing::warn!(%reason, "protocol violation from server");
+        self.last_problem = Some(format!("protocol violation: {reason}"));
         self.events.push_back(Event::ProtocolViolation { reason });
     }
 }

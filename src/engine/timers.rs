@@ -78,7 +78,7 @@ impl Engine {
             .map(|t| (t.common.id, t.common.last_error))
             .collect();
         for (id, last_error) in due {
-            let reason = format!("no progress for {budget:?} (give_up_after)");
+            let reason = self.give_up_reason(format!("no progress for {budget:?} (give_up_after)"));
             self.fail(id, Failure::GaveUp { reason, last_error }, now);
         }
     }

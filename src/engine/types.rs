@@ -45,9 +45,12 @@ pub struct EngineConfig {
     /// for this long while it wants to send fails; `None` never gives up.
     /// Generous: a chat app may sit on a dead network for a while.
     pub give_up_after: Option<Duration>,
-    /// An upload that has sent more than this many times its size (plus a
-    /// chunk) without completing fails: a server that loses every upload
-    /// cannot make the client send without bound.
+    /// An upload whose frames on the wire (base64 and JSON included, so a
+    /// clean upload costs about 1.34 times its size) would pass this many
+    /// times the file's size (or of one frame, for tiny files) without
+    /// completing fails: a server that loses every upload cannot make the
+    /// client send without bound. The default 3 allows one restart from
+    /// the first chunk at any point.
     pub max_resend_factor: u64,
 }
 
@@ -200,6 +203,7 @@ impl std::fmt::Display for Failure {
                 "every chunk was sent, but the server did not confirm chunk {seq} within {waited:?}; \
                  not re-sent because the server appends"
             ),
+            Failure::BadReply { seq: 0, message } => write!(f, "bad reply from the server: {message}"),
             Failure::BadReply { seq, message } => write!(f, "bad reply from the server (seq {seq}): {message}"),
             Failure::Local { message } => write!(f, "local: {message}"),
             Failure::GaveUp { reason, last_error } => match last_error {

@@ -55,8 +55,9 @@ pub(super) struct Upload {
     pub phase: UploadPhase,
     /// Restarts from seq 1 because the server had lost its record (1012).
     pub lost_record_restarts: u8,
-    /// File bytes sent so far, resends included (bounded by `max_resend_factor`).
-    pub sent_bytes: u64,
+    /// Bytes of this upload's frames put on the wire so far, resends
+    /// included (bounded by `max_resend_factor` times the file's size).
+    pub sent_wire_bytes: u64,
 }
 
 impl Upload {
@@ -301,7 +302,7 @@ impl Engine {
             acked_bytes: 0,
             phase: UploadPhase::Streaming,
             lost_record_restarts: 0,
-            sent_bytes: 0,
+            sent_wire_bytes: 0,
             spec,
         };
         if let Some(rec) = resume.filter(|r| r.acked_prefix >= 1) {
@@ -344,20 +345,6 @@ impl Engine {
         }
         let len = u.chunk_len(seq);
         let offset = (seq as u64 - 1) * u.chunk as u64;
-        // Restarts and resends are bounded: past the factor, give up.
-        let bound = u
-            .size
-            .saturating_mul(self.config.max_resend_factor)
-            .saturating_add(u.chunk as u64);
-        if u.sent_bytes.saturating_add(len as u64) > bound {
-            let reason = format!(
-                "sent {} bytes of a {}-byte file without completing (max_resend_factor {})",
-                u.sent_bytes, u.size, self.config.max_resend_factor
-            );
-            let last_error = self.transfers.get(&id).and_then(|t| t.common.last_error);
-            self.fail(id, Failure::GaveUp { reason, last_error }, now);
-            return None;
-        }
         let u = self.transfers.get_mut(&id)?.upload_mut()?;
         self.scratch.resize(len, 0);
         let read = match u.source.as_mut() {
@@ -399,8 +386,27 @@ impl Engine {
         };
         let before = out.len();
         frame.encode(&self.scratch[..len], out);
+        // Restarts and resends are bounded in what reaches the wire (base64
+        // and JSON included): past the factor, give up rather than send.
+        let wire = (out.len() - before) as u64;
+        let bound = self
+            .config
+            .max_resend_factor
+            .saturating_mul(u.size.max(wire));
+        if u.sent_wire_bytes.saturating_add(wire) > bound {
+            out.truncate(before);
+            let budget = format!(
+                "put {} bytes on the wire for a {}-byte file without completing \
+                 (max_resend_factor {})",
+                u.sent_wire_bytes, u.size, self.config.max_resend_factor
+            );
+            let reason = self.give_up_reason(budget);
+            let last_error = self.transfers.get(&id).and_then(|t| t.common.last_error);
+            self.fail(id, Failure::GaveUp { reason, last_error }, now);
+            return None;
+        }
         u.next_seq = seq + 1;
-        u.sent_bytes += len as u64;
+        u.sent_wire_bytes += wire;
         let request = Request {
             transfer: id,
             seq,

@@ -699,6 +699,7 @@ async fn drive(shared: Arc<Shared>, config: ClientConfig) {
         if is_shutdown(&shared) {
             break;
         }
+        shared.engine().note_problem(reason.clone());
         let delay = backoff_delay(&config.backoff, attempt, &mut rng);
         attempt = attempt.saturating_add(1);
         tracing::info!(%reason, retry_in = ?delay, "resource server connection down");
