@@ -51,7 +51,7 @@ class EventSink {
                            std::uint64_t bytes) {
     (void)name, (void)md5, (void)bytes;
   }
-  // `code`: the server's error code, or one of the library's codes 2001..2005
+  // `code`: the server's error code, or one of the library's codes 2001..2006
   // (chatxfer::Failure; chatxfer.hpp explains each).
   virtual void OnFailed(const std::string& name, std::int64_t code,
                         const std::string& message) {

@@ -522,6 +522,7 @@ async fn run(case: Case) -> Outcome {
     std::fs::write(&source, &bytes).unwrap();
     let before = tree(root.path());
 
+    let refused = case.server.is_none();
     let server = match case.server {
         Some((on_connect, script)) => Some(FakeServer::start(on_connect, script).await),
         None => None,
@@ -569,6 +570,12 @@ async fn run(case: Case) -> Outcome {
     // Within the budget, give or take the reconnect and shutdown around it.
     if elapsed > BUDGET * SLOW_BUDGETS {
         problems.push(format!("took {elapsed:?}, over {SLOW_BUDGETS} budgets"));
+    }
+    // The command says what it is waiting for instead of sitting silent.
+    if refused
+        && !(stderr.contains("connection down: connect to") && stderr.contains("; retry 1 in"))
+    {
+        problems.push("no line saying the server is unreachable and when it retries".into());
     }
     if stderr.contains("panicked") {
         problems.push("a panic".into());

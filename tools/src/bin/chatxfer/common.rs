@@ -156,17 +156,22 @@ pub fn file_md5(path: &Path) -> chatxfer::Result<String> {
 pub struct Interrupt(tokio::sync::watch::Receiver<bool>);
 
 impl Interrupt {
-    /// Starts watching for Ctrl-C (on the current runtime).
-    pub fn watch() -> Interrupt {
+    /// Starts watching for Ctrl-C (on the current runtime). The handler is
+    /// in place when this returns, so no later phase can miss a Ctrl-C.
+    pub fn watch() -> std::io::Result<Interrupt> {
         let (tx, rx) = tokio::sync::watch::channel(false);
+        #[cfg(unix)]
+        let mut signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        #[cfg(windows)]
+        let mut signal = tokio::signal::windows::ctrl_c()?;
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
+            if signal.recv().await.is_some() {
                 let _ = tx.send(true);
             }
             // Keep the sender (and so the state) for the run's rest.
             std::future::pending::<()>().await;
         });
-        Interrupt(rx)
+        Ok(Interrupt(rx))
     }
 
     pub fn is_set(&self) -> bool {
@@ -243,6 +248,16 @@ pub fn shown(text: &str) -> String {
         }
     }
     out
+}
+
+/// A line above the bars, or on stderr when there are none to draw (not
+/// a terminal): a log or a pipe must see it too.
+pub fn say(multi: &indicatif::MultiProgress, line: String) {
+    if multi.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        let _ = multi.println(line);
+    }
 }
 
 /// The line printed when the connection is down: why, and when the next

@@ -13,7 +13,8 @@ use chatxfer::engine::{AvatarRef, DownloadSpec, Event, FileSpec, ServerStorage, 
 use chatxfer::runtime::{Client, ClientConfig, ClientEvent, Events};
 
 use crate::common::{
-    bar_style, connection_down, file_md5, generate, shown, AnyResult, Embedded, Interrupt, LinkArgs,
+    bar_style, connection_down, file_md5, generate, say, shown, AnyResult, Embedded, Interrupt,
+    LinkArgs,
 };
 
 #[derive(clap::Args)]
@@ -51,7 +52,7 @@ pub struct Args {
 const REFERENCE_NAME: &str = "incoming-photo.jpg";
 
 pub async fn run(mut a: Args) -> AnyResult<bool> {
-    let stop = Interrupt::watch();
+    let stop = Interrupt::watch()?;
     let mut embedded = None;
     let mut reference_md5 = None;
     let server = match a.server.clone() {
@@ -204,7 +205,7 @@ async fn follow(
                 retry_in,
                 attempt,
             }) => {
-                let _ = multi.println(connection_down(&reason, retry_in, attempt));
+                say(multi, connection_down(&reason, retry_in, attempt));
                 continue;
             }
             Some(_) => continue,

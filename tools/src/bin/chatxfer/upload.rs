@@ -15,7 +15,7 @@ use chatxfer::runtime::journal::JournalEntry;
 use chatxfer::runtime::{Client, ClientConfig, ClientEvent, Events};
 
 use crate::common::{
-    bar_style, connection_down, file_md5, file_md5_interruptible, shown, AnyResult, Embedded,
+    bar_style, connection_down, file_md5, file_md5_interruptible, say, shown, AnyResult, Embedded,
     Interrupt, Interrupted, LinkArgs,
 };
 
@@ -91,6 +91,9 @@ impl Args {
     }
 }
 
+/// Files from this size on are announced while they are hashed (seconds).
+const BIG_FILE: u64 = 100_000_000;
+
 /// `--server-storage`.
 #[derive(Clone, Copy, ValueEnum)]
 enum Storage {
@@ -104,11 +107,19 @@ pub async fn run(a: Args) -> AnyResult<bool> {
     if a.files.is_empty() && !a.resume {
         return Err("no files to upload (give FILE... or --resume with --state-dir)".into());
     }
-    let stop = Interrupt::watch();
+    let stop = Interrupt::watch()?;
     // Hashed first (the chat client knows the md5 before it announces a
     // message, so the timings are the transfers alone); Ctrl-C stops it.
     let mut md5s = Vec::with_capacity(a.files.len());
     for path in &a.files {
+        let size = std::fs::metadata(path).map_or(0, |m| m.len());
+        if size >= BIG_FILE {
+            eprintln!(
+                "hashing {} ({:.1} MB)...",
+                shown(&path.display().to_string()),
+                size as f64 / 1e6
+            );
+        }
         match file_md5_interruptible(path, &stop).await {
             Ok(md5) => md5s.push(Some(md5)),
             Err(e) if e.is::<Interrupted>() => {
@@ -137,6 +148,12 @@ pub async fn run(a: Args) -> AnyResult<bool> {
     let interrupted = follow(&mut events, &mut board, &stop).await;
     let elapsed = start.elapsed();
     client.shutdown(Some(Duration::from_secs(5))).await;
+    // The engine's record, after the drain, is what the server acknowledged.
+    for row in board.rows.iter_mut().filter(|r| r.pending()) {
+        if let Some(st) = client.status(&row.name) {
+            row.acked = st.acked;
+        }
+    }
     board.bars.clear();
     if interrupted {
         let how = match &a.state_dir {
@@ -146,9 +163,8 @@ pub async fn run(a: Args) -> AnyResult<bool> {
             ),
             None => "without --state-dir a new run starts over".to_string(),
         };
-        let _ = board
-            .multi
-            .println(format!("interrupted: in-flight chunks drained; {how}"));
+        // Not through the bars: it must show on a pipe or log file too.
+        eprintln!("interrupted: in-flight chunks drained; {how}");
     }
 
     println!();
@@ -346,17 +362,16 @@ fn show(ev: ClientEvent, board: &mut Board) {
             retry_in,
             attempt,
         } => {
-            let _ = board
-                .multi
-                .println(connection_down(&reason, retry_in, attempt));
+            say(&board.multi, connection_down(&reason, retry_in, attempt));
             return;
         }
         ClientEvent::JournalIgnored { path, reason } => {
-            let _ = board.multi.println(format!(
+            let line = format!(
                 "ignoring journal {}: {}",
                 shown(&path.display().to_string()),
                 shown(&reason)
-            ));
+            );
+            say(&board.multi, line);
             return;
         }
         _ => return,
