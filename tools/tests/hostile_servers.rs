@@ -6,6 +6,11 @@
 //! multiple of its give-up budget; it never panics, never prints a raw
 //! terminal control, sends the server less than 3x the file's size, writes
 //! nothing outside `--out`, replaces no file and follows no planted link.
+//!
+//! By default the test binary runs with `--give-up-after 3s`. To check a
+//! release build as shipped: `CHATXFER_BIN=target/release/chatxfer
+//! CHATXFER_DEFAULT_BUDGET=1 cargo test -p chatxfer-tools --test
+//! hostile_servers` (the command's own 60 s budget; takes minutes).
 
 mod fake_server;
 
@@ -17,8 +22,19 @@ use std::time::{Duration, Instant};
 use fake_server::{garbage, header, refused_addr, reply, Act, FakeServer, Script, Seen};
 use serde_json::{json, Value};
 
-/// The command's give-up budget in these tests.
-const BUDGET: Duration = Duration::from_secs(3);
+/// The command's give-up budget in these tests (its default with
+/// `CHATXFER_DEFAULT_BUDGET`).
+fn budget() -> Duration {
+    if std::env::var_os("CHATXFER_DEFAULT_BUDGET").is_some() {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(3)
+    }
+}
+
+fn default_budget() -> bool {
+    std::env::var_os("CHATXFER_DEFAULT_BUDGET").is_some()
+}
 /// A run still going after this many budgets is a hang.
 const HANG_BUDGETS: u32 = 20;
 /// Ending later than this many budgets is too slow (generous: the cases
@@ -531,27 +547,31 @@ async fn run(case: Case) -> Outcome {
         Some(s) => s.addr,
         None => refused_addr().await,
     };
-    let budget = format!("{}s", BUDGET.as_secs());
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatxfer"));
+    let bin =
+        std::env::var_os("CHATXFER_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_chatxfer").into());
+    let mut cmd = tokio::process::Command::new(bin);
     if case.download {
         cmd.args(["download", "--message-id", "5", "--out"])
             .arg(&out);
     } else {
         cmd.arg("upload").arg(&source);
     }
-    cmd.args(["--server", &addr.to_string(), "--give-up-after", &budget])
-        .stdin(Stdio::null())
+    cmd.args(["--server", &addr.to_string()]);
+    if !default_budget() {
+        cmd.args(["--give-up-after", &format!("{}s", budget().as_secs())]);
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let started = Instant::now();
     let child = cmd.spawn().unwrap();
-    let run = tokio::time::timeout(BUDGET * HANG_BUDGETS, child.wait_with_output()).await;
+    let run = tokio::time::timeout(budget() * HANG_BUDGETS, child.wait_with_output()).await;
     let elapsed = started.elapsed();
     let Ok(output) = run else {
         problems.push(format!(
             "still running after {:?}: a hang",
-            BUDGET * HANG_BUDGETS
+            budget() * HANG_BUDGETS
         ));
         return Outcome {
             case: case.name,
@@ -568,7 +588,7 @@ async fn run(case: Case) -> Outcome {
     );
 
     // Within the budget, give or take the reconnect and shutdown around it.
-    if elapsed > BUDGET * SLOW_BUDGETS {
+    if elapsed > budget() * SLOW_BUDGETS {
         problems.push(format!("took {elapsed:?}, over {SLOW_BUDGETS} budgets"));
     }
     // The command says what it is waiting for instead of sitting silent.
@@ -658,7 +678,11 @@ async fn run(case: Case) -> Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_survives_every_hostile_server() {
     // A few at a time: each waits on its budget, not on the CPU.
-    let permits = Arc::new(tokio::sync::Semaphore::new(8));
+    let permits = Arc::new(tokio::sync::Semaphore::new(if default_budget() {
+        64
+    } else {
+        8
+    }));
     let mut runs = tokio::task::JoinSet::new();
     let all = cases();
     let count = all.len();
