@@ -112,6 +112,7 @@ impl Steady {
         let mut spec = FileSpec::new(format!("bench-{}.bin", self.file), "bench.bin");
         spec.md5 = Some(MD5.into());
         spec.uid = 1;
+        spec.message_id = 1;
         self.engine
             .add_file(spec, Box::new(self.source.clone()), self.now)
             .unwrap();

@@ -320,6 +320,17 @@ typedef struct chatxfer_upload_spec {
    BatchSend once the ChatServer confirmed the message).
    */
   bool hold;
+  /*
+   The login token, sent on the first chunk (checked for avatars); NULL
+   for "".
+   */
+  const char *token;
+  /*
+   An avatar (1031, stop-and-wait) instead of a chat file; it needs no
+   message id. A chat file needs `message_id` > 0 (the id of the
+   ChatServer's 1036 reply), else CHATXFER_RESULT_INVALID_ARGUMENT.
+   */
+  bool avatar;
 } chatxfer_upload_spec;
 
 /*
@@ -357,6 +368,10 @@ typedef struct chatxfer_download_spec {
    The client path echoed back for an avatar; NULL for "".
    */
   const char *avatar_client_path;
+  /*
+   The avatar request type echoed back; NULL or "" for "1" (the client's).
+   */
+  const char *avatar_req_type;
 } chatxfer_download_spec;
 
 /*
@@ -452,6 +467,16 @@ chatxfer_result chatxfer_client_pause(const struct chatxfer_client *client, cons
  As for `chatxfer_client_batch_send`.
  */
 chatxfer_result chatxfer_client_resume(const struct chatxfer_client *client, const char *name);
+
+/*
+ Starts a failed or cancelled transfer over under the same name (an
+ upload from its file, a download into the same directory);
+ `chatxfer_client_resume` on a failed transfer does the same.
+
+ # Safety
+ As for `chatxfer_client_batch_send`.
+ */
+chatxfer_result chatxfer_client_retry(const struct chatxfer_client *client, const char *name);
 
 /*
  Abandons an upload.

@@ -39,6 +39,7 @@ fn spec(name: &str) -> FileSpec {
     FileSpec {
         md5: Some("0123456789abcdef0123456789abcdef".into()),
         hold: true,
+        message_id: 1,
         ..FileSpec::new(name, name)
     }
 }

@@ -64,6 +64,7 @@ fn upload_peak(size: u64) -> usize {
     engine.connected(now);
     let mut spec = FileSpec::new("sparse.bin", &path);
     spec.md5 = Some("0".repeat(32)); // the peer does not check it
+    spec.message_id = 1;
     let mut out = Vec::with_capacity(64 * 45_000);
     let mut replies: Vec<(MsgId, Vec<u8>)> = Vec::with_capacity(64);
 

@@ -362,6 +362,7 @@ impl Engine {
         let sent = self.replied(no, now);
         let id = sent.transfer;
         if self.is_terminal(id) {
+            self.prune_retired();
             return;
         }
         let fail = |message: String| Failure::BadReply { seq: 0, message };
@@ -447,11 +448,14 @@ impl Engine {
             (kind == RequestKind::DownloadChunk).then_some(no)
         };
         let found = match rsp.name.as_deref() {
+            // The oldest request across transfers of that file: a retired
+            // download's (see `Engine::retired`) before its successor's.
             Some(n) => self
                 .transfers
                 .values()
                 .filter(|t| t.download().and_then(|d| d.reply_name()) == Some(n))
-                .find_map(|t| oldest_chunk_of(t.common.id)),
+                .filter_map(|t| oldest_chunk_of(t.common.id))
+                .min(),
             None => self
                 .in_flight
                 .iter()
@@ -465,6 +469,7 @@ impl Engine {
         let sent = self.replied(no, now);
         let (tid, seq) = (sent.transfer, sent.seq);
         if self.is_terminal(tid) {
+            self.prune_retired();
             return;
         }
         let Some(t) = self.transfers.get_mut(&tid) else {

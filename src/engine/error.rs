@@ -11,6 +11,8 @@ pub enum Error {
     DuplicateName { name: String },
     #[error("file name {name:?} is not acceptable: {reason}")]
     InvalidName { name: String, reason: &'static str },
+    #[error("{name:?} ended but {in_flight} of its requests are still unanswered; the name is free once they are answered or the connection is renewed")]
+    NameInFlight { name: String, in_flight: usize },
     #[error("no transfer named {name:?}")]
     UnknownName { name: String },
     #[error("{name:?}: cannot {action} a transfer that is {state:?}")]
@@ -37,6 +39,10 @@ pub enum Error {
     },
     #[error("{name:?}: md5 {md5:?} is not 32 hex digits")]
     InvalidMd5 { name: String, md5: String },
+    /// The deployed server marks the message of every upload it completes;
+    /// with no message (id 0) it dereferences a missing row and crashes.
+    #[error("{name:?}: message id {message_id} is not a chat message's id (the ChatServer's 1036 reply gives it); a chat upload needs one above 0")]
+    InvalidMessageId { name: String, message_id: i64 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

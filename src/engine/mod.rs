@@ -108,6 +108,12 @@ pub struct Engine {
     config: EngineConfig,
     transfers: HashMap<FileId, Transfer>,
     names: HashMap<String, FileId>,
+    /// Ended transfers whose name was given to a new one while requests of
+    /// theirs were still unanswered: those replies are theirs (replies for a
+    /// name come in order) and are consumed here, never taken for the new
+    /// transfer's. Each leaves once its last request is answered or the
+    /// connection is gone.
+    retired: HashMap<String, FileId>,
     next_id: u64,
     scheduler: Scheduler,
     connected: bool,
@@ -132,6 +138,7 @@ impl Engine {
             config,
             transfers: HashMap::new(),
             names: HashMap::new(),
+            retired: HashMap::new(),
             next_id: 1,
             scheduler: Scheduler::default(),
             connected: false,
@@ -188,6 +195,7 @@ impl Engine {
     pub fn statuses(&self) -> Vec<FileStatus> {
         self.transfers
             .values()
+            .filter(|t| self.names.get(&t.common.name) == Some(&t.common.id))
             .map(|t| t.status(self.in_flight.count(t.common.id)))
             .collect()
     }
@@ -256,6 +264,22 @@ impl Engine {
         Ok(())
     }
 
+    /// What upload `name` was registered with (to retry it).
+    pub fn upload_spec(&self, name: &str) -> Option<FileSpec> {
+        match &self.transfers.get(self.names.get(name)?)?.dir {
+            Direction::Upload(u) => Some(u.spec.clone()),
+            Direction::Download(_) => None,
+        }
+    }
+
+    /// What download `name` was registered with (to retry it).
+    pub fn download_spec(&self, name: &str) -> Option<DownloadSpec> {
+        match &self.transfers.get(self.names.get(name)?)?.dir {
+            Direction::Download(d) => Some(d.spec.clone()),
+            Direction::Upload(_) => None,
+        }
+    }
+
     /// Ends every unfinished transfer with [`Failure::Internal`]: the host
     /// that drives this engine failed, and nothing will move them on.
     pub fn fail_all(&mut self, message: &str, now: Instant) {
@@ -315,6 +339,7 @@ impl Engine {
             .into_iter()
             .map(|r| r.transfer)
             .collect();
+        self.prune_retired();
         self.attribution.clear();
         let storage = self.config.server_storage;
         let mut restarted = 0;
@@ -366,6 +391,9 @@ impl Engine {
             self.stats.error_replies += 1;
             // The reference server names the request; the deployed one does not.
             if let (Some(name), Some(seq)) = (rsp.name.as_deref(), rsp.seq) {
+                if self.take_retired(name, seq, RequestKind::UploadChunk) {
+                    return self.resolve_errors(now);
+                }
                 let request = self
                     .find_kind(now, name, id, RequestKind::UploadChunk)
                     .and_then(|t| self.in_flight.find(t, seq));
@@ -473,8 +501,8 @@ impl Engine {
     /// The transfer called `name` if it takes replies of `kind`; replies for
     /// unknown names are counted. A reply of the wrong kind is counted and
     /// never acts on the transfer's data; as no request of ours can have
-    /// caused it (names are unique across kinds, and a name is reused only
-    /// with nothing in flight), the server is confused or hostile, and the
+    /// caused it (names are unique across kinds, and the replies of a name's
+    /// earlier transfer go to it, see `retired`), the server is confused or hostile, and the
     /// named transfer fails with that explanation instead of waiting on it.
     fn find_kind(
         &mut self,
@@ -502,6 +530,37 @@ impl Engine {
             return None;
         }
         Some(tid)
+    }
+
+    /// Consumes a reply to `seq` of `name` if it belongs to the retired
+    /// transfer of that name (see `retired`).
+    fn take_retired(&mut self, name: &str, seq: u32, kind: RequestKind) -> bool {
+        let Some(&old) = self.retired.get(name) else {
+            return false;
+        };
+        let Some(no) = self.in_flight.find(old, seq) else {
+            return false;
+        };
+        if self.in_flight.get(no).map(|r| r.kind) != Some(kind) {
+            return false;
+        }
+        self.answered(no);
+        self.prune_retired();
+        true
+    }
+
+    /// Forgets retired transfers with nothing left in flight.
+    fn prune_retired(&mut self) {
+        let done: Vec<(String, FileId)> = self
+            .retired
+            .iter()
+            .filter(|(_, id)| self.in_flight.count(**id) == 0)
+            .map(|(n, id)| (n.clone(), *id))
+            .collect();
+        for (name, id) in done {
+            self.retired.remove(&name);
+            self.transfers.remove(&id);
+        }
     }
 
     fn lookup(&self, name: &str) -> Result<FileId> {
@@ -537,11 +596,24 @@ impl Engine {
     /// still going or has requests in flight; a finished one is forgotten.
     fn take_name(&mut self, name: &str) -> Result<()> {
         if let Some(&old) = self.names.get(name) {
-            if !self.is_terminal(old) || self.in_flight.count(old) > 0 {
+            if !self.is_terminal(old) {
                 return Err(Error::DuplicateName { name: name.into() });
             }
-            self.transfers.remove(&old);
+            let in_flight = self.in_flight.count(old);
             self.names.remove(name);
+            if in_flight == 0 {
+                self.transfers.remove(&old);
+            } else if self.retired.contains_key(name) {
+                // One retired transfer per name keeps "whose reply is it"
+                // answerable; a third use waits for the replies.
+                self.names.insert(name.into(), old);
+                return Err(Error::NameInFlight {
+                    name: name.into(),
+                    in_flight,
+                });
+            } else {
+                self.retired.insert(name.into(), old);
+            }
         }
         Ok(())
     }

@@ -673,7 +673,22 @@ fn add_file_rejects_bad_input_and_queues_nothing() {
         e.add_file_hashing(m, src(), now),
         Err(Error::InvalidMd5 { .. })
     ));
+    // A chat upload without its message (the deployed server would crash
+    // marking message 0); an avatar has none and needs none.
+    for id in [0, -1, i64::MIN] {
+        let mut m = spec("no-message");
+        m.message_id = id;
+        assert!(matches!(
+            e.add_file_hashing(m, src(), now),
+            Err(Error::InvalidMessageId { message_id, .. }) if message_id == id
+        ));
+    }
     assert!(e.statuses().is_empty());
+    let mut avatar = spec("avatar.png");
+    avatar.message_id = 0;
+    avatar.avatar = true;
+    e.add_file_hashing(avatar, src(), now).unwrap();
+    e.cancel("avatar.png", now).unwrap();
     e.add_file_hashing(spec("ok"), src(), now).unwrap();
     assert!(matches!(
         e.add_file_hashing(spec("ok"), src(), now),

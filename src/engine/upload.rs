@@ -174,6 +174,12 @@ pub(super) fn check_spec(
             reason,
         });
     }
+    if !spec.avatar && spec.message_id <= 0 {
+        return Err(Error::InvalidMessageId {
+            name: spec.name.clone(),
+            message_id: spec.message_id,
+        });
+    }
     let chunk = spec.chunk_size.unwrap_or(config.chunk_size);
     if chunk == 0 {
         return Err(Error::ZeroChunk {
@@ -419,6 +425,9 @@ impl Engine {
 
     /// A success reply (1042/1038/1044/1032) for `name`'s `seq`.
     pub(super) fn on_upload_ack(&mut self, now: Instant, msg_id: MsgId, name: &str, seq: u32) {
+        if self.take_retired(name, seq, RequestKind::UploadChunk) {
+            return;
+        }
         let Some(id) = self.find_kind(now, name, msg_id, RequestKind::UploadChunk) else {
             return;
         };

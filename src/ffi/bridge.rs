@@ -143,6 +143,12 @@ pub mod ffi {
         /// Registered paused until `BatchSend` (the ChatServer's
         /// confirmation); false starts it at once.
         hold: bool,
+        /// The login token, sent on the first chunk (checked for avatars).
+        token: String,
+        /// An avatar (1031, stop-and-wait) instead of a chat file; it has no
+        /// message id. A chat file needs `message_id` > 0 (the id of the
+        /// ChatServer's 1036 reply): 0 or less gives `InvalidArgument`.
+        avatar: bool,
     }
 
     /// A download (`AddDownloadFile`); the C API's `chatxfer_download_spec`.
@@ -166,6 +172,8 @@ pub mod ffi {
         avatar_name: String,
         /// The client path echoed back for an avatar.
         avatar_client_path: String,
+        /// The avatar request type echoed back (empty: "1", the client's).
+        avatar_req_type: String,
     }
 
     extern "Rust" {
@@ -204,6 +212,11 @@ pub mod ffi {
         fn resume(self: &Client, name: &str) -> Status;
         #[cxx_name = "Cancel"]
         fn cancel(self: &Client, name: &str) -> Status;
+        /// Starts a failed or cancelled transfer over under the same name
+        /// (an upload from its file, a download into the same directory).
+        /// `Resume` on a failed transfer does the same.
+        #[cxx_name = "Retry"]
+        fn retry(self: &Client, name: &str) -> Status;
         /// Writes `out` only on `Status::Ok`.
         #[cxx_name = "GetStatus"]
         fn get_status(self: &Client, name: &str, out: &mut FileInfo) -> Status;
@@ -343,6 +356,8 @@ impl From<&UploadSpec> for UploadArgs {
             md5: s.md5.clone(),
             priority: s.priority,
             hold: s.hold,
+            token: s.token.clone(),
+            avatar: s.avatar,
         }
     }
 }
@@ -358,8 +373,13 @@ impl From<&DownloadSpec> for DownloadArgs {
             md5: s.md5.clone(),
             priority: s.priority,
             // C++ has no null string: an empty avatar name means a chat file.
-            avatar: (!s.avatar_name.is_empty())
-                .then(|| (s.avatar_name.clone(), s.avatar_client_path.clone())),
+            avatar: (!s.avatar_name.is_empty()).then(|| {
+                (
+                    s.avatar_name.clone(),
+                    s.avatar_client_path.clone(),
+                    s.avatar_req_type.clone(),
+                )
+            }),
         }
     }
 }
@@ -414,6 +434,10 @@ impl Client {
 
     fn cancel(&self, name: &str) -> Status {
         status(boundary(|| self.0.cancel(name)))
+    }
+
+    fn retry(&self, name: &str) -> Status {
+        status(boundary(|| self.0.retry(name)))
     }
 
     fn get_status(&self, name: &str, out: &mut FileInfo) -> Status {

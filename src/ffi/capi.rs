@@ -78,6 +78,13 @@ pub struct chatxfer_upload_spec {
     /// Register paused until `chatxfer_client_batch_send` (the client's
     /// BatchSend once the ChatServer confirmed the message).
     pub hold: bool,
+    /// The login token, sent on the first chunk (checked for avatars); NULL
+    /// for "".
+    pub token: *const c_char,
+    /// An avatar (1031, stop-and-wait) instead of a chat file; it needs no
+    /// message id. A chat file needs `message_id` > 0 (the id of the
+    /// ChatServer's 1036 reply), else CHATXFER_RESULT_INVALID_ARGUMENT.
+    pub avatar: bool,
 }
 
 /// A download to register (`AddDownloadFile`; C++ `chatxfer::DownloadSpec`);
@@ -101,6 +108,8 @@ pub struct chatxfer_download_spec {
     pub avatar_name: *const c_char,
     /// The client path echoed back for an avatar; NULL for "".
     pub avatar_client_path: *const c_char,
+    /// The avatar request type echoed back; NULL or "" for "1" (the client's).
+    pub avatar_req_type: *const c_char,
 }
 
 /// A snapshot of one transfer.
@@ -283,6 +292,8 @@ impl UploadArgs {
             md5: opt_str_arg(s.md5, "md5")?.to_owned(),
             priority: s.priority,
             hold: s.hold,
+            token: opt_str_arg(s.token, "token")?.to_owned(),
+            avatar: s.avatar,
         })
     }
 }
@@ -297,6 +308,7 @@ impl DownloadArgs {
             Some((
                 str_arg(s.avatar_name, "avatar_name")?.to_owned(),
                 opt_str_arg(s.avatar_client_path, "avatar_client_path")?.to_owned(),
+                opt_str_arg(s.avatar_req_type, "avatar_req_type")?.to_owned(),
             ))
         };
         Ok(DownloadArgs {
@@ -404,6 +416,20 @@ pub unsafe extern "C" fn chatxfer_client_resume(
     name: *const c_char,
 ) -> chatxfer_result {
     with_name(client, name, |t, n| t.resume(n))
+}
+
+/// Starts a failed or cancelled transfer over under the same name (an
+/// upload from its file, a download into the same directory);
+/// `chatxfer_client_resume` on a failed transfer does the same.
+///
+/// # Safety
+/// As for `chatxfer_client_batch_send`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_retry(
+    client: *const chatxfer_client,
+    name: *const c_char,
+) -> chatxfer_result {
+    with_name(client, name, |t, n| t.retry(n))
 }
 
 /// Abandons an upload.

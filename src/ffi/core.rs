@@ -134,7 +134,17 @@ impl Client {
     /// Also `BatchSend` and `StartDownload`: starts a held transfer or
     /// continues a paused one.
     pub fn resume(&self, name: &str) -> FfiResult {
-        Ok(self.client()?.resume(name)?)
+        let client = self.client()?;
+        // The chat bubble's retry click on a failed transfer.
+        if client.status(name).map(|s| s.state) == Some(crate::engine::FileState::Failed) {
+            return Ok(client.retry(name)?);
+        }
+        Ok(client.resume(name)?)
+    }
+
+    /// Starts a failed or cancelled transfer over (see `runtime::Client::retry`).
+    pub fn retry(&self, name: &str) -> FfiResult {
+        Ok(self.client()?.retry(name)?)
     }
 
     pub fn cancel(&self, name: &str) -> FfiResult {

@@ -163,14 +163,15 @@ impl From<crate::engine::Error> for FfiError {
     fn from(e: crate::engine::Error) -> FfiError {
         use crate::engine::Error as E;
         let code = match &e {
-            E::DuplicateName { .. } => Code::DuplicateName,
+            E::DuplicateName { .. } | E::NameInFlight { .. } => Code::DuplicateName,
             E::InvalidName { .. } => Code::InvalidName,
             E::UnknownName { .. } => Code::UnknownName,
             E::WrongState { .. } => Code::WrongState,
             E::ChunkTooLarge { .. }
             | E::ZeroChunk { .. }
             | E::TooManyChunks { .. }
-            | E::InvalidMd5 { .. } => Code::InvalidArgument,
+            | E::InvalidMd5 { .. }
+            | E::InvalidMessageId { .. } => Code::InvalidArgument,
         };
         FfiError::new(code, e.to_string())
     }
@@ -398,6 +399,11 @@ pub struct UploadArgs {
     pub md5: String,
     pub priority: u8,
     pub hold: bool,
+    /// The login token (sent on the first chunk; the server checks it for
+    /// avatars).
+    pub token: String,
+    /// An avatar (1031, stop-and-wait; no message id) instead of a chat file.
+    pub avatar: bool,
 }
 
 impl UploadArgs {
@@ -413,6 +419,8 @@ impl UploadArgs {
         spec.md5 = (!self.md5.is_empty()).then(|| self.md5.clone());
         spec.priority = self.priority;
         spec.hold = self.hold;
+        spec.token = self.token.clone();
+        spec.avatar = self.avatar;
         Ok(spec)
     }
 }
@@ -430,8 +438,10 @@ pub struct DownloadArgs {
     /// Empty: no md5 check at the end (1046 carries none).
     pub md5: String,
     pub priority: u8,
-    /// Avatar download: (avatar file name on the server, client path).
-    pub avatar: Option<(String, String)>,
+    /// Avatar download: (avatar file name on the server, client path,
+    /// request type), the last two echoed by the server as the client's
+    /// `self_icon`/`other_icon` routing expects.
+    pub avatar: Option<(String, String, String)>,
 }
 
 impl DownloadArgs {
@@ -451,7 +461,7 @@ impl DownloadArgs {
                 format!("md5 {:?} is not 32 hex digits", self.md5),
             ));
         }
-        if let Some((avatar, _)) = &self.avatar {
+        if let Some((avatar, _, _)) = &self.avatar {
             if let Some(why) = crate::protocol::name::name_problem(avatar) {
                 return Err(FfiError::new(
                     Code::InvalidName,
@@ -472,14 +482,18 @@ impl DownloadArgs {
             priority: self.priority,
             // Held until StartDownload (the engine keeps it paused).
             hold: true,
-            avatar: self
-                .avatar
-                .as_ref()
-                .map(|(name, client_path)| crate::engine::AvatarRef {
+            avatar: self.avatar.as_ref().map(|(name, client_path, req_type)| {
+                crate::engine::AvatarRef {
                     name: name.clone(),
                     client_path: client_path.clone(),
-                    req_type: "1".into(),
-                }),
+                    // The deployed client's default request type.
+                    req_type: if req_type.is_empty() {
+                        "1".into()
+                    } else {
+                        req_type.clone()
+                    },
+                }
+            }),
         }
     }
 }

@@ -25,7 +25,8 @@ use tokio::sync::{mpsc, Notify};
 use super::files::{ExistingFile, FileSink, FileSource};
 use super::journal::{self, JournalEntry};
 use crate::engine::{
-    AckRecord, DownloadSpec, Engine, EngineConfig, Event, FileSpec, FileStatus, ServerStorage,
+    AckRecord, DownloadSpec, Engine, EngineConfig, Event, FileSpec, FileState, FileStatus,
+    ServerStorage,
 };
 use crate::error::Result;
 use crate::protocol::{Frame, FrameDecoder};
@@ -145,6 +146,9 @@ struct Shared {
     /// Set when the driver failed (a panic): why. From then on every call
     /// returns [`crate::Error::Broken`] and every transfer has failed.
     broken: Mutex<Option<String>>,
+    /// Where each download goes (directory, file name asked for): what a
+    /// retry needs besides the engine's spec.
+    destinations: Mutex<HashMap<String, (PathBuf, Option<String>)>>,
 }
 
 #[derive(Default)]
@@ -331,6 +335,7 @@ impl Client {
             shutdown: std::sync::atomic::AtomicBool::new(false),
             events: tx,
             broken: Mutex::new(None),
+            destinations: Mutex::new(HashMap::new()),
         });
         let driver = rt.spawn(drive(shared.clone(), config));
         // Whatever ends the driver abnormally (a panic: a bug) is contained
@@ -396,8 +401,50 @@ impl Client {
             }
             .into());
         }
-        let sink = FileSink::new(dest_dir, file_name).existing(self.shared.existing_files);
-        self.with_engine(|e, now| e.add_download(spec, Box::new(sink), now).map(|_| ()))
+        let dest_dir = dest_dir.into();
+        let name = spec.name.clone();
+        let sink =
+            FileSink::new(dest_dir.clone(), file_name.clone()).existing(self.shared.existing_files);
+        self.with_engine(|e, now| e.add_download(spec, Box::new(sink), now).map(|_| ()))?;
+        lock(&self.shared.destinations).insert(name, (dest_dir, file_name));
+        Ok(())
+    }
+
+    /// Starts a failed or cancelled transfer over under the same name, with
+    /// what it was registered with: an upload reopens its file (from seq 1;
+    /// its md5 as given or computed then), a download asks the server again
+    /// into the same directory (a partial file was removed when it ended).
+    pub fn retry(&self, name: &str) -> Result<()> {
+        let (state, upload, download) = {
+            let e = self.shared.engine();
+            let state = e
+                .file_status(name)
+                .map(|s| s.state)
+                .ok_or_else(|| crate::engine::Error::UnknownName { name: name.into() })?;
+            (state, e.upload_spec(name), e.download_spec(name))
+        };
+        if !matches!(state, FileState::Failed | FileState::Cancelled) {
+            return Err(crate::engine::Error::WrongState {
+                name: name.into(),
+                action: "retry",
+                state,
+            }
+            .into());
+        }
+        tracing::info!(name, "retrying transfer");
+        if let Some(mut spec) = upload {
+            spec.hold = false;
+            let path = spec.path.clone();
+            return self.add_file(path, spec);
+        }
+        let mut spec =
+            download.ok_or_else(|| crate::engine::Error::UnknownName { name: name.into() })?;
+        spec.hold = false;
+        let (dir, file_name) = lock(&self.shared.destinations)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| crate::engine::Error::UnknownName { name: name.into() })?;
+        self.add_download(spec, dir, file_name)
     }
 
     /// Uploads found unfinished in the state directory at start.

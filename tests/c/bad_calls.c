@@ -123,6 +123,13 @@ int main(void) {
   spec.md5 = bad_utf8;
   expect("add_upload(md5=bad utf8)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_INVALID_UTF8);
   spec.md5 = "";
+  /* No message yet (the ChatServer's 1036 gives it): refused, since the
+     deployed server crashes marking message 0. */
+  spec.message_id = 0;
+  expect("add_upload(message_id=0)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_INVALID_ARGUMENT);
+  spec.message_id = -3;
+  expect("add_upload(message_id<0)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_INVALID_ARGUMENT);
+  spec.message_id = 7;
   expect("add_upload(held)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_OK);
   expect("add_upload(same name)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_DUPLICATE_NAME);
 

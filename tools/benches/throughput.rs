@@ -450,6 +450,7 @@ fn client_upload(
         spec.uid = UID;
         spec.sender = UID;
         spec.receiver = 2;
+        spec.message_id = 1;
         spec.md5 = Some(md5.clone());
         client.add_file(path, spec).expect("add_file");
         file_bytes += std::fs::metadata(path).expect("stat").len();
@@ -498,6 +499,7 @@ fn engine_loop_upload(addr: &str, path: &Path, md5: &str, peer: u32) -> Run {
     let t0 = Instant::now();
     let mut spec = FileSpec::new("limit-engine.bin", path);
     spec.uid = UID;
+    spec.message_id = 1;
     spec.md5 = Some(md5.to_string());
     engine
         .add_file(

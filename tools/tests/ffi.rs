@@ -44,6 +44,8 @@ fn sans_io_engine_uploads_through_a_socket_the_host_owns() {
         md5: String::new(),
         priority: 0,
         hold: true,
+        token: String::new(),
+        avatar: false,
     };
     e.add_file(&args).unwrap();
     assert_eq!(e.add_file(&args).unwrap_err().code, Code::DuplicateName);
@@ -140,6 +142,8 @@ fn client_downloads_a_held_file_back_by_message_id() {
         md5: String::new(),
         priority: 0,
         hold: false,
+        token: "tok".into(),
+        avatar: false,
     };
     t.add_file(&up("up.bin", 77)).unwrap();
     let mut events = Vec::new();
@@ -208,6 +212,43 @@ fn client_downloads_a_held_file_back_by_message_id() {
     t.cancel("e").unwrap();
     assert_eq!(t.status("e").unwrap().state, FileState::Cancelled);
     assert_eq!(t.start_download("e").unwrap_err().code, Code::WrongState);
+
+    // The real client's avatar path through the same object: a chat upload
+    // without its message id is refused (the deployed server would crash),
+    // an avatar needs none; it comes back by name with its client path and
+    // request type.
+    assert_eq!(
+        t.add_file(&up("no-message.bin", 0)).unwrap_err().code,
+        Code::InvalidArgument
+    );
+    let avatar = UploadArgs {
+        name: "me.png".into(),
+        avatar: true,
+        ..up("me.png", 0)
+    };
+    t.add_file(&avatar).unwrap();
+    wait_for("me.png", EventKind::Completed);
+    t.add_download(DownloadArgs {
+        avatar: Some(("me.png".into(), "/icons/me.png".into(), "2".into())),
+        ..dl("av")
+    })
+    .unwrap();
+    t.start_download("av").unwrap();
+    let (saved, _) = wait_for("av", EventKind::Saved);
+    assert_eq!(
+        std::fs::read(&saved.path).unwrap(),
+        std::fs::read(src.path()).unwrap()
+    );
+    // A failed transfer's Resume (the bubble's click) starts it over.
+    t.add_download(DownloadArgs {
+        message_id: 999,
+        ..dl("gone")
+    })
+    .unwrap();
+    t.cancel("gone").unwrap();
+    assert_eq!(t.resume("gone").unwrap_err().code, Code::WrongState);
+    t.retry("gone").unwrap();
+    assert_eq!(t.status("gone").unwrap().state, FileState::Sending);
     t.shutdown().unwrap();
     drop(server);
 }
