@@ -187,7 +187,9 @@ pub enum Failure {
     /// library stops and says so.
     Unconfirmed { seq: u32, waited: Duration },
     /// The server's reply was unusable (wrong seq, bad data, a hostile name,
-    /// no data, no reply at all to 1045, md5 mismatch of a download).
+    /// no data, no reply at all to 1045, md5 mismatch of a download), or the
+    /// final size probe of an upload found a stored size other than the
+    /// file's (or could not get one).
     BadReply { seq: u32, message: String },
     /// The local side failed (the download's file could not be written).
     Local { message: String },
