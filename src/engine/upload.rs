@@ -126,7 +126,7 @@ pub(super) struct Upload {
     pub lost_record_restarts: u8,
     /// File bytes sent so far, resends included (bounded by `max_resend_factor`).
     pub sent_bytes: u64,
-    /// A connection was lost since the last seq 1: the final probe waits the
+    /// A connection was lost during this upload: the final probe waits the
     /// settle delay (late chunks of the dead connection show up in it).
     pub cut_seen: bool,
 }
@@ -189,7 +189,9 @@ impl Upload {
         self.next_seq = 1;
         self.acked.clear();
         self.acked_bytes = 0;
-        self.cut_seen = false;
+        // `cut_seen` stays: bytes of the dead connection can still land
+        // after the 1041, and the final probe's settle delay gives them time
+        // to show.
     }
 
     /// Whether this upload may ask the server its stored size: a chat
