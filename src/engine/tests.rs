@@ -2112,6 +2112,64 @@ mod probes {
         assert!(failure.contains("stored copy is corrupt"), "{failure}");
     }
 
+    /// The race the README admitted: bytes of the dead connection reach the
+    /// appending server after the restart's 1041. Without a token the
+    /// upload "completes" over a corrupt file; with one (whose first probe is
+    /// refused, so it restarts from seq 1 too) the final probe reports it.
+    #[test]
+    fn a_stale_chunk_after_a_restart_is_reported_with_a_token_only() {
+        for token in [false, true] {
+            let mut cfg = config(WindowPolicy::Fixed(8), ServerStorage::Appending);
+            cfg.probe.settle = Duration::from_millis(100);
+            let mut s = Sim::new(Engine::new(cfg), SimConfig::default());
+            let bytes = pattern(3 << 20, 9);
+            let spec = if token {
+                spec("v")
+            } else {
+                spec_without_token("v")
+            };
+            s.engine
+                .add_file_hashing(spec, Box::new(MemorySource::new(bytes.clone())), s.now)
+                .unwrap();
+            let mut refused = false;
+            s.server.chunk_rule = Some(Box::new(move |rsp: &mut DownChunkRsp| {
+                if !refused {
+                    refused = true;
+                    *rsp = DownChunkRsp {
+                        error: ErrorCode::TokenInvalid,
+                        ..DownChunkRsp::default()
+                    };
+                }
+            }));
+            while s.engine.stats().acks < 20 {
+                s.step();
+            }
+            assert!(s.cut_stale(Duration::from_millis(150)) >= 1);
+            s.run(Duration::from_secs(60));
+            assert_eq!(s.engine.stats().restarts, 1, "token {token}");
+            assert!(
+                s.server.append_violations >= 1,
+                "token {token}: stale chunk appended"
+            );
+            let stored = s.server.stored("v", ServerStorage::Appending).unwrap();
+            assert_ne!(stored, bytes, "token {token}: the stored file is corrupt");
+            if token {
+                assert_eq!(state(&s, "v"), FileState::Failed);
+                let failure = s.events.iter().find_map(|e| match e {
+                    Event::Failed { failure, .. } => Some(failure.to_string()),
+                    _ => None,
+                });
+                assert!(failure.unwrap().contains("stored copy is corrupt"));
+            } else {
+                assert_eq!(
+                    state(&s, "v"),
+                    FileState::Completed,
+                    "today's silent success"
+                );
+            }
+        }
+    }
+
     /// An app restart with a journal taken while chunks were in flight
     /// (`in_flight > 0`): with a token the stored size is probed and the
     /// upload continues after it; without one, from seq 1.
