@@ -24,7 +24,15 @@
 //!   first missing seq; the server's expected seq may be ahead (requests it
 //!   answered with replies lost), so a failure of that probe restarts the
 //!   download from seq 1 (which resets the server's expectation and re-sends
-//!   the token), once per connection.
+//!   the token), once per connection;
+//! * the server's expected seq is one per *name*, shared by everyone who
+//!   downloads that name (and reset by any seq 1): an upload's size probe is a
+//!   1047 seq 1 for the upload's name, so a download of a name refuses to
+//!   start (at its 1046) while an upload of that name that may probe is
+//!   unfinished in this engine, and a probe never goes while a download of its
+//!   name is going (the upload restarts from seq 1 instead, or its final
+//!   probe waits). Other clients downloading the same name are beyond our
+//!   reach: a reset by one of them makes this download restart from seq 1.
 
 use std::time::Instant;
 
@@ -393,6 +401,21 @@ impl Engine {
             let message = format!("{name:?} is already being downloaded by another transfer");
             return self.fail(id, fail(message), now);
         }
+        let config = &self.config;
+        let probed = self.transfers.values().any(|o| {
+            !o.common.state.is_terminal()
+                && o.upload()
+                    .is_some_and(|u| u.spec.name == name && u.may_probe(config))
+        });
+        if probed {
+            // Its size probes (1047 seq 1 for the same name) would reset the
+            // server's download state of this name under this download.
+            let message = format!(
+                "{name:?} is being uploaded by this client, whose size probes would reset the \
+                 server's download state of that name; download it once the upload ended"
+            );
+            return self.fail(id, fail(message), now);
+        }
         if let Some(message) = too_large(total.0, self.config.max_download_size) {
             return self.fail(id, fail(message), now);
         }
@@ -440,12 +463,16 @@ impl Engine {
             Ok(r) => r,
             Err(e) => return self.violation(format!("undecodable {id}: {e}")),
         };
-        // Replies for one name come in order: the download of that name, its
-        // oldest request. Without a name (token errors), the oldest 1047.
+        // Replies for one name come in order: the oldest request of that
+        // name (a download's chunk, or an upload's size probe for a 1048).
+        // Without a name (token errors, sent for seq 1 only), the oldest
+        // seq-1 request, else the oldest 1047.
+        let probes = id == MsgId::IMG_CHAT_DOWN_RSP;
+        let is_probe = |r: &Request| probes && r.kind == RequestKind::UploadProbe;
         let oldest_chunk_of = |transfer: FileId| {
             let no = self.in_flight.oldest_of(transfer)?;
-            let kind = self.in_flight.get(no)?.kind;
-            (kind == RequestKind::DownloadChunk).then_some(no)
+            let r = self.in_flight.get(no)?;
+            (r.kind == RequestKind::DownloadChunk || is_probe(r)).then_some(no)
         };
         let found = match rsp.name.as_deref() {
             // The oldest request across transfers of that file: a retired
@@ -453,20 +480,31 @@ impl Engine {
             Some(n) => self
                 .transfers
                 .values()
-                .filter(|t| t.download().and_then(|d| d.reply_name()) == Some(n))
+                .filter(|t| match &t.dir {
+                    Direction::Download(d) => d.reply_name() == Some(n),
+                    Direction::Upload(u) => probes && u.spec.name == n,
+                })
                 .filter_map(|t| oldest_chunk_of(t.common.id))
                 .min(),
-            None => self
-                .in_flight
-                .iter()
-                .find(|(_, r)| r.kind == RequestKind::DownloadChunk)
-                .map(|(no, _)| no),
+            None => {
+                let chunk = |r: &Request| r.kind == RequestKind::DownloadChunk;
+                let seq_one = self
+                    .in_flight
+                    .iter()
+                    .find(|(_, r)| (chunk(r) && r.seq == 1) || is_probe(r));
+                seq_one
+                    .or_else(|| self.in_flight.iter().find(|(_, r)| chunk(r)))
+                    .map(|(no, _)| no)
+            }
         };
         let Some(no) = found else {
             self.stats.unknown_replies += 1;
             return;
         };
         let sent = self.replied(no, now);
+        if sent.kind == RequestKind::UploadProbe {
+            return self.on_probe_reply(sent, &rsp, now);
+        }
         let (tid, seq) = (sent.transfer, sent.seq);
         if self.is_terminal(tid) {
             self.prune_retired();

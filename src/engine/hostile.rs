@@ -2,7 +2,9 @@
 //! naming uploads, downloads and strangers, with cuts, reconnects, timeouts
 //! and application calls in between. Checked: no panic; the window bound; no
 //! upload seq twice on a connection (except from seq 1 after a drained
-//! restart); an upload completes only after every seq was acknowledged; a
+//! restart; a size probe alone); an upload completes only after every seq
+//! was acknowledged (a forged probe answer cannot stand in: its data must be
+//! the file's own bytes, which these replies never are); a
 //! download completes only with all its bytes; and at the end every
 //! transfer is finished or legitimately waiting (paused, queued behind full
 //! slots, or with a request in flight) — never silently stuck.
@@ -115,6 +117,11 @@ impl Harness {
             spec.avatar = name.starts_with("av");
             spec.hold = i == 1;
             spec.message_id = 5;
+            // With a token an upload probes the stored size (1047 seq 1 for
+            // its name) after cuts and at the end: hostile 1048s for it too.
+            if i == 0 {
+                spec.token = "tok".into();
+            }
             let id = engine
                 .add_file(spec, Box::new(MemorySource::new(bytes.clone())), now)
                 .unwrap();
@@ -159,6 +166,11 @@ impl Harness {
             assert_eq!(t.len, self.out.len(), "Transmit.len counts the wire bytes");
             let name = self.engine.name_of(t.file).unwrap().to_string();
             if self.engine.is_download(&name) == Some(true) {
+                continue;
+            }
+            if t.id == MsgId::IMG_CHAT_DOWN_REQ {
+                let status = self.engine.file_status(&name).unwrap();
+                assert_eq!(status.in_flight, 1, "{name}: a size probe goes alone");
                 continue;
             }
             if t.seq == 1 {
@@ -312,6 +324,9 @@ impl Harness {
         if !self.engine.is_connected() {
             self.engine.connected(self.now);
         }
+        // A size probe may wait out its settle delay: let it go.
+        self.now += self.engine.config().probe.settle;
+        self.engine.handle_timeout(self.now);
         self.transmit(u8::MAX);
         self.check_events();
         let window_full = self.engine.in_flight() >= self.engine.window().cwnd() as usize;

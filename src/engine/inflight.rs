@@ -29,6 +29,9 @@ pub(super) enum RequestKind {
     DownloadInfo,
     /// A download chunk (1047/1033).
     DownloadChunk,
+    /// A size probe of an upload: a 1047 with seq 1 for its own name
+    /// (recorded with seq 0, which no chunk has).
+    UploadProbe,
 }
 
 /// One request on the wire that has not been answered.

@@ -51,8 +51,13 @@
 //!   chunks are never duplicated (the deployed client re-sends them,
 //!   corrupting the file on its appending server).
 //! * An upload completes if and only if every seq `1..=max_seq` was
-//!   acknowledged; a download if and only if every chunk arrived in order with
-//!   the announced length (and the md5 matched, when known).
+//!   acknowledged (or a size probe found exactly the whole file stored), and,
+//!   when it verifies, a final probe found exactly the file's size stored; a
+//!   download if and only if every chunk arrived in order with the announced
+//!   length (and the md5 matched, when known).
+//! * A size probe of an upload (1047 seq 1 for its name) and a download of
+//!   the same server name never overlap in one engine: the probe resets the
+//!   server's one download state per name.
 //!
 //! # After a lost connection
 //! [`Engine::connection_lost`] forgets every unanswered request and plans each
@@ -62,9 +67,11 @@
 //!   1037 for files of 2 GiB or more), skipping chunks acknowledged beyond it;
 //! * [`ServerStorage::Appending`] (the deployed server): exactly from the next
 //!   seq if the file had no unanswered chunk when the connection went (a paused
-//!   and drained file, say); otherwise from seq 1, because the server may
-//!   already have appended chunks whose replies were lost. Resuming "from the
-//!   first unacknowledged seq" there could silently duplicate bytes.
+//!   and drained file, say); otherwise, with a token, from what a size probe
+//!   shows the server holds (see `upload`), and without one (or when the probe
+//!   shows nothing usable) from seq 1, because the server may already have
+//!   appended chunks whose replies were lost. Resuming "from the first
+//!   unacknowledged seq" there could silently duplicate bytes.
 //!
 //! Downloads continue after the last chunk received, probing first (see
 //! `download`).
@@ -330,7 +337,7 @@ impl Engine {
 
     /// The connection is gone: every unanswered request is forgotten and each
     /// unfinished transfer is planned again from its record (see the module docs).
-    pub fn connection_lost(&mut self, _now: Instant) {
+    pub fn connection_lost(&mut self, now: Instant) {
         self.connected = false;
         self.stall_reported = false;
         let uncertain: BTreeSet<FileId> = self
@@ -342,6 +349,7 @@ impl Engine {
         self.prune_retired();
         self.attribution.clear();
         let storage = self.config.server_storage;
+        let settle_until = now + self.config.probe.settle;
         let mut restarted = 0;
         for t in self.transfers.values_mut() {
             t.common.burst = 0;
@@ -351,7 +359,9 @@ impl Engine {
             let had_in_flight = uncertain.contains(&t.common.id);
             match &mut t.dir {
                 Direction::Upload(u) => {
-                    restarted += u64::from(u.plan_after_cut(storage, had_in_flight))
+                    let probe = self.config.probe.resume && u.may_probe(&self.config);
+                    restarted +=
+                        u64::from(u.plan_after_cut(storage, had_in_flight, probe, settle_until))
                 }
                 Direction::Download(d) => d.plan_after_cut(),
             }
@@ -396,7 +406,10 @@ impl Engine {
                 }
                 let request = self
                     .find_kind(now, name, id, RequestKind::UploadChunk)
-                    .and_then(|t| self.in_flight.find(t, seq));
+                    .and_then(|t| self.in_flight.find(t, seq))
+                    .filter(|no| {
+                        self.in_flight.get(*no).map(|r| r.kind) == Some(RequestKind::UploadChunk)
+                    });
                 match request {
                     Some(no) => {
                         let request = self.answered(no);

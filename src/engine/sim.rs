@@ -8,7 +8,10 @@
 //! that takes `service_time` per chunk; replies travel back with the delay,
 //! optionally with seeded jitter that keeps replies of one name in order.
 //! The server stores like the deployed one (appending, with a record per name
-//! and 1012 without it) or like the reference one (positional).
+//! and 1012 without it) or like the reference one (positional); appending, it
+//! answers a 1047 with seq 1 for an upload's name with the stored size, as the
+//! deployed server does (the engine's size probes). [`Sim::cut_stale`] keeps
+//! the dead connection's chunks in transit so they reach the server late.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -116,10 +119,12 @@ impl SimServer {
     }
 }
 
+/// Events in transit, with the connection they belong to: a reply of a dead
+/// connection is never delivered.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
-    ToServer(u16, Vec<u8>),
-    ToClient(u16, Vec<u8>),
+    ToServer(u64, u16, Vec<u8>),
+    ToClient(u64, u16, Vec<u8>),
 }
 
 pub struct Sim {
@@ -142,6 +147,10 @@ pub struct Sim {
     reply_floor: HashMap<String, Instant>,
     rng: u64,
     buf: Vec<u8>,
+    /// The live connection; events of older ones are stale.
+    conn: u64,
+    /// The connection whose request the server is handling.
+    serving: u64,
 }
 
 impl Sim {
@@ -165,6 +174,8 @@ impl Sim {
             worker_free_at: HashMap::new(),
             reply_floor: HashMap::new(),
             buf: Vec::new(),
+            conn: 0,
+            serving: 0,
         }
     }
 
@@ -203,7 +214,11 @@ impl Sim {
                     Duration::from_secs_f64(len as f64 / bw)
                 });
             self.link_free_at = depart;
-            self.schedule(depart + self.cfg.one_way_delay, Ev::ToServer(id, body));
+            let conn = self.conn;
+            self.schedule(
+                depart + self.cfg.one_way_delay,
+                Ev::ToServer(conn, id, body),
+            );
         }
         while let Some(e) = self.engine.poll_event() {
             self.events.push(e);
@@ -230,8 +245,14 @@ impl Sim {
             }
             let Reverse((_, _, ev)) = self.queue.pop().expect("peeked");
             match ev {
-                Ev::ToServer(id, body) => self.server_receive(MsgId(id), &body),
-                Ev::ToClient(id, body) => self.engine.handle_frame(self.now, MsgId(id), &body),
+                Ev::ToServer(conn, id, body) => {
+                    self.serving = conn;
+                    self.server_receive(MsgId(id), &body);
+                }
+                Ev::ToClient(conn, id, body) if conn == self.conn => {
+                    self.engine.handle_frame(self.now, MsgId(id), &body)
+                }
+                Ev::ToClient(..) => {} // a reply on a dead connection
             }
         }
         if self.engine.poll_timeout().is_some_and(|t| t <= self.now) {
@@ -263,6 +284,30 @@ impl Sim {
     /// server stays stored), the engine is told, and a new connection comes up.
     pub fn cut(&mut self) {
         self.queue.clear();
+        self.new_connection();
+    }
+
+    /// Cuts the connection like [`Sim::cut`], except that the chunks still
+    /// on their way to the server arrive `late` from now (bytes of a dead
+    /// connection the server reads or writes late); their replies are lost.
+    /// Returns how many frames were kept.
+    pub fn cut_stale(&mut self, late: Duration) -> usize {
+        let at = self.now + late;
+        let kept: Vec<Ev> = std::mem::take(&mut self.queue)
+            .into_iter()
+            .map(|Reverse((_, _, ev))| ev)
+            .filter(|ev| matches!(ev, Ev::ToServer(..)))
+            .collect();
+        let n = kept.len();
+        for ev in kept {
+            self.schedule(at, ev);
+        }
+        self.new_connection();
+        n
+    }
+
+    fn new_connection(&mut self) {
+        self.conn += 1;
         self.link_free_at = self.now;
         self.worker_free_at.clear();
         self.reply_floor.clear();
@@ -284,7 +329,8 @@ impl Sim {
         let floor = self.reply_floor.entry(name.to_string()).or_insert(t);
         t = t.max(*floor);
         *floor = t;
-        self.schedule(t, Ev::ToClient(id.0, body));
+        let conn = self.serving;
+        self.schedule(t, Ev::ToClient(conn, id.0, body));
     }
 
     fn server_receive(&mut self, id: MsgId, body: &[u8]) {
@@ -405,6 +451,27 @@ impl Sim {
             receiver_id: Some(req.receiver_id),
             ..DownChunkRsp::default()
         };
+        // Not a message's file: an appending server serves what it holds of
+        // an upload (a size probe), as the deployed one reads any stored file.
+        let held = match (&m, self.cfg.storage) {
+            (None, ServerStorage::Appending) => self.server.files.get(&req.name),
+            _ => None,
+        };
+        if let Some(f) = held.filter(|_| req.seq == *expected) {
+            let start = (req.seq as u64 - 1) * super::DOWNLOAD_CHUNK;
+            if start < f.appended.len() as u64 {
+                *expected += 1;
+                let start = start as usize;
+                let end = (start + super::DOWNLOAD_CHUNK as usize).min(f.appended.len());
+                rsp.data =
+                    Some(base64::engine::general_purpose::STANDARD.encode(&f.appended[start..end]));
+                rsp.seq = Some(req.seq);
+                rsp.total_size = Some(StrU64(f.appended.len() as u64));
+                rsp.current_size = Some(StrU64(end as u64));
+                rsp.is_last = Some(end == f.appended.len());
+            }
+            // else: offset past the end (an empty file): error 0, no data.
+        }
         if let (true, Some(m)) = (ok, m) {
             *expected += 1;
             let start = ((req.seq as u64 - 1) * super::DOWNLOAD_CHUNK) as usize;

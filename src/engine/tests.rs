@@ -80,6 +80,14 @@ fn spec(name: &str) -> FileSpec {
     s
 }
 
+/// An upload without a login token: it never probes the server's stored
+/// size, so it behaves exactly as before size probes existed.
+fn spec_without_token(name: &str) -> FileSpec {
+    let mut s = spec(name);
+    s.token.clear();
+    s
+}
+
 fn add(sim: &mut Sim, name: &str, bytes: &[u8]) -> FileId {
     sim.engine
         .add_file_hashing(
@@ -344,13 +352,13 @@ fn overtaking_error_waits_for_elimination() {
     let now = Instant::now();
     e.connected(now);
     e.add_file_hashing(
-        spec("a"),
+        spec_without_token("a"),
         Box::new(MemorySource::new(pattern(3 * CHUNK as usize, 1))),
         now,
     )
     .unwrap();
     e.add_file_hashing(
-        spec("b"),
+        spec_without_token("b"),
         Box::new(MemorySource::new(pattern(3 * CHUNK as usize, 2))),
         now,
     )
@@ -441,11 +449,20 @@ fn cut_connection_resumes_from_first_unacked_on_a_positional_server() {
     assert_eq!((*id, *seq), (MsgId(1043), acked + 1));
 }
 
+/// Without a token (nothing to probe with) the behaviour is exactly what it
+/// was before size probes: the file starts again from seq 1, nothing else
+/// is asked of the server.
 #[test]
 fn cut_connection_restarts_from_seq_1_on_an_appending_server_when_acks_were_lost() {
     let mut s = sim(WindowPolicy::Fixed(5), ServerStorage::Appending);
     let bytes = pattern(30 * CHUNK as usize, 4);
-    add(&mut s, "v", &bytes);
+    s.engine
+        .add_file_hashing(
+            spec_without_token("v"),
+            Box::new(MemorySource::new(bytes.clone())),
+            s.now,
+        )
+        .unwrap();
     for _ in 0..8 {
         s.step();
     }
@@ -462,6 +479,8 @@ fn cut_connection_restarts_from_seq_1_on_an_appending_server_when_acks_were_lost
         "1041 truncates: the only safe restart"
     );
     assert_eq!(s.engine.stats().restarts, 1);
+    assert_eq!(s.engine.stats().probes, 0);
+    assert!(s.server.down_log.is_empty(), "no 1047 without a token");
 }
 
 #[test]
@@ -1382,8 +1401,8 @@ mod stories {
     #[test]
     fn an_anonymous_error_is_attributed_by_elimination() {
         let mut p = Pair::new(config(WindowPolicy::Fixed(4), ServerStorage::Appending));
-        p.upload(spec("a"), pattern(4 * CHUNK as usize, 1));
-        p.upload(spec("b"), pattern(4 * CHUNK as usize, 2));
+        p.upload(spec_without_token("a"), pattern(4 * CHUNK as usize, 1));
+        p.upload(spec_without_token("b"), pattern(4 * CHUNK as usize, 2));
         for first in p.client_sends() {
             p.server_acks(&first);
         }
@@ -1617,7 +1636,7 @@ mod budgets {
     fn an_upload_never_sends_more_than_its_resend_bound() {
         let mut p = Pair::new(config(WindowPolicy::Fixed(8), ServerStorage::Appending));
         let size = 4 * CHUNK as u64;
-        p.upload(spec("v"), pattern(size as usize, 1));
+        p.upload(spec_without_token("v"), pattern(size as usize, 1));
         let mut sent = 0u64;
         for _ in 0..20 {
             let raw = |s: &pair::Sent| {
@@ -1674,5 +1693,547 @@ mod budgets {
             _ => None,
         });
         assert!(failed.unwrap().contains("give_up_after"));
+    }
+}
+
+/// Size probes against an appending server (issue 12): after a cut, an
+/// upload with a token asks the stored size (1047 seq 1 for its own name)
+/// and continues after exactly what the server holds; at the end one probe
+/// verifies the stored size.
+mod probes {
+    use super::*;
+    use crate::protocol::messages::StrU64;
+
+    const SETTLE: Duration = Duration::from_millis(500);
+
+    /// The deployed server's answer to a probe: the stored size and the
+    /// stored file's first chunk.
+    fn answer(name: &str, total: u64, stored: &[u8]) -> Vec<u8> {
+        let first = &stored[..stored.len().min(DOWNLOAD_CHUNK as usize)];
+        let rsp = DownChunkRsp {
+            error: ErrorCode::Success,
+            data: Some(base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                first,
+            )),
+            seq: Some(1),
+            total_size: Some(StrU64(total)),
+            current_size: Some(StrU64(first.len() as u64)),
+            is_last: Some(first.len() as u64 == total),
+            name: Some(name.into()),
+            sender_id: Some(7),
+            receiver_id: Some(9),
+        };
+        serde_json::to_vec(&rsp).unwrap()
+    }
+
+    fn reply(p: &mut Pair, body: &[u8]) {
+        p.engine.handle_frame(p.now, MsgId::IMG_CHAT_DOWN_RSP, body);
+    }
+
+    /// An upload of `chunks` chunks with seq 1..=acked acknowledged and
+    /// 1..=sent sent, then a cut and a reconnect.
+    fn cut_with_in_flight(chunks: usize, acked: u32, token: bool) -> (Pair, Vec<u8>) {
+        let mut p = Pair::new(config(WindowPolicy::Fixed(8), ServerStorage::Appending));
+        let bytes = pattern(chunks * CHUNK as usize + 100, 3);
+        let spec = if token {
+            spec("v")
+        } else {
+            spec_without_token("v")
+        };
+        p.upload(spec, bytes.clone());
+        let first = p.client_sends();
+        p.server_acks(&first[0]);
+        let burst = p.client_sends();
+        assert_eq!(burst.len(), 8);
+        for s in burst.iter().take(acked as usize - 1) {
+            p.server_acks(s);
+        }
+        p.cut();
+        p.reconnect();
+        (p, bytes)
+    }
+
+    /// The probe goes after the settle delay, as a 1047 seq 1 for the
+    /// upload's own name with the uploader's uid as owner and its token;
+    /// two probes that agree on 5 whole chunks continue with 1043 seq 6.
+    #[test]
+    fn a_stable_size_of_whole_chunks_continues_after_them() {
+        let (mut p, bytes) = cut_with_in_flight(20, 3, true);
+        assert!(
+            p.client_sends().is_empty(),
+            "nothing before the settle delay"
+        );
+        assert!(p.engine.poll_timeout().is_some_and(|t| t <= p.now + SETTLE));
+        p.advance(SETTLE - Duration::from_millis(1));
+        assert!(
+            p.client_sends().is_empty(),
+            "nothing before the settle delay"
+        );
+        p.advance(Duration::from_millis(1));
+        let probe = p.client_sends();
+        assert_eq!(probe.len(), 1);
+        let req = probe[0].down_chunk();
+        assert_eq!(probe[0].id, MsgId::IMG_CHAT_DOWN_REQ);
+        assert_eq!(
+            (
+                req.name.as_str(),
+                req.seq,
+                req.token.as_str(),
+                req.uid,
+                req.sender_id
+            ),
+            ("v", 1, "tok", 7, 7)
+        );
+        let stored = 5 * CHUNK as u64;
+        reply(&mut p, &answer("v", stored, &bytes));
+        assert!(p.client_sends().is_empty(), "9 sent, 5 held: probe again");
+        p.advance(SETTLE);
+        assert_eq!(p.client_sends().len(), 1);
+        reply(&mut p, &answer("v", stored, &bytes));
+        let next = p.client_sends();
+        let seqs: Vec<(MsgId, u32)> = next.iter().map(|s| (s.id, s.chunk().seq)).collect();
+        assert_eq!(seqs[0], (MsgId(1043), 6), "{seqs:?}");
+        assert!(seqs[1..].iter().all(|(id, _)| *id == MsgId(1037)));
+        let st = p.engine.stats();
+        assert_eq!((st.probes, st.probe_resumes, st.restarts), (2, 1, 0));
+        assert_eq!(p.engine.file_status("v").unwrap().acked, stored);
+    }
+
+    /// Every chunk sent is stored: nothing more can arrive, one probe does.
+    #[test]
+    fn everything_sent_stored_needs_one_probe() {
+        let (mut p, bytes) = cut_with_in_flight(20, 3, true);
+        p.advance(SETTLE);
+        assert_eq!(p.client_sends().len(), 1);
+        reply(&mut p, &answer("v", 9 * CHUNK as u64, &bytes));
+        let next = p.client_sends();
+        assert_eq!((next[0].id, next[0].chunk().seq), (MsgId(1043), 10));
+    }
+
+    /// Answers that show nothing usable, or that a hostile server makes up:
+    /// the upload starts again from seq 1 (1041), never panics, never
+    /// continues from a made-up size.
+    #[test]
+    fn unusable_or_hostile_answers_restart_from_seq_1() {
+        let other = pattern(CHUNK as usize, 99);
+        type Answer = Box<dyn Fn(&[u8]) -> Vec<u8>>;
+        let cases: Vec<(&str, Answer)> = vec![
+            (
+                "not whole chunks",
+                Box::new(|b| answer("v", 5 * CHUNK as u64 + 1, b)),
+            ),
+            (
+                "more than sent",
+                Box::new(|b| answer("v", 12 * CHUNK as u64, b)),
+            ),
+            (
+                "fewer than acknowledged",
+                Box::new(|b| answer("v", 2 * CHUNK as u64, b)),
+            ),
+            ("beyond u64 sense", Box::new(|b| answer("v", u64::MAX, b))),
+            (
+                "another file's bytes",
+                Box::new(move |_| answer("v", 5 * CHUNK as u64, &other)),
+            ),
+            ("token refused", Box::new(|_| br#"{"error":1010}"#.to_vec())),
+            (
+                "no data (missing or empty)",
+                Box::new(|_| br#"{"error":0,"name":"v"}"#.to_vec()),
+            ),
+            (
+                "wrong seq",
+                Box::new(|b| {
+                    let mut v: serde_json::Value =
+                        serde_json::from_slice(&answer("v", 5 * CHUNK as u64, b)).unwrap();
+                    v["seq"] = 3.into();
+                    serde_json::to_vec(&v).unwrap()
+                }),
+            ),
+            (
+                "short data",
+                Box::new(|b| answer("v", 5 * CHUNK as u64, &b[..100])),
+            ),
+            (
+                "bad base64",
+                Box::new(|_| {
+                    br#"{"error":0,"name":"v","seq":1,"data":"@@","total_size":"163840"}"#.to_vec()
+                }),
+            ),
+        ];
+        for (what, make) in cases {
+            let (mut p, bytes) = cut_with_in_flight(20, 3, true);
+            p.advance(SETTLE);
+            assert_eq!(p.client_sends().len(), 1, "{what}");
+            reply(&mut p, &make(&bytes));
+            let next = p.client_sends();
+            assert_eq!(
+                next.iter().map(|s| (s.id, s.chunk().seq)).next(),
+                Some((MsgId(1041), 1)),
+                "{what}"
+            );
+            assert_eq!(p.engine.stats().restarts, 1, "{what}");
+            assert_eq!(p.state("v"), FileState::Sending, "{what}");
+        }
+    }
+
+    /// A size that keeps changing is not trusted for ever.
+    #[test]
+    fn a_size_that_keeps_changing_restarts_from_seq_1() {
+        let (mut p, bytes) = cut_with_in_flight(20, 3, true);
+        for k in 3..8u64 {
+            p.advance(SETTLE);
+            assert_eq!(p.client_sends().len(), 1, "probe for {k}");
+            reply(&mut p, &answer("v", k * CHUNK as u64, &bytes));
+        }
+        let next = p.client_sends();
+        assert_eq!((next[0].id, next[0].chunk().seq), (MsgId(1041), 1));
+    }
+
+    /// Without a token the cut restarts from seq 1 at once, with no probe
+    /// and no settle delay: exactly as before.
+    #[test]
+    fn without_a_token_nothing_is_probed() {
+        let (mut p, _) = cut_with_in_flight(20, 3, false);
+        let next = p.client_sends();
+        assert_eq!((next[0].id, next[0].chunk().seq), (MsgId(1041), 1));
+        assert_eq!(p.engine.stats().probes, 0);
+    }
+
+    /// The final probe: exactly the file's size completes the upload; any
+    /// other size fails it loudly; with `verify` off it completes at once.
+    #[test]
+    fn the_last_ack_is_verified_by_one_probe() {
+        for (stored_extra, verify) in [(0u64, true), (CHUNK as u64, true), (0, false)] {
+            let mut cfg = config(WindowPolicy::Fixed(8), ServerStorage::Appending);
+            cfg.probe.verify = verify;
+            let mut p = Pair::new(cfg);
+            let bytes = pattern(3 * CHUNK as usize + 7, 5);
+            p.upload(spec("v"), bytes.clone());
+            for _ in 0..2 {
+                for s in p.client_sends() {
+                    p.server_acks(&s);
+                }
+            }
+            if !verify {
+                assert_eq!(p.state("v"), FileState::Completed);
+                assert_eq!(p.engine.stats().probes, 0);
+                continue;
+            }
+            assert_eq!(p.state("v"), FileState::Sending, "not before the probe");
+            let probe = p.client_sends();
+            assert_eq!(probe.len(), 1);
+            assert_eq!(probe[0].id, MsgId::IMG_CHAT_DOWN_REQ);
+            let size = bytes.len() as u64 + stored_extra;
+            reply(&mut p, &answer("v", size, &bytes));
+            let failed = p.events().into_iter().find_map(|e| match e {
+                Event::Failed { failure, .. } => Some(failure),
+                _ => None,
+            });
+            if stored_extra == 0 {
+                assert_eq!(p.state("v"), FileState::Completed);
+                assert_eq!(failed, None);
+            } else {
+                assert_eq!(p.state("v"), FileState::Failed);
+                let failure = failed.expect("a Failed event");
+                assert_eq!(failure.code(), CODE_BAD_REPLY);
+                let text = failure.to_string();
+                assert!(text.contains(&format!("holds {size} bytes")), "{text}");
+            }
+        }
+    }
+
+    /// A download whose server name is an unfinished upload's that may probe
+    /// refuses to start (the probes would reset its per-name state); an
+    /// upload whose name a download is using restarts instead of probing.
+    #[test]
+    fn probes_and_downloads_of_one_name_never_overlap() {
+        let info = |name: &str| {
+            serde_json::to_vec(&serde_json::json!({"error": 0, "message_id": 5,
+                "sender_id": 7, "recv_id": 9, "name": name, "total_size": "200000"}))
+            .unwrap()
+        };
+        // The upload first: the download is refused at its 1046.
+        let mut p = Pair::new(config(WindowPolicy::Fixed(8), ServerStorage::Appending));
+        p.upload(spec("v"), pattern(4 * CHUNK as usize, 1));
+        p.engine
+            .add_download(
+                DownloadSpec::new("dl", 5),
+                Box::new(MemorySink::default()),
+                p.now,
+            )
+            .unwrap();
+        p.client_sends();
+        p.engine
+            .handle_frame(p.now, MsgId::IMG_CHAT_DOWN_INFO_SYNC_RSP, &info("v"));
+        assert_eq!(p.state("dl"), FileState::Failed);
+        let why = p.events().into_iter().find_map(|e| match e {
+            Event::Failed { name, failure } if name == "dl" => Some(failure.to_string()),
+            _ => None,
+        });
+        assert!(why.unwrap().contains("being uploaded by this client"));
+
+        // The download first: after a cut the upload restarts, unprobed.
+        let mut p = Pair::new(config(WindowPolicy::Fixed(8), ServerStorage::Appending));
+        p.engine
+            .add_download(
+                DownloadSpec::new("dl", 5),
+                Box::new(MemorySink::default()),
+                p.now,
+            )
+            .unwrap();
+        p.client_sends();
+        p.engine
+            .handle_frame(p.now, MsgId::IMG_CHAT_DOWN_INFO_SYNC_RSP, &info("v"));
+        p.upload(spec("v"), pattern(4 * CHUNK as usize, 1));
+        let sent = p.client_sends();
+        let first = sent.iter().find(|s| s.id == MsgId(1041)).unwrap().clone();
+        p.server_acks(&first);
+        p.client_sends();
+        p.cut();
+        p.reconnect();
+        p.advance(SETTLE);
+        let after = p.client_sends();
+        assert!(after.iter().any(|s| s.id == MsgId(1041)));
+        assert_eq!(
+            p.engine.stats().probes,
+            0,
+            "no probe of a name being downloaded"
+        );
+        assert_eq!(p.engine.stats().restarts, 1);
+    }
+
+    fn run_cut_every(link: &SimConfig, token: bool, every: u64, cuts: u32) -> (Sim, Vec<u8>) {
+        let mut s = Sim::new(
+            Engine::new(config(WindowPolicy::adaptive(), ServerStorage::Appending)),
+            link.clone(),
+        );
+        let bytes = pattern(24 << 20, 12);
+        let spec = if token {
+            spec("big")
+        } else {
+            spec_without_token("big")
+        };
+        s.engine
+            .add_file_hashing(spec, Box::new(MemorySource::new(bytes.clone())), s.now)
+            .unwrap();
+        let mut done = 0;
+        let mut mark = 0;
+        while done < cuts {
+            assert!(s.step(), "the sim stopped before cut {done}");
+            if s.engine.stats().acks >= mark + every {
+                s.cut();
+                done += 1;
+                mark = s.engine.stats().acks;
+            }
+        }
+        s.run(Duration::from_secs(600));
+        (s, bytes)
+    }
+
+    /// The link-fault test of issue 12 in the simulator: a 24 MB upload to
+    /// an appending server, the connection cut after every 100 acknowledged
+    /// chunks, six times, on a short path where the server is the
+    /// bottleneck (as on loopback: chunks in flight at a cut have mostly
+    /// reached the server). With a token: byte-identical, no chunk appended
+    /// twice or out of order, at most 1.15x the file sent. Without (before
+    /// this change): every cut restarts from seq 1.
+    #[test]
+    fn cut_after_every_100_acks_six_times_sends_at_most_1_15x() {
+        let link = SimConfig {
+            one_way_delay: Duration::from_micros(200),
+            service_time: Duration::from_micros(500),
+            ..SimConfig::default()
+        };
+        let (with, bytes) = run_cut_every(&link, true, 100, 6);
+        let (without, _) = run_cut_every(&link, false, 100, 6);
+        let size = bytes.len() as f64;
+        let ratio = |s: &Sim| s.engine.stats().upload_bytes_sent as f64 / size;
+        eprintln!(
+            "24 MB, cut after every 100 acks x6, server-bound path: restart from seq 1 \
+             (no token) {:.3}x, probe and resume (token) {:.3}x ({} probes)",
+            ratio(&without),
+            ratio(&with),
+            with.engine.stats().probes
+        );
+        for s in [&with, &without] {
+            assert_eq!(state(s, "big"), FileState::Completed);
+            assert_stored(s, "big", &bytes);
+            assert_eq!(s.server.append_violations, 0);
+        }
+        assert!(ratio(&with) <= 1.15, "{:.3}x", ratio(&with));
+        assert_eq!(with.engine.stats().probe_resumes, 6);
+        assert_eq!(with.engine.stats().restarts, 0);
+        assert_eq!(without.engine.stats().restarts, 6);
+        assert_eq!(without.engine.stats().probes, 0);
+        assert!(ratio(&without) > 1.5, "{:.3}x", ratio(&without));
+    }
+
+    /// The same cuts on a 40 ms, 200 Mbit/s path: the chunks still on the
+    /// wire at each cut (about a window) never reached the server and must
+    /// go again, so the figure is higher; still far below restarting.
+    #[test]
+    fn on_a_long_path_the_chunks_lost_on_the_wire_are_all_that_is_sent_again() {
+        let link = SimConfig {
+            one_way_delay: Duration::from_millis(20),
+            bandwidth: Some(200e6 / 8.0),
+            ..SimConfig::default()
+        };
+        let (with, bytes) = run_cut_every(&link, true, 100, 6);
+        let (without, _) = run_cut_every(&link, false, 100, 6);
+        let size = bytes.len() as f64;
+        let ratio = |s: &Sim| s.engine.stats().upload_bytes_sent as f64 / size;
+        eprintln!(
+            "24 MB, cut after every 100 acks x6, 40 ms 200 Mbit/s: restart from seq 1 \
+             (no token) {:.3}x, probe and resume (token) {:.3}x",
+            ratio(&without),
+            ratio(&with),
+        );
+        assert_eq!(state(&with, "big"), FileState::Completed);
+        assert_stored(&with, "big", &bytes);
+        assert_eq!(with.server.append_violations, 0);
+        assert_eq!(with.engine.stats().restarts, 0);
+        // What went again is at most what was unacknowledged at the cuts.
+        assert!(ratio(&with) < 1.0 + 0.6 * (ratio(&without) - 1.0));
+    }
+
+    /// A chunk of the dead connection reaches the appending server after
+    /// the upload resumed from a probed size: it is appended where it does
+    /// not belong, and the final probe reports the wrong size instead of the
+    /// upload completing over a corrupt file.
+    #[test]
+    fn a_stale_chunk_appended_after_the_resume_is_reported_at_the_end() {
+        let mut cfg = config(WindowPolicy::Fixed(8), ServerStorage::Appending);
+        cfg.probe.settle = Duration::from_millis(100);
+        let mut s = Sim::new(Engine::new(cfg), SimConfig::default());
+        let bytes = pattern(3 << 20, 8);
+        add(&mut s, "v", &bytes);
+        while s.engine.stats().acks < 20 {
+            s.step();
+        }
+        let kept = s.cut_stale(Duration::from_millis(300));
+        assert!(kept >= 1, "a chunk in transit at the cut");
+        s.run(Duration::from_secs(60));
+        assert!(
+            s.server.append_violations >= 1,
+            "the stale chunk was appended"
+        );
+        assert_eq!(s.engine.stats().probe_resumes, 1);
+        assert_eq!(state(&s, "v"), FileState::Failed);
+        let failure = s.events.iter().find_map(|e| match e {
+            Event::Failed { failure, .. } => Some(failure.to_string()),
+            _ => None,
+        });
+        let failure = failure.expect("a Failed event");
+        assert!(failure.contains("stored copy is corrupt"), "{failure}");
+    }
+
+    /// The race the README admitted: bytes of the dead connection reach the
+    /// appending server after the restart's 1041. Without a token the
+    /// upload "completes" over a corrupt file; with one (whose first probe is
+    /// refused, so it restarts from seq 1 too) the final probe reports it.
+    #[test]
+    fn a_stale_chunk_after_a_restart_is_reported_with_a_token_only() {
+        for token in [false, true] {
+            let mut cfg = config(WindowPolicy::Fixed(8), ServerStorage::Appending);
+            cfg.probe.settle = Duration::from_millis(100);
+            let mut s = Sim::new(Engine::new(cfg), SimConfig::default());
+            let bytes = pattern(3 << 20, 9);
+            let spec = if token {
+                spec("v")
+            } else {
+                spec_without_token("v")
+            };
+            s.engine
+                .add_file_hashing(spec, Box::new(MemorySource::new(bytes.clone())), s.now)
+                .unwrap();
+            let mut refused = false;
+            s.server.chunk_rule = Some(Box::new(move |rsp: &mut DownChunkRsp| {
+                if !refused {
+                    refused = true;
+                    *rsp = DownChunkRsp {
+                        error: ErrorCode::TokenInvalid,
+                        ..DownChunkRsp::default()
+                    };
+                }
+            }));
+            while s.engine.stats().acks < 20 {
+                s.step();
+            }
+            assert!(s.cut_stale(Duration::from_millis(150)) >= 1);
+            s.run(Duration::from_secs(60));
+            assert_eq!(s.engine.stats().restarts, 1, "token {token}");
+            assert!(
+                s.server.append_violations >= 1,
+                "token {token}: stale chunk appended"
+            );
+            let stored = s.server.stored("v", ServerStorage::Appending).unwrap();
+            assert_ne!(stored, bytes, "token {token}: the stored file is corrupt");
+            if token {
+                assert_eq!(state(&s, "v"), FileState::Failed);
+                let failure = s.events.iter().find_map(|e| match e {
+                    Event::Failed { failure, .. } => Some(failure.to_string()),
+                    _ => None,
+                });
+                assert!(failure.unwrap().contains("stored copy is corrupt"));
+            } else {
+                assert_eq!(
+                    state(&s, "v"),
+                    FileState::Completed,
+                    "today's silent success"
+                );
+            }
+        }
+    }
+
+    /// An app restart with a journal taken while chunks were in flight
+    /// (`in_flight > 0`): with a token the stored size is probed and the
+    /// upload continues after it; without one, from seq 1.
+    #[test]
+    fn an_inexact_journal_probes_with_a_token_and_restarts_without() {
+        for token in [true, false] {
+            let bytes = pattern(10 * CHUNK as usize + 3, 2);
+            let mut s = sim(WindowPolicy::Fixed(5), ServerStorage::Appending);
+            add(&mut s, "v", &bytes);
+            while s.engine.file_status("v").unwrap().acked_prefix < 4 {
+                s.step();
+            }
+            let server = std::mem::take(&mut s.server);
+            let held = server.files["v"].appended.len() as u64;
+            let mut s2 = sim(WindowPolicy::Fixed(5), ServerStorage::Appending);
+            s2.server = server;
+            let record = AckRecord {
+                acked_prefix: 4,
+                acked_beyond: vec![],
+                in_flight: 3,
+            };
+            let spec = if token {
+                spec("v")
+            } else {
+                spec_without_token("v")
+            };
+            let log_before = s2.server.log.len();
+            s2.engine
+                .add_resumed_hashing(
+                    spec,
+                    Box::new(MemorySource::new(bytes.clone())),
+                    &record,
+                    s2.now,
+                )
+                .unwrap();
+            s2.run(Duration::from_secs(60));
+            assert_eq!(state(&s2, "v"), FileState::Completed);
+            assert_stored(&s2, "v", &bytes);
+            let (id, _, seq) = s2.server.log[log_before].clone();
+            if token {
+                let k = (held / CHUNK as u64) as u32;
+                assert!(k >= 4);
+                assert_eq!((id, seq), (MsgId(1043), k + 1));
+                assert_eq!(s2.engine.stats().probe_resumes, 1);
+            } else {
+                assert_eq!((id, seq), (MsgId(1041), 1));
+                assert_eq!(s2.engine.stats().probes, 0);
+            }
+        }
     }
 }

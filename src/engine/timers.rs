@@ -1,7 +1,7 @@
 //! The engine's timers, all derived from its state (nothing is armed or
 //! cancelled): coalesced progress events, the ack timeout (the server or the
-//! path stopped answering), and the 1045 timeout (the deployed server answers
-//! nothing for an unknown message id).
+//! path stopped answering), the 1045 timeout (the deployed server answers
+//! nothing for an unknown message id), and the settle delay of size probes.
 //!
 //! Invariant: `poll_timeout` returns the earliest instant at which
 //! `handle_timeout` would change anything, or `None`.
@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use super::inflight::{Request, RequestKind};
 use super::types::{Event, Failure, FileId, FileState, ServerStorage};
+use super::upload::UploadPhase;
 use super::Engine;
 
 impl Engine {
@@ -37,7 +38,19 @@ impl Engine {
                 .map(|t| t.common.last_progress + budget)
                 .min()
         });
-        [ack, info, progress, give_up].into_iter().flatten().min()
+        let probe = self
+            .transfers
+            .values()
+            .filter(|t| !t.common.state.is_terminal())
+            .filter_map(|t| match t.upload()?.phase {
+                UploadPhase::Probing(p) | UploadPhase::Verifying(p) => p.due,
+                _ => None,
+            })
+            .min();
+        [ack, info, progress, give_up, probe]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Fires due timers: coalesced progress, the 1045 timeout, the ack timeout.
@@ -56,6 +69,12 @@ impl Engine {
             .collect();
         for id in due {
             self.emit_progress(id, now);
+        }
+        // Size probes whose settle delay ended may go (poll_transmit sends them).
+        for t in self.transfers.values_mut() {
+            if let Some(u) = t.upload_mut() {
+                u.probe_due(now);
+            }
         }
         self.expire_info_requests(now);
         self.check_stall(now);

@@ -72,6 +72,13 @@ impl Transfer {
         }
     }
 
+    pub fn upload(&self) -> Option<&Upload> {
+        match &self.dir {
+            Direction::Upload(u) => Some(u),
+            Direction::Download(_) => None,
+        }
+    }
+
     pub fn download(&self) -> Option<&Download> {
         match &self.dir {
             Direction::Download(d) => Some(d),

@@ -20,6 +20,35 @@ pub enum ServerStorage {
     Positional,
 }
 
+/// Size probes of uploads to an appending server (a 1047 with seq 1 for the
+/// upload's own name, which the deployed server answers with the stored
+/// file's size; see `docs/deployed-server-facts.md` §7). Only for chat
+/// uploads with a login token; without one nothing is probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// After a lost connection (or from an inexact journal), continue from
+    /// the stored size when it is exactly whole chunks, instead of seq 1.
+    pub resume: bool,
+    /// After the last chunk's ack, confirm the stored size equals the
+    /// file's; a mismatch fails the upload.
+    pub verify: bool,
+    /// Wait this long after a lost connection before probing, and between
+    /// probes until two agree: the deployed server writes chunks on file
+    /// workers and answers 1047 on other threads, so chunks it read from the
+    /// dead connection may not be written yet.
+    pub settle: Duration,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            resume: true,
+            verify: true,
+            settle: Duration::from_millis(500),
+        }
+    }
+}
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -52,6 +81,9 @@ pub struct EngineConfig {
     /// client send without bound. The default 3 allows one restart from
     /// the first chunk at any point.
     pub max_resend_factor: u64,
+    /// Size probes against an appending server (used only when an upload
+    /// has a token).
+    pub probe: ProbeConfig,
 }
 
 impl Default for EngineConfig {
@@ -68,6 +100,7 @@ impl Default for EngineConfig {
             max_download_size: 4 << 30,
             give_up_after: Some(Duration::from_secs(600)),
             max_resend_factor: 3,
+            probe: ProbeConfig::default(),
         }
     }
 }
@@ -85,7 +118,9 @@ pub struct FileSpec {
     pub sender: i64,
     pub receiver: i64,
     pub message_id: i64,
-    /// Login token, sent on the first chunk (uploads never check it).
+    /// Login token, sent on the first chunk (uploads never check it). With
+    /// one, uploads to an appending server probe the stored size after a
+    /// lost connection and at the end (see [`ProbeConfig`]).
     pub token: String,
     /// Hex md5 of the whole file; required by the engine (the runtime computes
     /// it streaming at the edge when the caller leaves it out).
@@ -155,7 +190,9 @@ pub enum Failure {
     /// library stops and says so.
     Unconfirmed { seq: u32, waited: Duration },
     /// The server's reply was unusable (wrong seq, bad data, a hostile name,
-    /// no data, no reply at all to 1045, md5 mismatch of a download).
+    /// no data, no reply at all to 1045, md5 mismatch of a download), or the
+    /// final size probe of an upload found a stored size other than the
+    /// file's (or could not get one).
     BadReply { seq: u32, message: String },
     /// The local side failed (the download's file could not be written).
     Local { message: String },
@@ -282,6 +319,12 @@ pub struct Stats {
     pub stale_replies: u64,
     /// Files that restarted from seq 1 (appending server after an uncertain cut, or a lost server record).
     pub restarts: u64,
+    /// File bytes sent in upload chunks, resends included.
+    pub upload_bytes_sent: u64,
+    /// Size probes (1047 seq 1 for an upload's name) sent.
+    pub probes: u64,
+    /// Uploads that continued from a probed stored size instead of seq 1.
+    pub probe_resumes: u64,
 }
 
 impl Stats {

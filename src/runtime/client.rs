@@ -26,7 +26,6 @@ use super::files::{ExistingFile, FileSink, FileSource};
 use super::journal::{self, JournalEntry};
 use crate::engine::{
     AckRecord, DownloadSpec, Engine, EngineConfig, Event, FileSpec, FileState, FileStatus,
-    ServerStorage,
 };
 use crate::error::Result;
 use crate::protocol::{Frame, FrameDecoder};
@@ -496,18 +495,14 @@ impl Client {
                 ),
             }));
         }
-        let storage = self.shared.engine().config().server_storage;
         // See the journal module: only a drained journal is exact enough for
-        // an appending server; otherwise it gets the file again from seq 1.
-        let trusted = storage == ServerStorage::Positional || entry.exact;
-        let record = if trusted {
-            AckRecord {
-                acked_prefix: entry.acked_prefix,
-                acked_beyond: entry.acked_beyond.clone(),
-                in_flight: 0,
-            }
-        } else {
-            AckRecord::default()
+        // an appending server; an inexact one is marked so (`in_flight`), and
+        // the engine probes the stored size (with a token) or starts again
+        // from seq 1.
+        let record = AckRecord {
+            acked_prefix: entry.acked_prefix,
+            acked_beyond: entry.acked_beyond.clone(),
+            in_flight: usize::from(!entry.exact),
         };
         let mut template = entry.clone();
         template.exact = false;

@@ -11,10 +11,13 @@
 //! shutdown, which first drains every in-flight chunk, writes `exact: true`.
 //! On resume, a positional server (the reference server) continues from the
 //! first unacknowledged seq whatever `exact` says; an appending server (the
-//! deployed one) does so only for an exact journal and otherwise gets the file
-//! again from seq 1, whose 1041 truncates (re-sending to an appending server
-//! after lost acknowledgements would duplicate bytes). A resumed upload's
-//! journal is rewritten as inexact before its first chunk goes out.
+//! deployed one) does so only for an exact journal; otherwise, with a token,
+//! the engine first asks the server the stored size (a size probe, see
+//! `engine::upload`) and continues after exactly the chunks it holds, and
+//! without one the file goes again from seq 1, whose 1041 truncates
+//! (re-sending to an appending server after lost acknowledgements would
+//! duplicate bytes). A resumed upload's journal is rewritten as inexact
+//! before its first chunk goes out.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

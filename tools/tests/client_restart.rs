@@ -64,7 +64,15 @@ async fn run(
     storage: Storage,
     client_storage: &str,
     graceful: bool,
+    token: Option<&str>,
 ) -> (u64, u64, journal::JournalEntry) {
+    let upload_cmd = |addr: &str, storage: &str, state: &Path| {
+        let mut c = upload_cmd(addr, storage, state);
+        if let Some(t) = token {
+            c.args(["--token", t]);
+        }
+        c
+    };
     let srv = server(storage, false).await;
     // 40 Mbit/s: the upload takes over a second, long enough to interrupt.
     let emu = LinkEmulator::start(
@@ -148,7 +156,7 @@ async fn run(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_client_resumes_with_1043_against_the_reference_server() {
-    let (resumed, total, left) = run(Storage::Positional, "positional", false).await;
+    let (resumed, total, left) = run(Storage::Positional, "positional", false, None).await;
     assert!(
         resumed <= total - left.acked_prefix as u64 + 64,
         "resumed upload sent {resumed} of {total} chunks after {} were journaled",
@@ -158,7 +166,7 @@ async fn killed_client_resumes_with_1043_against_the_reference_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gracefully_stopped_client_resumes_exactly_against_an_appending_server() {
-    let (resumed, total, left) = run(Storage::AppendStrict, "appending", true).await;
+    let (resumed, total, left) = run(Storage::AppendStrict, "appending", true, None).await;
     assert_eq!(
         resumed,
         total - left.acked_prefix as u64,
@@ -168,9 +176,22 @@ async fn gracefully_stopped_client_resumes_exactly_against_an_appending_server()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_client_starts_over_against_an_appending_server() {
-    let (resumed, total, _) = run(Storage::AppendStrict, "appending", false).await;
+    let (resumed, total, _) = run(Storage::AppendStrict, "appending", false, None).await;
     assert_eq!(
         resumed, total,
         "after a crash the appending server gets the file again from seq 1"
+    );
+}
+
+/// With `--token` the killed client's inexact journal is not thrown away:
+/// the resumed run asks the appending server the stored size (1047 seq 1)
+/// and sends only the chunks after it, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_client_with_a_token_resumes_from_the_stored_size_against_an_appending_server() {
+    let (resumed, total, left) = run(Storage::AppendStrict, "appending", false, Some("tok")).await;
+    assert!(
+        resumed <= total - left.acked_prefix as u64,
+        "resumed upload sent {resumed} of {total} chunks after {} were journaled",
+        left.acked_prefix
     );
 }

@@ -58,7 +58,11 @@ pub struct Args {
     /// The chat message the upload belongs to; several files get N, N+1, ...
     #[arg(long, default_value_t = 1)]
     message_id: i64,
-    /// Login token, sent on the first chunk.
+    /// Login token, sent on the first chunk. Against an appending server it
+    /// also enables size probes: after a lost connection (or an inexact
+    /// journal) the upload continues after exactly what the server holds
+    /// instead of from seq 1, and each upload's stored size is verified at
+    /// the end (README "Resuming").
     #[arg(long, default_value = "")]
     token: String,
     /// Upload the files as avatars (1031, stop-and-wait).
