@@ -221,7 +221,8 @@ enum chatxfer_failure
   CHATXFER_FAILURE_UNCONFIRMED = 2002,
   /*
    The server's reply was unusable: wrong seq, bad data, a hostile name, no
-   data, no answer to 1045, or a downloaded file whose md5 does not match.
+   data, no answer to 1045, a downloaded file whose md5 does not match, or an
+   upload whose stored size differs from the file's at the end (a token's probe).
    */
   CHATXFER_FAILURE_BAD_REPLY = 2003,
   /*
@@ -495,10 +496,39 @@ chatxfer_result chatxfer_client_cancel(const struct chatxfer_client *client, con
 chatxfer_result chatxfer_client_status(const struct chatxfer_client *client, const char *name, struct chatxfer_file_status *out);
 
 /*
- Closes the connection (unfinished uploads are abandoned). When it
- returns no callback runs any more, unless it is called from inside the
- callback. Every later call on `client`, this one included, returns
+ Takes the connection down (a logout, a kick) until the next
+ `chatxfer_client_connect`, which may name another server (a re-login);
+ the transfers stay registered and continue then, and their give-up
+ budgets do not run meanwhile.
+
+ # Safety
+ As for `chatxfer_client_connect`.
+ */
+chatxfer_result chatxfer_client_disconnect(const struct chatxfer_client *client);
+
+/*
+ Stops sending, waits at most `timeout_ms` for the replies to chunks in
+ flight (so the journals of unfinished uploads are exact), then closes as
+ `chatxfer_client_close`.
+
+ # Safety
+ As for `chatxfer_client_connect`.
+ */
+chatxfer_result chatxfer_client_shutdown_within(const struct chatxfer_client *client, uint32_t timeout_ms);
+
+/*
+ Closes the connection at once (unfinished transfers are abandoned). When
+ it returns no callback runs any more, unless it is called from inside
+ the callback. Every later call on `client`, this one included, returns
  `CHATXFER_RESULT_SHUT_DOWN`; `chatxfer_client_free` is still needed.
+
+ # Safety
+ As for `chatxfer_client_connect`.
+ */
+chatxfer_result chatxfer_client_close(const struct chatxfer_client *client);
+
+/*
+ `chatxfer_client_shutdown_within` with 5 s: the graceful quit.
 
  # Safety
  As for `chatxfer_client_connect`.

@@ -64,8 +64,9 @@
 //                              the transfer stops;
 //   2003 Failure::BadReply     the server's reply was unusable: wrong seq,
 //                              bad data, a hostile name, no data, no answer
-//                              to 1045, or a downloaded file whose md5 does
-//                              not match;
+//                              to 1045, a downloaded file whose md5 does
+//                              not match, or an upload whose stored size
+//                              differs from the file's at the end;
 //   2004 Failure::Local        the local side failed: the downloaded file
 //                              could not be written or renamed;
 //   2005 Failure::GaveUp       a give-up budget ran out: no progress for too

@@ -271,6 +271,16 @@ impl Engine {
         Ok(())
     }
 
+    /// The app took the connection down on purpose (a logout) and brings it
+    /// back: that time does not count against any transfer's give-up budget.
+    pub fn restart_budgets(&mut self, now: Instant) {
+        for t in self.transfers.values_mut() {
+            if !t.common.state.is_terminal() {
+                t.common.last_progress = now;
+            }
+        }
+    }
+
     /// What upload `name` was registered with (to retry it).
     pub fn upload_spec(&self, name: &str) -> Option<FileSpec> {
         match &self.transfers.get(self.names.get(name)?)?.dir {

@@ -7,6 +7,8 @@
 //! `ffi_enums!` asserts at compile time that every variant of the table is
 //! here with the same number.
 
+use std::time::Duration;
+
 use cxx::UniquePtr;
 
 use super::{
@@ -76,8 +78,9 @@ pub mod ffi {
         /// the transfer stops.
         Unconfirmed = 2002,
         /// The server's reply was unusable: wrong seq, bad data, a hostile
-        /// name, no data, no answer to 1045, or a downloaded file whose md5
-        /// does not match.
+        /// name, no data, no answer to 1045, a downloaded file whose md5
+        /// does not match, or an upload whose stored size differs from the
+        /// file's at the end.
         BadReply = 2003,
         /// The local side failed: the downloaded file could not be written
         /// or renamed.
@@ -223,10 +226,25 @@ pub mod ffi {
         /// Events queued since the last call (always empty with a sink).
         #[cxx_name = "PollEvents"]
         fn poll_events(self: &Client) -> Vec<Event>;
-        /// Closes the connection and deletes the sink; no callback runs after
+        /// Stops sending, waits (up to 5 s) for the replies to chunks in
+        /// flight so the journals of unfinished uploads are exact, then
+        /// closes the connection and deletes the sink; no callback runs after
         /// it returns. A second call returns `Status::ShutDown`.
         #[cxx_name = "Shutdown"]
         fn shutdown(self: &Client) -> Status;
+        /// `Shutdown` waiting at most `timeout_ms` for the replies.
+        #[cxx_name = "ShutdownWithin"]
+        fn shutdown_within(self: &Client, timeout_ms: u32) -> Status;
+        /// Closes at once (unfinished transfers are abandoned); as
+        /// `Shutdown` otherwise. Destroying the client does this.
+        #[cxx_name = "Close"]
+        fn close(self: &Client) -> Status;
+        /// Takes the connection down (a logout, a kick) until the next
+        /// `Connect`, which may name another server (a re-login); the
+        /// transfers stay registered and continue then, and their give-up
+        /// budgets do not run meanwhile.
+        #[cxx_name = "Disconnect"]
+        fn disconnect(self: &Client) -> Status;
 
         /// `server_appends`: true for the deployed ResourceServer.
         #[cxx_name = "NewTransferEngine"]
@@ -452,7 +470,22 @@ impl Client {
     }
 
     fn shutdown(&self) -> Status {
-        status(boundary(|| self.0.shutdown()))
+        status(boundary(|| self.0.shutdown(Some(super::DEFAULT_DRAIN))))
+    }
+
+    fn shutdown_within(&self, timeout_ms: u32) -> Status {
+        status(boundary(|| {
+            self.0
+                .shutdown(Some(Duration::from_millis(timeout_ms.into())))
+        }))
+    }
+
+    fn close(&self) -> Status {
+        status(boundary(|| self.0.shutdown(None)))
+    }
+
+    fn disconnect(&self) -> Status {
+        status(boundary(|| self.0.disconnect()))
     }
 }
 

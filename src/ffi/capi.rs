@@ -473,10 +473,51 @@ pub unsafe extern "C" fn chatxfer_client_status(
     })
 }
 
-/// Closes the connection (unfinished uploads are abandoned). When it
-/// returns no callback runs any more, unless it is called from inside the
-/// callback. Every later call on `client`, this one included, returns
+/// Takes the connection down (a logout, a kick) until the next
+/// `chatxfer_client_connect`, which may name another server (a re-login);
+/// the transfers stay registered and continue then, and their give-up
+/// budgets do not run meanwhile.
+///
+/// # Safety
+/// As for `chatxfer_client_connect`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_disconnect(
+    client: *const chatxfer_client,
+) -> chatxfer_result {
+    result(boundary(|| client_arg(client)?.inner.disconnect()))
+}
+
+/// Stops sending, waits at most `timeout_ms` for the replies to chunks in
+/// flight (so the journals of unfinished uploads are exact), then closes as
+/// `chatxfer_client_close`.
+///
+/// # Safety
+/// As for `chatxfer_client_connect`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_shutdown_within(
+    client: *const chatxfer_client,
+    timeout_ms: u32,
+) -> chatxfer_result {
+    result(boundary(|| {
+        client_arg(client)?
+            .inner
+            .shutdown(Some(std::time::Duration::from_millis(timeout_ms.into())))
+    }))
+}
+
+/// Closes the connection at once (unfinished transfers are abandoned). When
+/// it returns no callback runs any more, unless it is called from inside
+/// the callback. Every later call on `client`, this one included, returns
 /// `CHATXFER_RESULT_SHUT_DOWN`; `chatxfer_client_free` is still needed.
+///
+/// # Safety
+/// As for `chatxfer_client_connect`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_close(client: *const chatxfer_client) -> chatxfer_result {
+    result(boundary(|| client_arg(client)?.inner.shutdown(None)))
+}
+
+/// `chatxfer_client_shutdown_within` with 5 s: the graceful quit.
 ///
 /// # Safety
 /// As for `chatxfer_client_connect`.
@@ -484,7 +525,11 @@ pub unsafe extern "C" fn chatxfer_client_status(
 pub unsafe extern "C" fn chatxfer_client_shutdown(
     client: *const chatxfer_client,
 ) -> chatxfer_result {
-    result(boundary(|| client_arg(client)?.inner.shutdown()))
+    result(boundary(|| {
+        client_arg(client)?
+            .inner
+            .shutdown(Some(super::DEFAULT_DRAIN))
+    }))
 }
 
 /// Shuts the client down if needed and releases it. NULL is allowed.

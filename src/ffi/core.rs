@@ -57,19 +57,27 @@ impl Client {
             ));
         }
         let mut state = lock(&self.state);
-        match &*state {
-            State::Idle => {}
-            State::Connected { .. } => {
-                return Err(FfiError::new(Code::AlreadyConnected, "already connected"))
-            }
-            State::ShutDown => return Err(shut_down()),
-        }
         // An IPv6 literal needs brackets in "host:port".
         let server = if host.contains(':') && !host.starts_with('[') {
             format!("[{host}]:{port}")
         } else {
             format!("{host}:{port}")
         };
+        match &*state {
+            State::Idle => {}
+            // After Disconnect (a logout): the same transfers, perhaps
+            // another server (a re-login).
+            State::Connected { client, .. } if !client.is_connecting() => {
+                return Ok(client.connect_to(server)?);
+            }
+            State::Connected { .. } => {
+                return Err(FfiError::new(
+                    Code::AlreadyConnected,
+                    "already connected (Disconnect first to change servers)",
+                ))
+            }
+            State::ShutDown => return Err(shut_down()),
+        }
         let (client, events) = runtime::Client::start(ClientConfig::new(server))?;
         let has_sink = lock(&self.sink).is_some();
         let (queue, pump) = if has_sink {
@@ -169,11 +177,32 @@ impl Client {
         out
     }
 
-    /// Closes the connection (unfinished uploads are abandoned) and releases
-    /// the sink. When it returns, no callback runs any more — unless it is
-    /// called from inside one, when the sink is released as that callback
-    /// returns. A second call fails with [`Code::ShutDown`].
-    pub fn shutdown(&self) -> FfiResult {
+    /// Takes the connection down (a logout, a kick) and keeps it down until
+    /// the next [`Client::connect`], which may name another server; the
+    /// transfers stay and continue then.
+    pub fn disconnect(&self) -> FfiResult {
+        Ok(self.client()?.disconnect()?)
+    }
+
+    /// Closes the connection and releases the sink. With `drain`, first
+    /// stops sending and waits (at most that long) for the replies to
+    /// chunks in flight, so the journals of unfinished uploads are exact;
+    /// without, unfinished transfers are abandoned at once. When it returns,
+    /// no callback runs any more — unless it is called from inside one, when
+    /// the sink is released as that callback returns. A second call fails
+    /// with [`Code::ShutDown`].
+    pub fn shutdown(&self, drain: Option<std::time::Duration>) -> FfiResult {
+        if let (Some(limit), Ok(client)) = (drain, self.client()) {
+            // Outside the state lock: the drain takes up to `limit`, and the
+            // event thread may call in meanwhile.
+            // Not from inside an async context (a Rust host's task): that
+            // thread must not block; it gets the immediate close.
+            let in_async = tokio::runtime::Handle::try_current().is_ok();
+            match runtime::handle() {
+                Ok(rt) if !in_async => rt.block_on(client.shutdown(Some(limit))),
+                _ => {}
+            }
+        }
         let old = std::mem::replace(&mut *lock(&self.state), State::ShutDown);
         if matches!(old, State::ShutDown) {
             return Err(shut_down());
@@ -197,7 +226,7 @@ impl Drop for Client {
     fn drop(&mut self) {
         // Dropped from C++ (`rust::Box`) or C (`chatxfer_client_free`): a
         // panic must not unwind out of here.
-        let _ = catch_unwind(AssertUnwindSafe(|| self.shutdown()));
+        let _ = catch_unwind(AssertUnwindSafe(|| self.shutdown(None)));
     }
 }
 

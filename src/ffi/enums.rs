@@ -94,7 +94,8 @@ ffi_enums! {
         /// appending server a resend could corrupt the file, so the transfer stops.
         Unconfirmed = 2002 => c"UNCONFIRMED",
         /// The server's reply was unusable: wrong seq, bad data, a hostile name, no
-        /// data, no answer to 1045, or a downloaded file whose md5 does not match.
+        /// data, no answer to 1045, a downloaded file whose md5 does not match, or an
+        /// upload whose stored size differs from the file's at the end (a token's probe).
         BadReply = 2003 => c"BAD_REPLY",
         /// The local side failed: the downloaded file could not be written or renamed.
         Local = 2004 => c"LOCAL",

@@ -55,6 +55,10 @@ pub use self::core::{Client, EventSinkFn};
 pub use sansio::SansIo;
 
 use crate::engine::{Event, FileState};
+
+/// How long `Shutdown` (C++) and `chatxfer_client_shutdown` wait for the
+/// replies to chunks in flight, so the journals are exact.
+pub const DEFAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 use crate::runtime::ClientEvent;
 
 /// Expands the table in `enums.rs` into `#[repr(u32)]` enums with their

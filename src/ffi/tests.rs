@@ -93,8 +93,8 @@ fn client_refuses_calls_before_connect_and_after_shutdown() {
         t.connect("127.0.0.1", 0).unwrap_err().code,
         Code::InvalidArgument
     );
-    t.shutdown().unwrap();
-    assert_eq!(t.shutdown().unwrap_err().code, Code::ShutDown);
+    t.shutdown(None).unwrap();
+    assert_eq!(t.shutdown(None).unwrap_err().code, Code::ShutDown);
     assert_eq!(t.connect("127.0.0.1", 1).unwrap_err().code, Code::ShutDown);
     assert!(t.poll_events().is_empty());
 }

@@ -148,6 +148,8 @@ struct Shared {
     /// Where each download goes (directory, file name asked for): what a
     /// retry needs besides the engine's spec.
     destinations: Mutex<HashMap<String, (PathBuf, Option<String>)>>,
+    /// The server to be connected to; `None` after [`Client::disconnect`].
+    target: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -335,6 +337,7 @@ impl Client {
             events: tx,
             broken: Mutex::new(None),
             destinations: Mutex::new(HashMap::new()),
+            target: Mutex::new(Some(config.server.clone())),
         });
         let driver = rt.spawn(drive(shared.clone(), config));
         // Whatever ends the driver abnormally (a panic: a bug) is contained
@@ -618,6 +621,36 @@ impl Client {
         }
     }
 
+    /// Takes the connection down on purpose (a logout, a kick) and keeps it
+    /// down until [`Client::connect_to`]; transfers stay registered and
+    /// their give-up budgets do not run meanwhile.
+    pub fn disconnect(&self) -> Result<()> {
+        self.check_broken()?;
+        *lock(&self.shared.target) = None;
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Connects (again) to `server` (`host:port`), which may differ from the
+    /// one before (a re-login); a connection to another server is closed
+    /// first. Unfinished transfers continue there.
+    pub fn connect_to(&self, server: impl Into<String>) -> Result<()> {
+        self.check_broken()?;
+        let server = server.into();
+        let was = lock(&self.shared.target).replace(server.clone());
+        if was.is_none() {
+            self.shared.engine().restart_budgets(Instant::now());
+        }
+        tracing::info!(%server, "connecting to the resource server");
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Whether the client is meant to be connected (not after `disconnect`).
+    pub fn is_connecting(&self) -> bool {
+        lock(&self.shared.target).is_some()
+    }
+
     /// Why the client stopped, if an internal error stopped it.
     pub fn broken(&self) -> Option<String> {
         self.shared.broken()
@@ -707,8 +740,14 @@ async fn drive(shared: Arc<Shared>, config: ClientConfig) {
     let mut attempt: u32 = 0;
     let mut rng = seed();
     while !is_shutdown(&shared) {
+        let Some(server) = lock(&shared.target).clone() else {
+            // Down by the app's choice: nothing to do until it says so (an
+            // API call or shutdown wakes this).
+            shared.wake.notified().await;
+            continue;
+        };
         let connect =
-            tokio::time::timeout(config.connect_timeout, TcpStream::connect(&config.server)).await;
+            tokio::time::timeout(config.connect_timeout, TcpStream::connect(&server)).await;
         let reason = match connect {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
@@ -716,12 +755,13 @@ async fn drive(shared: Arc<Shared>, config: ClientConfig) {
                     let mut e = shared.engine();
                     e.connected(Instant::now());
                     let _ = shared.events.send(ClientEvent::Connected {
-                        server: config.server.clone(),
+                        server: server.clone(),
                     });
                     shared.forward_events(&mut e);
                 }
-                tracing::debug!(server = %config.server, "connected");
-                let (reason, made_progress) = run_connection(&shared, stream, &config).await;
+                tracing::debug!(%server, "connected");
+                let (reason, made_progress) =
+                    run_connection(&shared, stream, &config, &server).await;
                 {
                     let mut e = shared.engine();
                     e.connection_lost(Instant::now());
@@ -732,14 +772,25 @@ async fn drive(shared: Arc<Shared>, config: ClientConfig) {
                 }
                 reason
             }
-            Ok(Err(e)) => format!("connect to {}: {e}", config.server),
+            Ok(Err(e)) => format!("connect to {server}: {e}"),
             Err(_) => format!(
-                "connect to {}: timed out after {:?}",
-                config.server, config.connect_timeout
+                "connect to {server}: timed out after {:?}",
+                config.connect_timeout
             ),
         };
         if is_shutdown(&shared) {
             break;
+        }
+        if lock(&shared.target).as_deref() != Some(server.as_str()) {
+            // The app disconnected or pointed us elsewhere: no backoff.
+            attempt = 0;
+            let _ = shared.events.send(ClientEvent::Disconnected {
+                reason: format!("{reason} (the app asked for this)"),
+                retry_in: None,
+                attempt: 0,
+            });
+            shared.changed.notify_waiters();
+            continue;
         }
         shared.engine().note_problem(reason.clone());
         let delay = backoff_delay(&config.backoff, attempt, &mut rng);
@@ -756,7 +807,8 @@ async fn drive(shared: Arc<Shared>, config: ClientConfig) {
         // The engine's timers run while disconnected too: a transfer's
         // give-up budget ends it even if the server never comes back.
         let deadline = tokio::time::Instant::now() + delay;
-        while !is_shutdown(&shared) {
+        // Until the deadline, or the app points elsewhere (or disconnects).
+        while !is_shutdown(&shared) && lock(&shared.target).as_deref() == Some(server.as_str()) {
             let timer = shared
                 .engine()
                 .poll_timeout()
@@ -808,6 +860,7 @@ async fn run_connection(
     shared: &Arc<Shared>,
     stream: TcpStream,
     config: &ClientConfig,
+    server: &str,
 ) -> (String, bool) {
     let (mut rd, mut wr) = stream.into_split();
     let limit = shared.engine().config().max_body_len;
@@ -872,6 +925,9 @@ async fn run_connection(
     let reason = loop {
         if is_shutdown(shared) {
             break "client shut down".to_string();
+        }
+        if lock(&shared.target).as_deref() != Some(server) {
+            break "disconnected".to_string();
         }
         // Move what the engine will send now into batches for the writer.
         let mut recycle = None;

@@ -82,6 +82,7 @@ int main(void) {
 
   /* Before connect. */
   expect("pause before connect", chatxfer_client_pause(c, "x"), CHATXFER_RESULT_NOT_CONNECTED);
+  expect("disconnect before connect", chatxfer_client_disconnect(c), CHATXFER_RESULT_NOT_CONNECTED);
   memset(&dl, 0, sizeof dl);
   dl.name = "d1";
   dl.message_id = 42;
@@ -96,6 +97,11 @@ int main(void) {
   /* Nothing listens on port 1: the client keeps retrying in the background. */
   expect("connect", chatxfer_client_connect(c, "127.0.0.1", 1), CHATXFER_RESULT_OK);
   expect("connect twice", chatxfer_client_connect(c, "127.0.0.1", 1), CHATXFER_RESULT_ALREADY_CONNECTED);
+  /* Logout and re-login (to another port) on the same object. */
+  expect("disconnect", chatxfer_client_disconnect(c), CHATXFER_RESULT_OK);
+  expect("connect after disconnect", chatxfer_client_connect(c, "127.0.0.1", 2), CHATXFER_RESULT_OK);
+  expect("connect again", chatxfer_client_connect(c, "127.0.0.1", 1), CHATXFER_RESULT_ALREADY_CONNECTED);
+  expect("disconnect(NULL)", chatxfer_client_disconnect(NULL), CHATXFER_RESULT_NULL_PARAMETER);
 
   /* Bad names and paths. */
   expect("add_upload(spec=NULL)", chatxfer_client_add_upload(c, NULL), CHATXFER_RESULT_NULL_PARAMETER);

@@ -249,6 +249,6 @@ fn client_downloads_a_held_file_back_by_message_id() {
     assert_eq!(t.resume("gone").unwrap_err().code, Code::WrongState);
     t.retry("gone").unwrap();
     assert_eq!(t.status("gone").unwrap().state, FileState::Sending);
-    t.shutdown().unwrap();
+    t.shutdown(Some(Duration::from_secs(5))).unwrap();
     drop(server);
 }
