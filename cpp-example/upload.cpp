@@ -207,6 +207,18 @@ struct Server {
   }
 };
 
+// The library's log lines, as an app would route them to its own log:
+// "log LEVEL target: message" on stdout (one fputs per line).
+class LogPrinter : public chatxfer::LogSink {
+ public:
+  void OnLog(chatxfer::LogLevel level, const std::string& target,
+             const std::string& message) override {
+    std::string line = "log " + std::string(chatxfer::LogLevelName(level)) + " " + target +
+                       ": " + message + "\n";
+    std::fputs(line.c_str(), stdout);
+  }
+};
+
 int Usage() {
   std::fprintf(stderr,
                "usage: upload [--server HOST:PORT] [--chatxfer PATH] [--uid N] "
@@ -438,6 +450,11 @@ int main(int argc, char** argv) {
     else if (a == "--sans-io") sans_io = true;
     else if (a.rfind("--", 0) == 0) return Usage();
     else files.push_back(a);
+  }
+  if (chatxfer::SetLogSink(std::make_unique<LogPrinter>(), chatxfer::LogLevel::Info) !=
+      chatxfer::Status::Ok) {
+    std::fprintf(stderr, "upload: SetLogSink: %s\n", std::string(chatxfer::LastError()).c_str());
+    return 1;
   }
   if (files.empty()) return Usage();
 

@@ -202,6 +202,48 @@ typedef uint32_t chatxfer_state;
 #endif // __cplusplus
 
 /*
+ The level of a log line, and the most verbose one a log callback gets
+ (C `chatxfer_log_level`, C++ `chatxfer::LogLevel`).
+ */
+enum chatxfer_log_level
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /*
+   As a filter: no lines at all.
+   */
+  CHATXFER_LOG_LEVEL_OFF = 0,
+  /*
+   A transfer or the client failed for a reason worth a look.
+   */
+  CHATXFER_LOG_LEVEL_ERROR = 1,
+  /*
+   Something went wrong and was handled (a protocol violation, a stalled server).
+   */
+  CHATXFER_LOG_LEVEL_WARN = 2,
+  /*
+   One line per transfer (started, finished, failed) and per connection change.
+   */
+  CHATXFER_LOG_LEVEL_INFO = 3,
+  /*
+   Connection and engine detail.
+   */
+  CHATXFER_LOG_LEVEL_DEBUG = 4,
+  /*
+   Everything.
+   */
+  CHATXFER_LOG_LEVEL_TRACE = 5,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum chatxfer_log_level chatxfer_log_level;
+#else
+typedef uint32_t chatxfer_log_level;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/*
  The library's own codes in a Failed event's `code`, beside the
  server's error codes (C `chatxfer_failure`, C++ `chatxfer::Failure`).
  */
@@ -388,6 +430,14 @@ typedef struct chatxfer_file_status {
   char md5[33];
 } chatxfer_file_status;
 
+/*
+ Receives one log line of the library: `level`, `target` (the module,
+ e.g. "chatxfer::engine") and `message` ("text key=value ..."), strings
+ valid only during the call. Called from any thread (the library's, or
+ the app's during a call into the library), one line at a time.
+ */
+typedef void (*chatxfer_log_callback)(void *user_data, chatxfer_log_level level, const char *target, const char *message);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -549,6 +599,20 @@ void chatxfer_client_free(struct chatxfer_client *client);
  should be shut down first; afterwards nothing can connect again.
  */
 void chatxfer_library_shutdown(void);
+
+/*
+ Sends the library's log lines up to `max_level` (a `chatxfer_log_level`;
+ `CHATXFER_LOG_LEVEL_OFF` or a NULL `callback` stops them) to `callback`,
+ process-wide, replacing an earlier one. Without one the library prints
+ nothing. `CHATXFER_RESULT_INVALID_ARGUMENT` for an unknown level;
+ `CHATXFER_RESULT_RUNTIME` if the process already has a Rust `tracing`
+ subscriber (the lines go there).
+
+ # Safety
+ `callback`, if not NULL, may be called from any thread with `user_data`
+ until it is replaced or removed.
+ */
+chatxfer_result chatxfer_set_log_callback(chatxfer_log_callback callback, void *user_data, uint32_t max_level);
 
 /*
  The name of a result ("OK", "NULL_PARAMETER", ...; "UNKNOWN" for a

@@ -5,11 +5,14 @@
 #include <cstdint>
 #include <string>
 
+#include "rust/cxx.h"
+
 namespace chatxfer {
 
 // Defined by the generated bridge header (src/ffi/bridge.rs).
 struct Event;
 enum class State : std::uint32_t;
+enum class LogLevel : std::uint32_t;
 
 // Receives the events of one Client.
 //
@@ -71,5 +74,25 @@ class EventSink {
 
 // Used by the bridge: calls the method of `sink` that matches `event`.
 void deliver(EventSink& sink, const Event& event);
+
+// Receives the library's log lines (SetLogSink in chatxfer.hpp; process-wide).
+//
+// Threading: called from any thread -- the library's, or the app's own
+// during a call into the library -- one line at a time (the library holds a
+// lock around it). Keep it short: append to a file, or post to the GUI
+// thread as for EventSink. A line the sink logs itself through the library
+// is dropped; exceptions are caught and the line is lost.
+//
+// Without a log sink the library prints nothing.
+class LogSink {
+ public:
+  virtual ~LogSink() = default;
+  // `level`: Error..Trace; `target`: the library module (e.g.
+  // "chatxfer::engine"); `message`: "text key=value ...".
+  virtual void OnLog(LogLevel level, const std::string& target, const std::string& message) = 0;
+};
+
+// Used by the bridge: calls sink.OnLog.
+void deliver_log(LogSink& sink, LogLevel level, rust::Str target, rust::Str message);
 
 }  // namespace chatxfer

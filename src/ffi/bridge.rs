@@ -66,6 +66,18 @@ pub mod ffi {
         Saved = 7,
     }
 
+    /// The level of a log line (and a log sink's filter).
+    #[repr(u32)]
+    #[derive(Debug)]
+    enum LogLevel {
+        Off = 0,
+        Error = 1,
+        Warn = 2,
+        Info = 3,
+        Debug = 4,
+        Trace = 5,
+    }
+
     /// The library's own codes in `Event::code` / `OnFailed(code)`; any
     /// other code is the server's.
     #[repr(u32)]
@@ -296,9 +308,19 @@ pub mod ffi {
         /// What a status means (the C header's text); "" if unknown.
         #[cxx_name = "StatusDescription"]
         fn status_description(status: Status) -> &'static str;
+        /// "ERROR", "WARN", "INFO", ...; "UNKNOWN" for a number not in the table.
+        #[cxx_name = "LogLevelName"]
+        fn log_level_name(level: LogLevel) -> &'static str;
         /// Stops the library's threads (before exit; optional).
         #[cxx_name = "ShutdownLibrary"]
         fn shutdown_library();
+        /// Sends the library's log lines up to `max_level` to `sink`, from
+        /// any thread (process-wide; replaces an earlier sink; null or
+        /// `LogLevel::Off` stops them). Without one the library prints
+        /// nothing. `Status::Runtime` if the process already has a Rust
+        /// `tracing` subscriber (the lines go there).
+        #[cxx_name = "SetLogSink"]
+        fn set_log_sink(sink: UniquePtr<LogSink>, max_level: LogLevel) -> Status;
     }
 
     unsafe extern "C++" {
@@ -307,6 +329,10 @@ pub mod ffi {
         type EventSink;
         /// Calls the sink's method for `event`; catches what it throws.
         fn deliver(sink: Pin<&mut EventSink>, event: &Event);
+        /// The app's log handler (`include/chatxfer_sink.h`).
+        type LogSink;
+        /// Calls `sink.OnLog`; catches what it throws.
+        fn deliver_log(sink: Pin<&mut LogSink>, level: LogLevel, target: &str, message: &str);
     }
 }
 
@@ -315,6 +341,26 @@ use ffi::{DownloadSpec, Event, FileInfo, Status, UploadSpec};
 // SAFETY: the header's contract: a sink is called from one library thread
 // at a time (the client's event thread) and may be deleted there.
 unsafe impl Send for ffi::EventSink {}
+// SAFETY: the header's contract: a log sink may be called from any thread;
+// the library calls it under a lock, one line at a time.
+unsafe impl Send for ffi::LogSink {}
+
+fn set_log_sink(sink: UniquePtr<ffi::LogSink>, max_level: ffi::LogLevel) -> Status {
+    status(boundary(|| {
+        let level = super::LogLevel::from_u32(max_level.repr)
+            .ok_or_else(|| FfiError::new(Code::InvalidArgument, "unknown log level"))?;
+        let callback = (!sink.is_null() && level != super::LogLevel::Off).then(|| {
+            let sink = std::sync::Mutex::new(sink);
+            Box::new(move |level: super::LogLevel, target: &str, message: &str| {
+                let mut sink = super::lock(&sink);
+                if let Some(sink) = sink.as_mut() {
+                    ffi::deliver_log(sink, level.into(), target, message);
+                }
+            }) as super::ForeignLog
+        });
+        super::set_log_callback(level, callback)
+    }))
+}
 
 pub struct Client(super::Client);
 
@@ -580,6 +626,10 @@ fn status_name(s: Status) -> &'static str {
 
 fn status_description(s: Status) -> &'static str {
     Code::from_u32(s.repr).map_or("", Code::description)
+}
+
+fn log_level_name(level: ffi::LogLevel) -> &'static str {
+    super::LogLevel::from_u32(level.repr).map_or("UNKNOWN", super::LogLevel::name)
 }
 
 fn shutdown_library() {

@@ -25,9 +25,9 @@ use std::panic::AssertUnwindSafe;
 
 use super::{
     boundary, last_error, Client, Code, DownloadArgs, EventSinkFn, FfiError, FfiResult, FlatEvent,
-    UploadArgs,
+    LogLevel, UploadArgs,
 };
-pub use super::{chatxfer_event_kind, chatxfer_result, chatxfer_state};
+pub use super::{chatxfer_event_kind, chatxfer_log_level, chatxfer_result, chatxfer_state};
 
 /// An event; every string is NUL-terminated and valid only during the
 /// callback (`name` is "" for connection events, never NULL).
@@ -553,6 +553,71 @@ pub extern "C" fn chatxfer_library_shutdown() {
         super::library_shutdown();
         Ok(())
     });
+}
+
+/// Receives one log line of the library: `level`, `target` (the module,
+/// e.g. "chatxfer::engine") and `message` ("text key=value ..."), strings
+/// valid only during the call. Called from any thread (the library's, or
+/// the app's during a call into the library), one line at a time.
+pub type chatxfer_log_callback = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        level: chatxfer_log_level,
+        target: *const c_char,
+        message: *const c_char,
+    ),
+>;
+
+/// `user_data` of a log callback: shared by every thread that logs.
+struct LogUserData(*mut c_void);
+// SAFETY: the header documents that the log callback (and so `user_data`)
+// is used from any thread, one call at a time; the pointer is only passed
+// back, never read.
+unsafe impl Send for LogUserData {}
+// SAFETY: as above; calls are serialised by the library.
+unsafe impl Sync for LogUserData {}
+
+impl LogUserData {
+    fn get(&self) -> *mut c_void {
+        self.0
+    }
+}
+
+/// Sends the library's log lines up to `max_level` (a `chatxfer_log_level`;
+/// `CHATXFER_LOG_LEVEL_OFF` or a NULL `callback` stops them) to `callback`,
+/// process-wide, replacing an earlier one. Without one the library prints
+/// nothing. `CHATXFER_RESULT_INVALID_ARGUMENT` for an unknown level;
+/// `CHATXFER_RESULT_RUNTIME` if the process already has a Rust `tracing`
+/// subscriber (the lines go there).
+///
+/// # Safety
+/// `callback`, if not NULL, may be called from any thread with `user_data`
+/// until it is replaced or removed.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_set_log_callback(
+    callback: chatxfer_log_callback,
+    user_data: *mut c_void,
+    max_level: u32,
+) -> chatxfer_result {
+    result(boundary(|| {
+        let level = LogLevel::from_u32(max_level).ok_or_else(|| {
+            FfiError::new(
+                Code::InvalidArgument,
+                format!("{max_level} is not a chatxfer_log_level"),
+            )
+        })?;
+        let user_data = LogUserData(user_data);
+        let callback = callback.map(|cb| {
+            let lock = std::sync::Mutex::new(());
+            Box::new(move |level: LogLevel, target: &str, message: &str| {
+                let (target, message) = (c_string(target), c_string(message));
+                let _one_at_a_time = super::lock(&lock);
+                // SAFETY: the app gave a valid callback; the strings outlive it.
+                unsafe { cb(user_data.get(), level, target.as_ptr(), message.as_ptr()) };
+            }) as super::ForeignLog
+        });
+        super::set_log_callback(level, callback)
+    }))
 }
 
 /// The name of a result ("OK", "NULL_PARAMETER", ...; "UNKNOWN" for a

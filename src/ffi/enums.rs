@@ -106,4 +106,21 @@ ffi_enums! {
         /// client stopped and every unfinished transfer fails with this code.
         Internal = 2006 => c"INTERNAL",
     }
+
+    /// The level of a log line, and the most verbose one a log callback gets
+    /// (C `chatxfer_log_level`, C++ `chatxfer::LogLevel`).
+    enum LogLevel as chatxfer_log_level for crate::ffi::bridge::ffi::LogLevel {
+        /// As a filter: no lines at all.
+        Off = 0 => c"OFF",
+        /// A transfer or the client failed for a reason worth a look.
+        Error = 1 => c"ERROR",
+        /// Something went wrong and was handled (a protocol violation, a stalled server).
+        Warn = 2 => c"WARN",
+        /// One line per transfer (started, finished, failed) and per connection change.
+        Info = 3 => c"INFO",
+        /// Connection and engine detail.
+        Debug = 4 => c"DEBUG",
+        /// Everything.
+        Trace = 5 => c"TRACE",
+    }
 }

@@ -55,11 +55,11 @@ pub use self::core::{Client, EventSinkFn};
 pub use sansio::SansIo;
 
 use crate::engine::{Event, FileState};
+use crate::runtime::ClientEvent;
 
 /// How long `Shutdown` (C++) and `chatxfer_client_shutdown` wait for the
 /// replies to chunks in flight, so the journals are exact.
 pub const DEFAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
-use crate::runtime::ClientEvent;
 
 /// Expands the table in `enums.rs` into `#[repr(u32)]` enums with their
 /// C names as aliases, `from_u32`, `name` and `description`, a conversion to
@@ -134,6 +134,43 @@ macro_rules! ffi_enums {
 }
 
 include!("enums.rs");
+
+impl LogLevel {
+    fn of(level: tracing::Level) -> LogLevel {
+        match level {
+            tracing::Level::ERROR => LogLevel::Error,
+            tracing::Level::WARN => LogLevel::Warn,
+            tracing::Level::INFO => LogLevel::Info,
+            tracing::Level::DEBUG => LogLevel::Debug,
+            tracing::Level::TRACE => LogLevel::Trace,
+        }
+    }
+
+    fn filter(self) -> Option<tracing::Level> {
+        match self {
+            LogLevel::Off => None,
+            LogLevel::Error => Some(tracing::Level::ERROR),
+            LogLevel::Warn => Some(tracing::Level::WARN),
+            LogLevel::Info => Some(tracing::Level::INFO),
+            LogLevel::Debug => Some(tracing::Level::DEBUG),
+            LogLevel::Trace => Some(tracing::Level::TRACE),
+        }
+    }
+}
+
+/// A foreign face's log callback, in the foreign levels.
+pub(crate) type ForeignLog = Box<dyn Fn(LogLevel, &str, &str) + Send + Sync>;
+
+/// The one way both foreign faces set the process's log callback.
+pub(crate) fn set_log_callback(max: LogLevel, callback: Option<ForeignLog>) -> FfiResult {
+    let sink = callback.map(|f| {
+        std::sync::Arc::new(move |level: tracing::Level, target: &str, message: &str| {
+            f(LogLevel::of(level), target, message)
+        }) as crate::log::LogSink
+    });
+    crate::log::set_log_sink(max.filter(), sink)
+        .map_err(|e| FfiError::new(Code::Runtime, e.to_string()))
+}
 
 /// An error of a foreign call: its code and the text for `LastError`.
 #[derive(Debug)]

@@ -40,4 +40,12 @@ void deliver(EventSink& sink, const Event& e) {
   }
 }
 
+void deliver_log(LogSink& sink, LogLevel level, rust::Str target, rust::Str message) {
+  try {
+    sink.OnLog(level, std::string(target), std::string(message));
+  } catch (...) {
+    // The app's exception: this line is lost.
+  }
+}
+
 }  // namespace chatxfer

@@ -53,6 +53,13 @@ fn every_table_enum_round_trips_through_its_number_name_and_description() {
         EventKind::description,
     );
     check(
+        LogLevel::ALL,
+        |v| v as u32,
+        LogLevel::from_u32,
+        LogLevel::name,
+        LogLevel::description,
+    );
+    check(
         FailureCode::ALL,
         |v| v as u32,
         FailureCode::from_u32,

@@ -42,6 +42,16 @@ static void on_event(void *user_data, const chatxfer_event *e) {
   atomic_fetch_add((atomic_int *)user_data, 1);
 }
 
+/* Log lines at INFO or above, and any line above the filter. */
+static atomic_int info_lines, too_verbose;
+static void on_log(void *user_data, chatxfer_log_level level, const char *target,
+                   const char *message) {
+  (void)user_data;
+  if (level > CHATXFER_LOG_LEVEL_INFO) atomic_fetch_add(&too_verbose, 1);
+  if (level == CHATXFER_LOG_LEVEL_INFO && strncmp(target, "chatxfer", 8) == 0 && message[0])
+    atomic_fetch_add(&info_lines, 1);
+}
+
 int main(void) {
   const char *bad_utf8 = "caf\xc3\x28.png"; /* 0xC3 0x28: not UTF-8 */
   chatxfer_client *c = NULL;
@@ -73,6 +83,9 @@ int main(void) {
   check("failure codes", CHATXFER_FAILURE_SOURCE == 2001 && CHATXFER_FAILURE_UNCONFIRMED == 2002 &&
                              CHATXFER_FAILURE_BAD_REPLY == 2003 && CHATXFER_FAILURE_LOCAL == 2004);
 
+  /* Logs: a bad level is refused; INFO and above go to on_log. */
+  expect("set_log_callback(level 99)", chatxfer_set_log_callback(on_log, NULL, 99), CHATXFER_RESULT_INVALID_ARGUMENT);
+  expect("set_log_callback(INFO)", chatxfer_set_log_callback(on_log, NULL, CHATXFER_LOG_LEVEL_INFO), CHATXFER_RESULT_OK);
   expect("new", chatxfer_client_new(on_event, &events, &c), CHATXFER_RESULT_OK);
   if (c == NULL) {
     printf("FAIL no client\n");
@@ -209,6 +222,14 @@ int main(void) {
     nanosleep(&ms10, NULL);
   }
   check("events arrived through the callback", atomic_load(&events) > 0);
+  /* "connection down" lines (nothing listens on the ports above). */
+  for (int i = 0; i < 1000 && atomic_load(&info_lines) == 0; i++) {
+    struct timespec ms10 = {0, 10 * 1000 * 1000};
+    nanosleep(&ms10, NULL);
+  }
+  check("info lines reached the log callback", atomic_load(&info_lines) > 0);
+  check("nothing above the log filter", atomic_load(&too_verbose) == 0);
+  expect("set_log_callback(NULL)", chatxfer_set_log_callback(NULL, NULL, CHATXFER_LOG_LEVEL_OFF), CHATXFER_RESULT_OK);
 
   /* Shutdown, twice, and calls after it. */
   expect("shutdown", chatxfer_client_shutdown(c), CHATXFER_RESULT_OK);

@@ -193,6 +193,17 @@ fn cpp_upload_example_uploads_to_a_chatxfer_serve_process() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "upload failed:\n{}", show(&out));
+    // Log lines are filtered at info (and reach the app, not stderr).
+    assert!(
+        stdout.lines().filter(|l| l.starts_with("log ")).all(|l| [
+            "log INFO ",
+            "log WARN ",
+            "log ERROR "
+        ]
+        .iter()
+        .any(|p| l.starts_with(p))),
+        "{stdout}"
+    );
     for (name, _, _) in files {
         assert!(
             stdout.contains(&format!("{name}: completed, ")),
@@ -203,6 +214,15 @@ fn cpp_upload_example_uploads_to_a_chatxfer_serve_process() {
                 .lines()
                 .any(|l| l.starts_with(&format!("{name}: ")) && l.contains(" bytes ")),
             "no progress line for {name}:\n{stdout}"
+        );
+        // Its log sink got the library's one info line per transfer.
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("log INFO chatxfer::engine")
+                    && l.contains("upload complete")
+                    && l.contains(&format!("name={name}"))),
+            "no log line for {name}:\n{stdout}"
         );
         // The example's uid is 1001; the server stores <dir>/<uid>/<name>.
         let stored = std::fs::read(server.dir.path().join("1001").join(name)).unwrap();
@@ -315,4 +335,6 @@ fn c_abi_bad_calls_give_error_results() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "bad_calls failed:\n{}", show(&out));
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    // Logs went to its callback; the library itself printed nothing.
+    assert!(out.stderr.is_empty(), "{}", show(&out));
 }

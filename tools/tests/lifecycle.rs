@@ -25,10 +25,8 @@ async fn logout_mid_upload_then_login_elsewhere_completes_it() {
     let first = server::start("127.0.0.1:0", config()).await.unwrap();
     let files = Files::new();
     let (path, bytes) = files.make("video.mp4", 60 << 20, 5);
-    let (client, mut events) = start_client(client_config(
-        first.local_addr(),
-        ServerStorage::Positional,
-    ));
+    let (client, mut events) =
+        start_client(client_config(first.local_addr(), ServerStorage::Positional));
     client.add_file(&path, spec("video.mp4", &path)).unwrap();
 
     // Log out as soon as part of it is acknowledged.
