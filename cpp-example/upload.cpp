@@ -236,7 +236,12 @@ static int RunClient(const std::string& host, std::uint16_t port,
                      Done& done) {
   int exit_code = 0;
   auto inbox = std::make_shared<Inbox>();
-  auto client = chatxfer::NewClient(std::make_unique<Sink>(inbox));
+  // `chatxfer serve` writes chunks at their offset; the deployed server
+  // appends (the default). A phone app might also set rate_limit here.
+  chatxfer::ClientOptions options = chatxfer::DefaultOptions();
+  options.server_appends = false;
+  options.give_up_after_ms = 120000;
+  auto client = chatxfer::NewClientWith(std::make_unique<Sink>(inbox), options);
   if (client->Connect(host, port) != chatxfer::Status::Ok) {
     std::fprintf(stderr, "upload: connect: %s\n", std::string(chatxfer::LastError()).c_str());
     return 1;

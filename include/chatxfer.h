@@ -298,6 +298,77 @@ typedef uint32_t chatxfer_failure;
 typedef struct chatxfer_client chatxfer_client;
 
 /*
+ A client's settings (`chatxfer_client_new_with`; C++
+ `chatxfer::ClientOptions`). Fill it with `chatxfer_options_init`, then
+ change fields. A 0 means the library's default unless a field says
+ otherwise; strings may be NULL ("").
+ */
+typedef struct chatxfer_options {
+  /*
+   `sizeof(chatxfer_options)` as the app was compiled (set by
+   `chatxfer_options_init`): a struct from another version of this
+   header is refused rather than misread.
+   */
+  uint32_t struct_size;
+  /*
+   The deployed ResourceServer appends chunks (true, the default); the
+   reference server (`chatxfer serve`) writes them at their offset.
+   */
+  bool server_appends;
+  /*
+   A fixed window of this many chunks in flight; 0: adaptive.
+   */
+  uint32_t fixed_window;
+  /*
+   The adaptive window's most chunks in flight (about 44 KB each); 0: 512.
+   */
+  uint32_t max_window;
+  /*
+   Raw bytes per upload chunk; 0: 32768 (the Qt client's).
+   */
+  uint32_t chunk_size;
+  /*
+   0: 10 s.
+   */
+  uint32_t connect_timeout_ms;
+  /*
+   No reply to a chunk for this long renews the connection; 0: 30 s.
+   */
+  uint32_t ack_timeout_ms;
+  /*
+   A transfer without progress this long fails with
+   CHATXFER_FAILURE_GAVE_UP; default 600000 (10 min); 0: never.
+   */
+  uint64_t give_up_after_ms;
+  /*
+   An upload putting more than this many times its size on the wire
+   fails with CHATXFER_FAILURE_GAVE_UP; 0: 3.
+   */
+  uint32_t max_resend_factor;
+  /*
+   Directory for the journals of unfinished uploads; NULL or "": none.
+   */
+  const char *state_dir;
+  /*
+   A download announced larger than this fails; 0: 4 GiB.
+   */
+  uint64_t max_download_size;
+  /*
+   Upload bytes per second on the wire; 0: no cap.
+   */
+  uint64_t rate_limit;
+  /*
+   The login token, for uploads and downloads whose spec has none.
+   */
+  const char *token;
+  /*
+   A download whose file name is taken fails, instead of being saved as
+   "name (1).ext".
+   */
+  bool existing_files_fail;
+} chatxfer_options;
+
+/*
  An event; every string is NUL-terminated and valid only during the
  callback (`name` is "" for connection events, never NULL).
  */
@@ -390,7 +461,8 @@ typedef struct chatxfer_download_spec {
    */
   int64_t message_id;
   /*
-   The downloading user and their login token.
+   The downloading user and their login token ("" for the one of the
+   client's options).
    */
   int64_t uid;
   const char *token;
@@ -443,6 +515,15 @@ extern "C" {
 #endif // __cplusplus
 
 /*
+ Fills `*options` with the library's defaults (and its `struct_size`).
+ NULL is ignored.
+
+ # Safety
+ `options` is NULL or valid for a write.
+ */
+void chatxfer_options_init(struct chatxfer_options *options);
+
+/*
  Creates a client (not yet connected). `callback` may be NULL: events are
  then dropped. On success `*out` is the new client.
 
@@ -451,6 +532,18 @@ extern "C" {
  the library's event thread until the client is shut down or freed.
  */
 chatxfer_result chatxfer_client_new(chatxfer_event_callback callback, void *user_data, struct chatxfer_client **out);
+
+/*
+ `chatxfer_client_new` with settings (`options` from
+ `chatxfer_options_init`, then changed; read during the call only).
+ `CHATXFER_RESULT_INVALID_ARGUMENT` for a `struct_size` of another
+ version; bad values make `chatxfer_client_connect` return it.
+
+ # Safety
+ As for `chatxfer_client_new`; `options` is NULL or valid for reads, its
+ strings NULL or NUL-terminated.
+ */
+chatxfer_result chatxfer_client_new_with(chatxfer_event_callback callback, void *user_data, const struct chatxfer_options *options, struct chatxfer_client **out);
 
 /*
  Connects to the ResourceServer at `host`:`port` in the background

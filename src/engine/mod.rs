@@ -81,6 +81,7 @@ mod download;
 mod error;
 mod inflight;
 mod io;
+mod pacer;
 mod scheduler;
 mod timers;
 mod transfer;
@@ -121,6 +122,8 @@ pub struct Engine {
     /// transfer's. Each leaves once its last request is answered or the
     /// connection is gone.
     retired: HashMap<String, FileId>,
+    /// The upload rate cap (`EngineConfig::rate_limit`).
+    pacer: pacer::Pacer,
     next_id: u64,
     scheduler: Scheduler,
     connected: bool,
@@ -142,6 +145,7 @@ impl Engine {
     pub fn new(config: EngineConfig) -> Engine {
         Engine {
             window: Window::new(config.window),
+            pacer: pacer::Pacer::new(config.rate_limit),
             config,
             transfers: HashMap::new(),
             names: HashMap::new(),

@@ -62,7 +62,16 @@ impl Engine {
                 }
             };
             let sent = if upload {
-                self.upload_next(id, now, out)
+                // The rate cap holds back uploads only.
+                if self.pacer.allows(now) {
+                    let sent = self.upload_next(id, now, out);
+                    if let Some(t) = &sent {
+                        self.pacer.spent(t.len);
+                    }
+                    sent
+                } else {
+                    None
+                }
             } else {
                 self.download_next(id, now, out)
             };

@@ -38,6 +38,14 @@ impl Engine {
                 .map(|t| t.common.last_progress + budget)
                 .min()
         });
+        // Out of the rate cap's debt, if an upload waits on it.
+        let paced = self.pacer.ready_at().filter(|_| {
+            self.connected
+                && self
+                    .transfers
+                    .values()
+                    .any(|t| t.common.state == FileState::Sending && t.upload().is_some())
+        });
         let probe = self
             .transfers
             .values()
@@ -47,7 +55,7 @@ impl Engine {
                 _ => None,
             })
             .min();
-        [ack, info, progress, give_up, probe]
+        [ack, info, progress, give_up, probe, paced]
             .into_iter()
             .flatten()
             .min()

@@ -84,6 +84,10 @@ pub struct EngineConfig {
     /// Size probes against an appending server (used only when an upload
     /// has a token).
     pub probe: ProbeConfig,
+    /// Cap on upload bytes per second on the wire (frames included);
+    /// `None`: as fast as the path and the window allow. Downloads are not
+    /// capped.
+    pub rate_limit: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -101,6 +105,7 @@ impl Default for EngineConfig {
             give_up_after: Some(Duration::from_secs(600)),
             max_resend_factor: 3,
             probe: ProbeConfig::default(),
+            rate_limit: None,
         }
     }
 }

@@ -140,6 +140,46 @@ pub mod ffi {
         md5: String,
     }
 
+    /// A client's settings (`NewClientWith`); the C API's
+    /// `chatxfer_options`. Start from `DefaultOptions()`. A 0 means the
+    /// library's default unless a field says otherwise.
+    #[derive(Debug, Clone)]
+    struct ClientOptions {
+        /// The deployed ResourceServer appends chunks (true, the default);
+        /// the reference server (`chatxfer serve`) writes them at their
+        /// offset (false).
+        server_appends: bool,
+        /// A fixed window of this many chunks in flight; 0: adaptive.
+        fixed_window: u32,
+        /// The adaptive window's most chunks in flight (about 44 KB of
+        /// memory each); 0: 512.
+        max_window: u32,
+        /// Raw bytes per upload chunk; 0: 32768 (the Qt client's).
+        chunk_size: u32,
+        /// 0: 10 s.
+        connect_timeout_ms: u32,
+        /// No reply to a chunk for this long renews the connection; 0: 30 s.
+        ack_timeout_ms: u32,
+        /// A transfer without progress this long fails with
+        /// Failure::GaveUp; default 600000 (10 min); 0: never.
+        give_up_after_ms: u64,
+        /// An upload putting more than this many times its size on the
+        /// wire fails with Failure::GaveUp; 0: 3.
+        max_resend_factor: u32,
+        /// Directory for the journals of unfinished uploads (resume after
+        /// a restart); empty: none.
+        state_dir: String,
+        /// A download announced larger than this fails; 0: 4 GiB.
+        max_download_size: u64,
+        /// Upload bytes per second on the wire (a phone hotspot); 0: no cap.
+        rate_limit: u64,
+        /// The login token, for uploads and downloads whose spec has none.
+        token: String,
+        /// A download whose file name is taken fails, instead of being
+        /// saved as "name (1).ext".
+        existing_files_fail: bool,
+    }
+
     /// An upload (`AddTransFile`); the C API's `chatxfer_upload_spec`.
     #[derive(Debug, Clone)]
     struct UploadSpec {
@@ -202,6 +242,16 @@ pub mod ffi {
         /// Throws `rust::Error` only on an internal error.
         #[cxx_name = "NewClient"]
         fn new_client(sink: UniquePtr<EventSink>) -> Result<Box<Client>>;
+        /// `NewClient` with settings (start from `DefaultOptions()`); bad
+        /// settings make `Connect` return `Status::InvalidArgument`.
+        #[cxx_name = "NewClientWith"]
+        fn new_client_with(
+            sink: UniquePtr<EventSink>,
+            options: &ClientOptions,
+        ) -> Result<Box<Client>>;
+        /// The library's defaults (documented on `ClientOptions`).
+        #[cxx_name = "DefaultOptions"]
+        fn default_options() -> ClientOptions;
         #[cxx_name = "Connect"]
         fn connect(self: &Client, host: &str, port: u16) -> Status;
         /// Registers an upload: held until `BatchSend` when `spec.hold`,
@@ -452,19 +502,72 @@ fn internal(e: FfiError) -> String {
     e.message
 }
 
+/// The app's sink as the library calls it (`None` for a null one).
+fn sink_fn(sink: UniquePtr<ffi::EventSink>) -> Option<super::EventSinkFn> {
+    if sink.is_null() {
+        return None;
+    }
+    let mut sink = sink;
+    Some(Box::new(move |e: &crate::runtime::ClientEvent| {
+        ffi::deliver(sink.pin_mut(), &client_event(e));
+    }))
+}
+
 fn new_client(sink: UniquePtr<ffi::EventSink>) -> Result<Box<Client>, String> {
+    boundary(|| Ok(Box::new(Client(super::Client::new(sink_fn(sink)))))).map_err(internal)
+}
+
+fn new_client_with(
+    sink: UniquePtr<ffi::EventSink>,
+    options: &ffi::ClientOptions,
+) -> Result<Box<Client>, String> {
+    let options = super::Options::from(options);
     boundary(|| {
-        let sink: Option<super::EventSinkFn> = if sink.is_null() {
-            None
-        } else {
-            let mut sink = sink;
-            Some(Box::new(move |e: &crate::runtime::ClientEvent| {
-                ffi::deliver(sink.pin_mut(), &client_event(e));
-            }))
-        };
-        Ok(Box::new(Client(super::Client::new(sink))))
+        Ok(Box::new(Client(super::Client::with_options(
+            sink_fn(sink),
+            options,
+        ))))
     })
     .map_err(internal)
+}
+
+fn default_options() -> ffi::ClientOptions {
+    let o = super::Options::default();
+    ffi::ClientOptions {
+        server_appends: o.server_appends,
+        fixed_window: o.fixed_window,
+        max_window: o.max_window,
+        chunk_size: o.chunk_size,
+        connect_timeout_ms: o.connect_timeout_ms,
+        ack_timeout_ms: o.ack_timeout_ms,
+        give_up_after_ms: o.give_up_after_ms,
+        max_resend_factor: o.max_resend_factor,
+        state_dir: o.state_dir,
+        max_download_size: o.max_download_size,
+        rate_limit: o.rate_limit,
+        token: o.token,
+        existing_files_fail: o.existing_files_fail,
+    }
+}
+
+impl From<&ffi::ClientOptions> for super::Options {
+    fn from(o: &ffi::ClientOptions) -> super::Options {
+        super::Options {
+            server_appends: o.server_appends,
+            fixed_window: o.fixed_window,
+            max_window: o.max_window,
+            chunk_size: o.chunk_size,
+            connect_timeout_ms: o.connect_timeout_ms,
+            ack_timeout_ms: o.ack_timeout_ms,
+            give_up_after_ms: o.give_up_after_ms,
+            max_resend_factor: o.max_resend_factor,
+            state_dir: o.state_dir.clone(),
+            max_download_size: o.max_download_size,
+            rate_limit: o.rate_limit,
+            token: o.token.clone(),
+            existing_files_fail: o.existing_files_fail,
+        }
+    }
 }
 
 impl Client {

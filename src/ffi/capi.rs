@@ -53,6 +53,109 @@ pub struct chatxfer_event {
     pub attempt: u32,
 }
 
+/// A client's settings (`chatxfer_client_new_with`; C++
+/// `chatxfer::ClientOptions`). Fill it with `chatxfer_options_init`, then
+/// change fields. A 0 means the library's default unless a field says
+/// otherwise; strings may be NULL ("").
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct chatxfer_options {
+    /// `sizeof(chatxfer_options)` as the app was compiled (set by
+    /// `chatxfer_options_init`): a struct from another version of this
+    /// header is refused rather than misread.
+    pub struct_size: u32,
+    /// The deployed ResourceServer appends chunks (true, the default); the
+    /// reference server (`chatxfer serve`) writes them at their offset.
+    pub server_appends: bool,
+    /// A fixed window of this many chunks in flight; 0: adaptive.
+    pub fixed_window: u32,
+    /// The adaptive window's most chunks in flight (about 44 KB each); 0: 512.
+    pub max_window: u32,
+    /// Raw bytes per upload chunk; 0: 32768 (the Qt client's).
+    pub chunk_size: u32,
+    /// 0: 10 s.
+    pub connect_timeout_ms: u32,
+    /// No reply to a chunk for this long renews the connection; 0: 30 s.
+    pub ack_timeout_ms: u32,
+    /// A transfer without progress this long fails with
+    /// CHATXFER_FAILURE_GAVE_UP; default 600000 (10 min); 0: never.
+    pub give_up_after_ms: u64,
+    /// An upload putting more than this many times its size on the wire
+    /// fails with CHATXFER_FAILURE_GAVE_UP; 0: 3.
+    pub max_resend_factor: u32,
+    /// Directory for the journals of unfinished uploads; NULL or "": none.
+    pub state_dir: *const c_char,
+    /// A download announced larger than this fails; 0: 4 GiB.
+    pub max_download_size: u64,
+    /// Upload bytes per second on the wire; 0: no cap.
+    pub rate_limit: u64,
+    /// The login token, for uploads and downloads whose spec has none.
+    pub token: *const c_char,
+    /// A download whose file name is taken fails, instead of being saved as
+    /// "name (1).ext".
+    pub existing_files_fail: bool,
+}
+
+/// Fills `*options` with the library's defaults (and its `struct_size`).
+/// NULL is ignored.
+///
+/// # Safety
+/// `options` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_options_init(options: *mut chatxfer_options) {
+    let Some(out) = options.as_mut() else { return };
+    let d = super::Options::default();
+    *out = chatxfer_options {
+        struct_size: std::mem::size_of::<chatxfer_options>() as u32,
+        server_appends: d.server_appends,
+        fixed_window: d.fixed_window,
+        max_window: d.max_window,
+        chunk_size: d.chunk_size,
+        connect_timeout_ms: d.connect_timeout_ms,
+        ack_timeout_ms: d.ack_timeout_ms,
+        give_up_after_ms: d.give_up_after_ms,
+        max_resend_factor: d.max_resend_factor,
+        state_dir: std::ptr::null(),
+        max_download_size: d.max_download_size,
+        rate_limit: d.rate_limit,
+        token: std::ptr::null(),
+        existing_files_fail: d.existing_files_fail,
+    };
+}
+
+impl super::Options {
+    /// # Safety
+    /// The strings of `o` are NULL or NUL-terminated.
+    unsafe fn from_c(o: &chatxfer_options) -> FfiResult<super::Options> {
+        if o.struct_size as usize != std::mem::size_of::<chatxfer_options>() {
+            return Err(FfiError::new(
+                Code::InvalidArgument,
+                format!(
+                    "options.struct_size is {}, this library's chatxfer_options has {} bytes: \
+                     call chatxfer_options_init (and use the header of this library)",
+                    o.struct_size,
+                    std::mem::size_of::<chatxfer_options>()
+                ),
+            ));
+        }
+        Ok(super::Options {
+            server_appends: o.server_appends,
+            fixed_window: o.fixed_window,
+            max_window: o.max_window,
+            chunk_size: o.chunk_size,
+            connect_timeout_ms: o.connect_timeout_ms,
+            ack_timeout_ms: o.ack_timeout_ms,
+            give_up_after_ms: o.give_up_after_ms,
+            max_resend_factor: o.max_resend_factor,
+            state_dir: opt_str_arg(o.state_dir, "state_dir")?.to_owned(),
+            max_download_size: o.max_download_size,
+            rate_limit: o.rate_limit,
+            token: opt_str_arg(o.token, "token")?.to_owned(),
+            existing_files_fail: o.existing_files_fail,
+        })
+    }
+}
+
 /// Receives events on a library thread (`chatxfer-events`), one at a time,
 /// in order. It must not block for long; a GUI app posts the event to its
 /// own thread. `user_data` is the pointer given to `chatxfer_client_new`.
@@ -96,7 +199,8 @@ pub struct chatxfer_download_spec {
     pub name: *const c_char,
     /// The chat message whose file to download (ignored for an avatar).
     pub message_id: i64,
-    /// The downloading user and their login token.
+    /// The downloading user and their login token ("" for the one of the
+    /// client's options).
     pub uid: i64,
     pub token: *const c_char,
     /// Existing directory to save into, under the server's file name.
@@ -195,42 +299,76 @@ pub unsafe extern "C" fn chatxfer_client_new(
         if out.is_null() {
             return Err(FfiError::new(Code::NullParameter, "out is NULL"));
         }
-        let user_data = UserData(user_data);
-        let sink: EventSinkFn = match callback {
-            Some(cb) => Box::new(move |e: &crate::runtime::ClientEvent| {
-                let f = FlatEvent::from_client_event(e);
-                let (name, md5, message, path) = (
-                    c_string(&f.name),
-                    c_string(&f.md5),
-                    c_string(&f.message),
-                    c_string(&f.path),
-                );
-                let ev = chatxfer_event {
-                    kind: f.kind,
-                    name: name.as_ptr(),
-                    state: f.xfer_state(),
-                    acked: f.acked,
-                    total: f.total,
-                    rate: f.rate,
-                    md5: md5.as_ptr(),
-                    code: f.code,
-                    message: message.as_ptr(),
-                    path: path.as_ptr(),
-                    retry_in_ms: f.retry_in_ms,
-                    attempt: f.attempt,
-                };
-                // SAFETY: the app gave a valid callback; `ev` and its
-                // strings outlive the call.
-                unsafe { cb(user_data.get(), &ev) };
-            }),
-            // No callback: drop events rather than queue them forever.
-            None => Box::new(|_: &crate::runtime::ClientEvent| {}),
-        };
-        let client = Box::new(chatxfer_client {
-            inner: Client::new(Some(sink)),
-        });
-        *out = Box::into_raw(client);
+        *out = new_client(callback, user_data, super::Options::default());
         Ok(())
+    }))
+}
+
+/// `chatxfer_client_new` with settings (`options` from
+/// `chatxfer_options_init`, then changed; read during the call only).
+/// `CHATXFER_RESULT_INVALID_ARGUMENT` for a `struct_size` of another
+/// version; bad values make `chatxfer_client_connect` return it.
+///
+/// # Safety
+/// As for `chatxfer_client_new`; `options` is NULL or valid for reads, its
+/// strings NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_new_with(
+    callback: chatxfer_event_callback,
+    user_data: *mut c_void,
+    options: *const chatxfer_options,
+    out: *mut *mut chatxfer_client,
+) -> chatxfer_result {
+    result(boundary(|| {
+        if out.is_null() {
+            return Err(FfiError::new(Code::NullParameter, "out is NULL"));
+        }
+        let options = super::Options::from_c(spec_arg(options)?)?;
+        *out = new_client(callback, user_data, options);
+        Ok(())
+    }))
+}
+
+/// # Safety
+/// As for `chatxfer_client_new`.
+unsafe fn new_client(
+    callback: chatxfer_event_callback,
+    user_data: *mut c_void,
+    options: super::Options,
+) -> *mut chatxfer_client {
+    let user_data = UserData(user_data);
+    let sink: EventSinkFn = match callback {
+        Some(cb) => Box::new(move |e: &crate::runtime::ClientEvent| {
+            let f = FlatEvent::from_client_event(e);
+            let (name, md5, message, path) = (
+                c_string(&f.name),
+                c_string(&f.md5),
+                c_string(&f.message),
+                c_string(&f.path),
+            );
+            let ev = chatxfer_event {
+                kind: f.kind,
+                name: name.as_ptr(),
+                state: f.xfer_state(),
+                acked: f.acked,
+                total: f.total,
+                rate: f.rate,
+                md5: md5.as_ptr(),
+                code: f.code,
+                message: message.as_ptr(),
+                path: path.as_ptr(),
+                retry_in_ms: f.retry_in_ms,
+                attempt: f.attempt,
+            };
+            // SAFETY: the app gave a valid callback; `ev` and its
+            // strings outlive the call.
+            unsafe { cb(user_data.get(), &ev) };
+        }),
+        // No callback: drop events rather than queue them forever.
+        None => Box::new(|_: &crate::runtime::ClientEvent| {}),
+    };
+    Box::into_raw(Box::new(chatxfer_client {
+        inner: Client::with_options(Some(sink), options),
     }))
 }
 

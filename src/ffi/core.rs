@@ -8,7 +8,7 @@ use std::thread::ThreadId;
 
 use super::{lock, Code, DownloadArgs, FfiError, FfiResult, UploadArgs};
 use crate::engine::FileStatus;
-use crate::runtime::{self, ClientConfig, ClientEvent, Events};
+use crate::runtime::{self, ClientEvent, Events};
 
 /// The app's event handler, called on the `chatxfer-events` thread.
 pub type EventSinkFn = Box<dyn FnMut(&ClientEvent) + Send>;
@@ -23,6 +23,7 @@ pub struct Client {
     /// Set by a shutdown from inside a callback: the pump drops the sink
     /// itself when the callback returns.
     closing: Arc<AtomicBool>,
+    options: super::Options,
 }
 
 enum State {
@@ -40,10 +41,17 @@ impl Client {
     /// With `sink`, events are pushed to it; without, they queue for
     /// [`Client::poll_events`].
     pub fn new(sink: Option<EventSinkFn>) -> Client {
+        Client::with_options(sink, super::Options::default())
+    }
+
+    /// As [`Client::new`], with settings (checked by `connect`, which
+    /// refuses bad ones with [`Code::InvalidArgument`]).
+    pub fn with_options(sink: Option<EventSinkFn>, options: super::Options) -> Client {
         Client {
             state: Mutex::new(State::Idle),
             sink: Arc::new(Mutex::new(sink)),
             closing: Arc::new(AtomicBool::new(false)),
+            options,
         }
     }
 
@@ -78,7 +86,7 @@ impl Client {
             }
             State::ShutDown => return Err(shut_down()),
         }
-        let (client, events) = runtime::Client::start(ClientConfig::new(server))?;
+        let (client, events) = runtime::Client::start(self.options.config(server)?)?;
         let has_sink = lock(&self.sink).is_some();
         let (queue, pump) = if has_sink {
             let sink = self.sink.clone();
@@ -116,7 +124,10 @@ impl Client {
 
     /// `AddTransFile` (held when `args.hold`, until [`Client::resume`]).
     pub fn add_file(&self, args: &UploadArgs) -> FfiResult {
-        let spec = args.spec()?;
+        let mut spec = args.spec()?;
+        if spec.token.is_empty() {
+            spec.token = self.options.token.clone();
+        }
         // Outside the state lock: without an md5 this reads the whole file.
         Ok(self.client()?.add_file(&args.path, spec)?)
     }
@@ -126,7 +137,11 @@ impl Client {
     pub fn add_download(&self, args: DownloadArgs) -> FfiResult {
         args.check()?;
         let client = self.client()?;
-        Ok(client.add_download(args.spec(), &args.dest_dir, None)?)
+        let mut spec = args.spec();
+        if spec.token.is_empty() {
+            spec.token = self.options.token.clone();
+        }
+        Ok(client.add_download(spec, &args.dest_dir, None)?)
     }
 
     /// `StartDownload`: the same as [`Client::resume`]; starts a held

@@ -46,12 +46,14 @@
 pub mod bridge;
 pub mod capi;
 mod core;
+mod options;
 mod sansio;
 
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub use self::core::{Client, EventSinkFn};
+pub use options::Options;
 pub use sansio::SansIo;
 
 use crate::engine::{Event, FileState};

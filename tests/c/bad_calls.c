@@ -86,6 +86,32 @@ int main(void) {
   /* Logs: a bad level is refused; INFO and above go to on_log. */
   expect("set_log_callback(level 99)", chatxfer_set_log_callback(on_log, NULL, 99), CHATXFER_RESULT_INVALID_ARGUMENT);
   expect("set_log_callback(INFO)", chatxfer_set_log_callback(on_log, NULL, CHATXFER_LOG_LEVEL_INFO), CHATXFER_RESULT_OK);
+  /* Settings: from another header version, refused; a window beyond the
+     memory bound, refused at connect; the defaults, accepted. */
+  {
+    chatxfer_options opt;
+    chatxfer_client *o = NULL;
+    chatxfer_options_init(&opt);
+    check("options default to the appending server", opt.server_appends);
+    check("options default give-up budget", opt.give_up_after_ms == 600000);
+    expect("new_with(options=NULL)", chatxfer_client_new_with(NULL, NULL, NULL, &o), CHATXFER_RESULT_NULL_PARAMETER);
+    opt.struct_size -= 8;
+    expect("new_with(old struct_size)", chatxfer_client_new_with(NULL, NULL, &opt, &o), CHATXFER_RESULT_INVALID_ARGUMENT);
+    check("out untouched on failure", o == NULL);
+    chatxfer_options_init(&opt);
+    opt.max_window = 1000000;
+    opt.token = "tok";
+    opt.rate_limit = 100000;
+    expect("new_with", chatxfer_client_new_with(NULL, NULL, &opt, &o), CHATXFER_RESULT_OK);
+    expect("connect(window too big)", chatxfer_client_connect(o, "127.0.0.1", 1), CHATXFER_RESULT_INVALID_ARGUMENT);
+    chatxfer_client_free(o);
+    o = NULL;
+    chatxfer_options_init(&opt);
+    expect("new_with(defaults)", chatxfer_client_new_with(NULL, NULL, &opt, &o), CHATXFER_RESULT_OK);
+    expect("connect(defaults)", chatxfer_client_connect(o, "127.0.0.1", 1), CHATXFER_RESULT_OK);
+    expect("close", chatxfer_client_close(o), CHATXFER_RESULT_OK);
+    chatxfer_client_free(o);
+  }
   expect("new", chatxfer_client_new(on_event, &events, &c), CHATXFER_RESULT_OK);
   if (c == NULL) {
     printf("FAIL no client\n");
