@@ -811,7 +811,7 @@ fn adaptive_window_stays_small_behind_a_slow_disk() {
     assert!(s.max_in_flight <= 16, "max in flight {}", s.max_in_flight);
 }
 
-/// File MB/s (virtual time) of one 8 MiB upload against the deployed
+/// File MB/s (virtual time) of one 32 MiB upload against the deployed
 /// server's timing model, with `seed` for its service jitter.
 fn deployed_rate(window: WindowPolicy, seed: u64) -> f64 {
     let storage = ServerStorage::Appending;
@@ -821,7 +821,7 @@ fn deployed_rate(window: WindowPolicy, seed: u64) -> f64 {
         ..SimConfig::deployed()
     };
     let mut s = Sim::new(Engine::new(config(window, storage)), cfg);
-    let bytes = pattern(8 << 20, seed as u8);
+    let bytes = pattern(32 << 20, seed as u8);
     add(&mut s, "v", &bytes);
     let t = s.run(Duration::from_secs(600));
     assert_eq!(state(&s, "v"), FileState::Completed, "{window}");
@@ -842,7 +842,7 @@ fn median_of(mut v: Vec<f64>) -> f64 {
 /// the next replies for a delayed ACK (40 ms) and the worker ran dry.
 #[test]
 fn adaptive_window_matches_the_best_fixed_window_against_the_deployed_timing() {
-    let seeds = 1..=5u64;
+    let seeds = 1..=3u64;
     let rates =
         |w: WindowPolicy| -> Vec<f64> { seeds.clone().map(|s| deployed_rate(w, s)).collect() };
     let adaptive = rates(WindowPolicy::adaptive());
