@@ -3,6 +3,7 @@
 //! ```sh
 //! cargo bench --bench throughput                 # every scenario
 //! cargo bench --bench throughput -- wan40 memory # some of them
+//! cargo bench --bench throughput -- deployed-model # the deployed server's timing (issue 16)
 //! CHATXFER_BENCH_SCALE=0.05 CHATXFER_BENCH_RUNS=1 cargo bench --bench throughput
 //! ```
 //!
@@ -17,6 +18,9 @@
 //!   tokio workers like `chatxfer serve`), optionally behind the link emulator;
 //! * `--child sink`: a peer that parses just enough of each chunk (name and
 //!   seq from the JSON head) to acknowledge it at once, and discards the data;
+//! * `--child deployed`: a fake with the deployed server's timing (one
+//!   worker per connection, Nagle on; see [`DeployedTiming`]) for the
+//!   `deployed-model` rows, where the windows take turns run after run;
 //! * `--child upload`: one upload by a fresh client, for the memory scenario
 //!   (its VmHWM and rusage are those of the client alone).
 //!
