@@ -892,6 +892,11 @@ fn check_invariants(
             jitter: Duration::from_millis(jitter_ms),
             seed,
             one_way_delay: Duration::from_millis(2),
+            // Half the cases with the deployed server's timing: one worker
+            // per connection, service jitter, Nagle held replies.
+            connection_worker: seed % 2 == 0,
+            service_jitter: Duration::from_micros(if seed % 2 == 0 { 400 } else { 0 }),
+            delayed_ack: (seed % 2 == 0).then_some(Duration::from_millis(40)),
             ..SimConfig::default()
         },
     );
