@@ -12,6 +12,22 @@
 //! answers a 1047 with seq 1 for an upload's name with the stored size, as the
 //! deployed server does (the engine's size probes). [`Sim::cut_stale`] keeps
 //! the dead connection's chunks in transit so they reach the server late.
+//!
+//! [`SimConfig::deployed`] models the deployed server's *timing* (issue 16):
+//! one worker per connection handles every chunk in turn (its queue lock is
+//! held while a task runs, so nothing of that connection overtakes), each
+//! chunk costs `service_time` plus up to `service_jitter` (seeded), and the
+//! replies go through Nagle's algorithm, as that server sets no
+//! `TCP_NODELAY`: a reply that finds an earlier one unacknowledged waits for
+//! the client's ACK, which rides on the client's next frame or, when the
+//! client sends nothing, comes after its delayed-ACK time. So the reply
+//! delay grows with the queue in front of the worker, and a client that
+//! stops sending for a moment (a shrinking window) stalls the replies.
+//!
+//! Invariants: the clock never goes back; events due at the same instant
+//! are handled in the order they were scheduled; with the same config and
+//! seed a run is identical. Frames carry their connection's number: what a
+//! dead connection's server sends back is dropped.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -40,6 +56,29 @@ pub struct SimConfig {
     /// Maximum extra reply delay (per-name order kept), from `seed`.
     pub jitter: Duration,
     pub seed: u64,
+    /// One worker for the whole connection (deployed) instead of one per name.
+    pub connection_worker: bool,
+    /// Maximum extra service time per chunk, from `seed`.
+    pub service_jitter: Duration,
+    /// Nagle on the server's replies, with the client's delayed ACK of this
+    /// length; `None` for a server with `TCP_NODELAY` (replies leave at once).
+    pub delayed_ack: Option<Duration>,
+}
+
+impl SimConfig {
+    /// The deployed server's timing on loopback: one worker per connection,
+    /// 0.8 ms per chunk plus up to 0.4 ms (its ~39 MB/s with `fixed:5`,
+    /// issue 16), Nagle on its replies against Linux's 40 ms delayed ACK.
+    pub fn deployed() -> SimConfig {
+        SimConfig {
+            one_way_delay: Duration::from_micros(50),
+            service_time: Duration::from_micros(800),
+            service_jitter: Duration::from_micros(400),
+            connection_worker: true,
+            delayed_ack: Some(Duration::from_millis(40)),
+            ..SimConfig::default()
+        }
+    }
 }
 
 impl Default for SimConfig {
@@ -52,6 +91,9 @@ impl Default for SimConfig {
             named_errors: false,
             jitter: Duration::ZERO,
             seed: 1,
+            connection_worker: false,
+            service_jitter: Duration::ZERO,
+            delayed_ack: None,
         }
     }
 }
@@ -125,6 +167,25 @@ impl SimServer {
 enum Ev {
     ToServer(u64, u16, Vec<u8>),
     ToClient(u64, u16, Vec<u8>),
+    /// A reply the server has finished, before Nagle decides when it leaves.
+    ReplyReady(u64, u16, Vec<u8>),
+    /// The client's ACK of the server's outstanding replies reaches it.
+    AckAtServer,
+    /// The client's delayed-ACK timer, valid for one generation.
+    DelayedAck(u64),
+}
+
+/// Nagle on the server's replies and the client's ACKs of them.
+#[derive(Debug, Default)]
+struct Nagle {
+    /// The server has a reply segment out that the client has not ACKed.
+    outstanding: bool,
+    /// Replies waiting for that ACK; they leave together.
+    held: Vec<(u64, u16, Vec<u8>)>,
+    /// The client received replies it has not ACKed yet.
+    client_owes_ack: bool,
+    /// Bumped whenever an ACK leaves, so a stale delayed-ACK timer does nothing.
+    generation: u64,
 }
 
 pub struct Sim {
@@ -145,6 +206,7 @@ pub struct Sim {
     link_free_at: Instant,
     worker_free_at: HashMap<String, Instant>,
     reply_floor: HashMap<String, Instant>,
+    nagle: Nagle,
     rng: u64,
     buf: Vec<u8>,
     /// The live connection; events of older ones are stale.
@@ -173,6 +235,7 @@ impl Sim {
             link_free_at: start,
             worker_free_at: HashMap::new(),
             reply_floor: HashMap::new(),
+            nagle: Nagle::default(),
             buf: Vec::new(),
             conn: 0,
             serving: 0,
@@ -219,6 +282,10 @@ impl Sim {
                 depart + self.cfg.one_way_delay,
                 Ev::ToServer(conn, id, body),
             );
+            if self.nagle.client_owes_ack {
+                // The frame carries the ACK.
+                self.client_ack();
+            }
         }
         while let Some(e) = self.engine.poll_event() {
             self.events.push(e);
@@ -250,9 +317,42 @@ impl Sim {
                     self.server_receive(MsgId(id), &body);
                 }
                 Ev::ToClient(conn, id, body) if conn == self.conn => {
+                    if let Some(delay) = self.cfg.delayed_ack {
+                        if !self.nagle.client_owes_ack {
+                            self.nagle.client_owes_ack = true;
+                            let g = self.nagle.generation;
+                            self.schedule(self.now + delay, Ev::DelayedAck(g));
+                        }
+                    }
                     self.engine.handle_frame(self.now, MsgId(id), &body)
                 }
                 Ev::ToClient(..) => {} // a reply on a dead connection
+                Ev::ReplyReady(conn, id, body) => {
+                    if self.nagle.outstanding {
+                        self.nagle.held.push((conn, id, body));
+                    } else {
+                        self.nagle.outstanding = true;
+                        self.schedule(
+                            self.now + self.cfg.one_way_delay,
+                            Ev::ToClient(conn, id, body),
+                        );
+                    }
+                }
+                Ev::AckAtServer => {
+                    self.nagle.outstanding = false;
+                    if !self.nagle.held.is_empty() {
+                        self.nagle.outstanding = true;
+                        let at = self.now + self.cfg.one_way_delay;
+                        for (conn, id, body) in std::mem::take(&mut self.nagle.held) {
+                            self.schedule(at, Ev::ToClient(conn, id, body));
+                        }
+                    }
+                }
+                Ev::DelayedAck(g) => {
+                    if g == self.nagle.generation && self.nagle.client_owes_ack {
+                        self.client_ack();
+                    }
+                }
             }
         }
         if self.engine.poll_timeout().is_some_and(|t| t <= self.now) {
@@ -267,7 +367,12 @@ impl Sim {
     pub fn run(&mut self, limit: Duration) -> Duration {
         let deadline = self.now + limit;
         while self.now < deadline {
-            if self.engine.is_idle() && self.queue.is_empty() {
+            // A pending ACK alone is not work left: the client is done.
+            let quiet = self
+                .queue
+                .iter()
+                .all(|Reverse((_, _, e))| matches!(e, Ev::AckAtServer | Ev::DelayedAck(_)));
+            if self.engine.is_idle() && quiet {
                 break;
             }
             if !self.step() {
@@ -278,6 +383,13 @@ impl Sim {
             self.events.push(e);
         }
         self.now - self.start
+    }
+
+    /// The client's ACK of every reply it holds leaves now.
+    fn client_ack(&mut self) {
+        self.nagle.client_owes_ack = false;
+        self.nagle.generation += 1;
+        self.schedule(self.now + self.cfg.one_way_delay, Ev::AckAtServer);
     }
 
     /// Cuts the connection: everything in transit is lost (what reached the
@@ -311,6 +423,7 @@ impl Sim {
         self.link_free_at = self.now;
         self.worker_free_at.clear();
         self.reply_floor.clear();
+        self.nagle = Nagle::default();
         self.engine.connection_lost(self.now);
         self.engine.connected(self.now);
     }
@@ -330,7 +443,32 @@ impl Sim {
         t = t.max(*floor);
         *floor = t;
         let conn = self.serving;
+        if self.cfg.delayed_ack.is_some() {
+            // Nagle decides when it leaves; the path delay is added then.
+            return self.schedule(t - self.cfg.one_way_delay, Ev::ReplyReady(conn, id.0, body));
+        }
         self.schedule(t, Ev::ToClient(conn, id.0, body));
+    }
+
+    /// Queues one chunk on its worker (the connection's or the name's);
+    /// returns when the worker is done with it.
+    fn serve(&mut self, name: &str) -> Instant {
+        let key = if self.cfg.connection_worker { "" } else { name };
+        let start = self
+            .worker_free_at
+            .get(key)
+            .copied()
+            .unwrap_or(self.now)
+            .max(self.now);
+        let jitter = if self.cfg.service_jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            let r = self.rand();
+            self.cfg.service_jitter.mul_f64((r % 1000) as f64 / 1000.0)
+        };
+        let done = start + self.cfg.service_time + jitter;
+        self.worker_free_at.insert(key.to_string(), done);
+        done
     }
 
     fn server_receive(&mut self, id: MsgId, body: &[u8]) {
@@ -385,14 +523,7 @@ impl Sim {
             self.server.duplicate_chunks += 1;
         }
         file.last_seen |= req.last == 1;
-        let start = self
-            .worker_free_at
-            .get(&name)
-            .copied()
-            .unwrap_or(self.now)
-            .max(self.now);
-        let done = start + self.cfg.service_time;
-        self.worker_free_at.insert(name.clone(), done);
+        let done = self.serve(&name);
         let body = UploadRsp::encode_success_for(rsp_id, &req);
         self.reply(done, &name, rsp_id, body);
     }
@@ -490,14 +621,7 @@ impl Sim {
         }
         let body = serde_json::to_vec(&rsp).expect("serializes");
         let name = req.name.clone();
-        let start = self
-            .worker_free_at
-            .get(&name)
-            .copied()
-            .unwrap_or(self.now)
-            .max(self.now);
-        let done = start + self.cfg.service_time;
-        self.worker_free_at.insert(name.clone(), done);
+        let done = self.serve(&name);
         self.reply(done, &name, MsgId::IMG_CHAT_DOWN_RSP, body);
     }
 

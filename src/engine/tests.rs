@@ -845,6 +845,65 @@ fn adaptive_window_stays_small_behind_a_slow_disk() {
     assert!(s.max_in_flight <= 16, "max in flight {}", s.max_in_flight);
 }
 
+/// File MB/s (virtual time) of one 32 MiB upload against the deployed
+/// server's timing model, with `seed` for its service jitter.
+fn deployed_rate(window: WindowPolicy, seed: u64) -> f64 {
+    let storage = ServerStorage::Appending;
+    let cfg = SimConfig {
+        seed,
+        storage,
+        ..SimConfig::deployed()
+    };
+    let mut s = Sim::new(Engine::new(config(window, storage)), cfg);
+    let bytes = pattern(32 << 20, seed as u8);
+    add(&mut s, "v", &bytes);
+    let t = s.run(Duration::from_secs(600));
+    assert_eq!(state(&s, "v"), FileState::Completed, "{window}");
+    assert_eq!(s.server.append_violations, 0);
+    bytes.len() as f64 / t.as_secs_f64() / 1e6
+}
+
+fn median_of(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Issue 16: against the deployed server's timing (one worker per
+/// connection, service jitter, Nagle on its replies) the adaptive window is
+/// as fast as the best fixed window and has no dips. The delay-only
+/// controller read the server's queue as congestion, shrank the window, and
+/// each shrink left the client silent while replies came in, so Nagle held
+/// the next replies for a delayed ACK (40 ms) and the worker ran dry.
+#[test]
+fn adaptive_window_matches_the_best_fixed_window_against_the_deployed_timing() {
+    let seeds = 1..=3u64;
+    let rates =
+        |w: WindowPolicy| -> Vec<f64> { seeds.clone().map(|s| deployed_rate(w, s)).collect() };
+    let adaptive = rates(WindowPolicy::adaptive());
+    let fixed: Vec<(u32, Vec<f64>)> = [5, 32, 128]
+        .into_iter()
+        .map(|n| (n, rates(WindowPolicy::Fixed(n))))
+        .collect();
+    let best = fixed
+        .iter()
+        .map(|(_, r)| median_of(r.clone()))
+        .fold(0.0, f64::max);
+    let med = median_of(adaptive.clone());
+    let min = adaptive.iter().copied().fold(f64::INFINITY, f64::min);
+    eprintln!("simulated deployed timing, MB/s per seed: adaptive {adaptive:.1?}");
+    for (n, r) in &fixed {
+        eprintln!("  fixed:{n} {r:.1?}");
+    }
+    assert!(
+        med >= 0.95 * best,
+        "adaptive median {med:.1} vs best fixed {best:.1}"
+    );
+    assert!(
+        min >= 0.85 * med,
+        "adaptive dips to {min:.1} (median {med:.1})"
+    );
+}
+
 fn check_invariants(
     sizes: &[usize],
     chunk: u32,
@@ -867,6 +926,11 @@ fn check_invariants(
             jitter: Duration::from_millis(jitter_ms),
             seed,
             one_way_delay: Duration::from_millis(2),
+            // Half the cases with the deployed server's timing: one worker
+            // per connection, service jitter, Nagle held replies.
+            connection_worker: seed % 2 == 0,
+            service_jitter: Duration::from_micros(if seed % 2 == 0 { 400 } else { 0 }),
+            delayed_ack: (seed % 2 == 0).then_some(Duration::from_millis(40)),
             ..SimConfig::default()
         },
     );

@@ -3,6 +3,7 @@
 //! ```sh
 //! cargo bench --bench throughput                 # every scenario
 //! cargo bench --bench throughput -- wan40 memory # some of them
+//! cargo bench --bench throughput -- deployed-model # the deployed server's timing (issue 16)
 //! CHATXFER_BENCH_SCALE=0.05 CHATXFER_BENCH_RUNS=1 cargo bench --bench throughput
 //! ```
 //!
@@ -17,6 +18,9 @@
 //!   tokio workers like `chatxfer serve`), optionally behind the link emulator;
 //! * `--child sink`: a peer that parses just enough of each chunk (name and
 //!   seq from the JSON head) to acknowledge it at once, and discards the data;
+//! * `--child deployed`: a fake with the deployed server's timing (one
+//!   worker per connection, Nagle on; see [`DeployedTiming`]) for the
+//!   `deployed-model` rows, where the windows take turns run after run;
 //! * `--child upload`: one upload by a fresh client, for the memory scenario
 //!   (its VmHWM and rusage are those of the client alone).
 //!
@@ -33,7 +37,7 @@ use chatxfer::engine::{
     md5_hex, Engine, EngineConfig, Event, FileSpec, ServerStorage, WindowPolicy,
 };
 use chatxfer::protocol::messages::UploadRsp;
-use chatxfer::protocol::{frame, FrameDecoder, MAX_BODY_LEN};
+use chatxfer::protocol::{frame, FrameDecoder, MsgId, MAX_BODY_LEN};
 use chatxfer::runtime::files::FileSource;
 use chatxfer::runtime::{Client, ClientConfig, ClientEvent};
 use serde_json::{json, Value};
@@ -168,6 +172,12 @@ impl Row {
                 .collect(),
         )
     }
+    fn min_mb_s(&self) -> f64 {
+        self.runs
+            .iter()
+            .map(|r| r.file_bytes as f64 / r.secs / 1e6)
+            .fold(f64::INFINITY, f64::min)
+    }
     fn wire_mb_s(&self) -> f64 {
         median(
             self.runs
@@ -280,6 +290,10 @@ fn child_main(args: &[String]) {
             arg("--rtt").zip(arg("--rate")),
         ),
         Some("sink") => child_sink(),
+        Some("deployed") => child_deployed(
+            PathBuf::from(arg("--dir").expect("--dir")),
+            DeployedTiming::from_args(&arg),
+        ),
         Some("upload") => child_upload(
             &arg("--server").expect("--server"),
             Path::new(&arg("--file").expect("--file")),
@@ -388,6 +402,148 @@ fn sink_connection(mut stream: TcpStream) {
             (start, end) = (0, 0);
         }
         if !replies.is_empty() && stream.write_all(&replies).is_err() {
+            return;
+        }
+    }
+}
+
+/// The deployed ResourceServer's timing, for the `deployed-model` rows
+/// (issue 16). That server (`CSession.cpp`, `LogicWorker.cpp`) reads a
+/// connection's frames on one IO thread that posts each to the connection's
+/// logic worker, whose queue lock is held while a task runs; the file worker
+/// does the same. So one connection's chunks are handled one at a time:
+/// parse the indented JSON, decode base64, open the file, append, reply. It
+/// sets no `TCP_NODELAY`, so Nagle holds a small reply while an earlier one
+/// is unacknowledged. This fake does the same work (a JSON DOM, a base64
+/// decode, open+append per chunk) on one thread per connection, pads each
+/// chunk to `service` plus a seeded `jitter` (the rest of the deployed
+/// server's ~37 ms of CPU per MB, and its scheduling noise), and leaves
+/// Nagle on. Frames wait in the socket buffers while the worker is busy,
+/// so the reply delay grows with the queue in front of it.
+#[derive(Clone, Copy, Debug)]
+struct DeployedTiming {
+    service: Duration,
+    jitter: Duration,
+    seed: u64,
+}
+
+impl DeployedTiming {
+    /// 0.8 ms per 32 KiB chunk: the deployed server's ~39 MB/s on this
+    /// machine with `fixed:5` (issue 16); jitter up to 0.4 ms.
+    const DEFAULT: DeployedTiming = DeployedTiming {
+        service: Duration::from_micros(800),
+        jitter: Duration::from_micros(400),
+        seed: 16,
+    };
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--service-us".into(),
+            self.service.as_micros().to_string(),
+            "--jitter-us".into(),
+            self.jitter.as_micros().to_string(),
+            "--seed".into(),
+            self.seed.to_string(),
+        ]
+    }
+
+    fn from_args(arg: &dyn Fn(&str) -> Option<String>) -> DeployedTiming {
+        let num = |name: &str, default: u64| {
+            arg(name)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(default)
+        };
+        let d = DeployedTiming::DEFAULT;
+        DeployedTiming {
+            service: Duration::from_micros(num("--service-us", d.service.as_micros() as u64)),
+            jitter: Duration::from_micros(num("--jitter-us", d.jitter.as_micros() as u64)),
+            seed: num("--seed", d.seed),
+        }
+    }
+}
+
+fn child_deployed(dir: PathBuf, timing: DeployedTiming) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    println!("{}", listener.local_addr().unwrap());
+    std::io::stdout().flush().unwrap();
+    std::thread::spawn(move || {
+        for (i, stream) in listener.incoming().flatten().enumerate() {
+            let dir = dir.clone();
+            let seed = timing.seed.wrapping_add(i as u64);
+            std::thread::spawn(move || deployed_connection(stream, &dir, timing, seed));
+        }
+    });
+    wait_for_stdin_eof();
+}
+
+/// One connection of the deployed-timing fake: read a frame, handle it,
+/// reply, read the next (see [`DeployedTiming`]).
+fn deployed_connection(stream: TcpStream, dir: &Path, timing: DeployedTiming, seed: u64) {
+    use base64::Engine as _;
+    let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut reader = BufReader::with_capacity(64 * 1024, stream.try_clone().expect("clone"));
+    let mut writer = stream;
+    let mut head = [0u8; 6];
+    let mut body = Vec::new();
+    let mut reply = Vec::new();
+    loop {
+        if reader.read_exact(&mut head).is_err() {
+            return;
+        }
+        let id = u16::from_be_bytes([head[0], head[1]]);
+        let len = u32::from_be_bytes([head[2], head[3], head[4], head[5]]) as usize;
+        if len > MAX_BODY_LEN {
+            return;
+        }
+        body.resize(len, 0);
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let start = Instant::now();
+        let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+            continue; // the deployed server answers nothing to bad JSON
+        };
+        let name = v["name"].as_str().unwrap_or_default();
+        let seq = v["seq"].as_u64().unwrap_or(0) as u32;
+        let uid = v["uid"].as_i64().unwrap_or(UID);
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(v["data"].as_str().unwrap_or_default())
+            .unwrap_or_default();
+        let path = dir.join(uid.to_string()).join(name);
+        let _ = std::fs::create_dir_all(path.parent().expect("in a dir"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(seq != 1)
+            .truncate(seq == 1)
+            .open(&path);
+        if let Ok(mut f) = file {
+            let _ = f.write_all(&data);
+        }
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let jitter = timing.jitter.mul_f64((rng % 1000) as f64 / 1000.0);
+        let busy_until = start + timing.service + jitter;
+        let left = busy_until.saturating_duration_since(Instant::now());
+        if !left.is_zero() {
+            std::thread::sleep(left);
+        }
+        let rsp = UploadRsp::encode_success(
+            MsgId(id).reply(),
+            name,
+            seq,
+            v["last"].as_i64().unwrap_or(0),
+            v["md5"].as_str().unwrap_or_default(),
+            uid,
+            v["sender"].as_i64().unwrap_or(0),
+            v["receiver"].as_i64().unwrap_or(0),
+            0,
+            0,
+        );
+        reply.clear();
+        frame::encode(MsgId(id).reply(), &rsp, &mut reply);
+        if writer.write_all(&reply).is_err() {
             return;
         }
     }
@@ -698,6 +854,61 @@ fn loopback(o: &Opts, inputs: &mut Inputs, rows: &mut Vec<Row>) {
     }
 }
 
+/// Windows of the `deployed-model` rows.
+fn deployed_windows() -> [WindowPolicy; 4] {
+    [
+        WindowPolicy::adaptive(),
+        WindowPolicy::Fixed(5),
+        WindowPolicy::Fixed(32),
+        WindowPolicy::Fixed(128),
+    ]
+}
+
+/// Against the deployed server's timing (see [`DeployedTiming`]): the
+/// windows take turns, run after run, so a slow phase of the machine hits
+/// them alike; at least 7 runs each, as a dip shows in the minimum.
+fn deployed_model(o: &Opts, inputs: &mut Inputs, rows: &mut Vec<Row>) {
+    let bytes = o.bytes(64 * MIB);
+    let (path, md5) = inputs.file("deployed", bytes);
+    let store = store_dir();
+    let dir = store.path().to_str().expect("utf-8 temp path").to_string();
+    let mut args = vec!["deployed".to_string(), "--dir".into(), dir];
+    args.extend(DeployedTiming::DEFAULT.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Peer::start(&args);
+    let windows = deployed_windows();
+    let mut runs = vec![Vec::new(); windows.len()];
+    for r in 0..o.runs.max(7) {
+        for (i, w) in windows.iter().enumerate() {
+            let name = run_name("deployed", &window_label(*w), r);
+            runs[i].push(client_upload(
+                &server.addr,
+                *w,
+                &[(path.clone(), md5.clone(), name)],
+                Some(server.pid()),
+            ));
+            clean_store(store.path());
+        }
+    }
+    let t = DeployedTiming::DEFAULT;
+    for (w, runs) in windows.into_iter().zip(runs) {
+        rows.push(Row {
+            scenario: "deployed-model",
+            window: window_label(w),
+            files: 1,
+            bytes,
+            runs,
+            note: format!(
+                "deployed-timing fake: one worker per connection, {} µs + up to {} µs per chunk, Nagle on",
+                t.service.as_micros(),
+                t.jitter.as_micros()
+            ),
+            peak_rss: false,
+            link_mb_s: None,
+        });
+    }
+}
+
 fn wan(
     o: &Opts,
     inputs: &mut Inputs,
@@ -869,10 +1080,16 @@ fn report(rows: &[Row], o: &Opts) -> (String, Vec<Value>) {
             .find(|r| r.scenario == scenario && r.window == "fixed:5")
             .map(Row::mb_s)
     };
+    let best_fixed = |scenario: &str| {
+        rows.iter()
+            .filter(|r| r.scenario == scenario && r.window.starts_with("fixed:"))
+            .map(Row::mb_s)
+            .reduce(f64::max)
+    };
     let mut md = String::new();
     md.push_str(
-        "| scenario | window | data | MB/s | wire MB/s | vs reference | vs fixed:5 | peak RSS | client CPU s/GiB | peer CPU s/GiB | note |\n\
-         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
+        "| scenario | window | data | MB/s | min MB/s | wire MB/s | vs reference | vs fixed:5 | peak RSS | client CPU s/GiB | peer CPU s/GiB | note |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
     );
     let mut json_rows = Vec::new();
     for r in rows {
@@ -887,7 +1104,15 @@ fn report(rows: &[Row], o: &Opts) -> (String, Vec<Value>) {
         let to_fixed5 = fixed5(r.scenario)
             .filter(|_| r.window != "-")
             .and_then(|f| ratio(mb_s, f));
+        let to_best_fixed = best_fixed(r.scenario)
+            .filter(|_| r.scenario == "deployed-model")
+            .and_then(|b| ratio(mb_s, b));
         let vs_ref = match (to_limit, to_link, to_one) {
+            _ if to_best_fixed.is_some() => format!(
+                "{:.2}x best fixed, min {:.2}x median",
+                to_best_fixed.unwrap_or(f64::NAN),
+                r.min_mb_s() / mb_s
+            ),
             (Some(x), ..) => format!("{:.0} % of limit", x * 100.0),
             (_, Some(x), _) => format!("{:.0} % of link", x * 100.0),
             (.., Some(x)) => format!("{:.0} % of one_file", x * 100.0),
@@ -904,11 +1129,12 @@ fn report(rows: &[Row], o: &Opts) -> (String, Vec<Value>) {
             _ => "".into(),
         };
         md.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {:.2} | {:.2} | {} |\n",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {:.2} | {:.2} | {} |\n",
             r.scenario,
             r.window,
             data,
             mb_s,
+            r.min_mb_s(),
             wire,
             vs_ref,
             to_fixed5.map_or(String::new(), |x| format!("{x:.2}x")),
@@ -924,6 +1150,8 @@ fn report(rows: &[Row], o: &Opts) -> (String, Vec<Value>) {
             "bytes": r.bytes,
             "runs": r.runs.len(),
             "mb_s": mb_s,
+            "min_mb_s": r.min_mb_s(),
+            "ratio_to_best_fixed": to_best_fixed,
             "mb_s_runs": r.runs.iter().map(|x| x.file_bytes as f64 / x.secs / 1e6).collect::<Vec<_>>(),
             "wire_mb_s": wire,
             "ratio_to_limit": to_limit,
@@ -980,9 +1208,10 @@ fn main() {
     );
     let mut rows = Vec::new();
     type Scenario = fn(&Opts, &mut Inputs, &mut Vec<Row>);
-    let plan: [(&str, Scenario); 6] = [
+    let plan: [(&str, Scenario); 7] = [
         ("limit", limit),
         ("loopback", loopback),
+        ("deployed-model", deployed_model),
         ("wan40", |o, i, r| wan(o, i, r, "wan40", "40ms", "200mbit")),
         ("wan100", |o, i, r| {
             wan(o, i, r, "wan100", "100ms", "50mbit")
