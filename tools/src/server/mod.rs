@@ -669,7 +669,7 @@ pub async fn start(listen: &str, config: ServerConfig) -> std::io::Result<Server
             ),
         )
     })?);
-    let listener = TcpListener::bind(listen).await?;
+    let listener = bind(listen).await?;
     let addr = listener.local_addr()?;
     let counters = Arc::new(Counters::default());
     let limits = config.limits.clone();
@@ -714,6 +714,31 @@ pub async fn start(listen: &str, config: ServerConfig) -> std::io::Result<Server
         stop,
         accept: Some(accept),
     })
+}
+
+/// Pending handshakes the kernel keeps for the accept loop (capped by
+/// `net.core.somaxconn`). A burst of connects beyond the backlog is dropped
+/// by the kernel and retried by the peers a second later; 4,096 absorbs the
+/// connect bursts of the load test (tools/tests/server_load.rs), where the
+/// default backlog overflowed and handshakes waited a second each.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the first address `listen` resolves to, with [`LISTEN_BACKLOG`].
+async fn bind(listen: &str) -> std::io::Result<TcpListener> {
+    let addr = tokio::net::lookup_host(listen)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{listen}: no address")))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std and tokio do for listeners: a restart can bind at once.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Removes abandoned uploads every quarter of the expiry time (at most
