@@ -54,7 +54,8 @@
 //! * Descriptors: at most [`Limits::max_open_parts`] `.part` files stay
 //!   open; the least recently used are closed and reopened on demand.
 //! * Uploads: a uid holds at most [`Limits::max_unfinished_per_uid`]
-//!   unfinished uploads ([`TOO_MANY_UPLOADS`] beyond); one without a chunk
+//!   unfinished uploads, the server [`Limits::max_unfinished_total`]
+//!   ([`TOO_MANY_UPLOADS`] beyond); one without a chunk
 //!   for [`Limits::upload_expiry`] (3,600 s, as the deployed record) is
 //!   forgotten and its `.part` and `.state` removed, also those found on
 //!   disk at start (their clock starts at the file's last change).
@@ -188,7 +189,7 @@
 //! | `total_size` unlike the record's, `trans_size ≠ (seq-1)*chunk + len`, a chunk not exactly its expected length (longer than the chunk, say), `last` not 1 exactly on `max_seq`, seq 1 longer than `total_size` or empty with `total_size > 0`, more than `u32::MAX` chunks, `total_size` over [`ServerConfig::max_file_size`] | 1018 |
 //! | the `.part` file or its directory cannot be created, written or renamed | 1014 (directory), 1015 (file) |
 //! | a symlink (or a file where the uid directory belongs) in the way | [`LINK_REFUSED`] = 1026, new |
-//! | seq 1 of a new upload when the uid has [`Limits::max_unfinished_per_uid`] unfinished ones | [`TOO_MANY_UPLOADS`] = 1025, new |
+//! | seq 1 of a new upload when the uid has [`Limits::max_unfinished_per_uid`] unfinished ones, or the server [`Limits::max_unfinished_total`] | [`TOO_MANY_UPLOADS`] = 1025, new |
 //! | seq 1 of a new upload whose `total_size` + [`Limits::min_free_space`] exceeds the free disk space | [`NO_SPACE`] = 1024, new |
 //! | seq 1 with a token table: no token for `uid` / another token | 1011 / 1010 |
 //! | `message_id` bound to another uid (seq 1, or the completing chunk) | [`MESSAGE_ID_TAKEN`] = 1022 |
@@ -256,7 +257,8 @@ pub const MD5_MISMATCH: ErrorCode = ErrorCode::Md5Mismatch;
 pub const NO_SPACE: ErrorCode = ErrorCode::Other(1024);
 
 /// 1025, this server only: the uid already has
-/// [`Limits::max_unfinished_per_uid`] unfinished uploads.
+/// [`Limits::max_unfinished_per_uid`] unfinished uploads (or the server
+/// [`Limits::max_unfinished_total`]).
 pub const TOO_MANY_UPLOADS: ErrorCode = ErrorCode::Other(1025);
 
 /// 1026, this server only: a symbolic link (or a non-directory, non-file)
@@ -348,6 +350,9 @@ pub struct Limits {
     /// Unfinished uploads per uid (in memory or on disk): a new seq 1
     /// beyond it gets [`TOO_MANY_UPLOADS`]. Default 64.
     pub max_unfinished_per_uid: usize,
+    /// Unfinished uploads of all uids together, same reply (without
+    /// tokens a uid costs nothing to invent). Default 16,384.
+    pub max_unfinished_total: usize,
     /// An unfinished upload without a chunk for this long is forgotten and
     /// its `.part`/`.state` removed (the deployed server's record lives
     /// 3,600 s after its last chunk). Default 3,600 s.
@@ -368,6 +373,7 @@ impl Default for Limits {
             reply_queue_bytes: 256 * 1024,
             max_open_parts: 512,
             max_unfinished_per_uid: 64,
+            max_unfinished_total: 16_384,
             upload_expiry: Duration::from_secs(3600),
             min_free_space: 64 << 20,
         }
@@ -677,6 +683,7 @@ pub async fn start(listen: &str, config: ServerConfig) -> std::io::Result<Server
         max_file_size: config.max_file_size,
         max_open_parts: limits.max_open_parts,
         max_unfinished_per_uid: limits.max_unfinished_per_uid,
+        max_unfinished_total: limits.max_unfinished_total,
         upload_expiry: limits.upload_expiry,
         min_free_space: limits.min_free_space,
     };

@@ -231,6 +231,7 @@ pub struct StoreLimits {
     pub max_file_size: u64,
     pub max_open_parts: usize,
     pub max_unfinished_per_uid: usize,
+    pub max_unfinished_total: usize,
     pub upload_expiry: Duration,
     pub min_free_space: u64,
 }
@@ -281,6 +282,8 @@ impl OpenParts {
 #[derive(Default)]
 struct Unfinished {
     by_uid: HashMap<i64, HashMap<String, Instant>>,
+    /// Entries over all uids.
+    total: usize,
 }
 
 impl Unfinished {
@@ -298,13 +301,16 @@ impl Unfinished {
             Some(t) => *t = expires,
             None => {
                 m.insert(name.to_owned(), expires);
+                self.total += 1;
             }
         }
     }
 
     fn remove(&mut self, uid: i64, name: &str) {
         if let Some(m) = self.by_uid.get_mut(&uid) {
-            m.remove(name);
+            if m.remove(name).is_some() {
+                self.total -= 1;
+            }
             if m.is_empty() {
                 self.by_uid.remove(&uid);
             }
@@ -606,16 +612,27 @@ impl Store {
     fn admit(&self, uid: i64, name: &str, total: u64) -> Result<(), ErrorCode> {
         {
             let mut unfinished = lock(&self.unfinished);
-            if !unfinished.contains(uid, name)
-                && unfinished.count(uid) >= self.limits.max_unfinished_per_uid
-            {
-                tracing::info!(
-                    uid,
-                    name,
-                    cap = self.limits.max_unfinished_per_uid,
-                    "refused upload: too many unfinished uploads for this uid"
-                );
-                return Err(TOO_MANY_UPLOADS);
+            if !unfinished.contains(uid, name) {
+                if unfinished.count(uid) >= self.limits.max_unfinished_per_uid {
+                    tracing::info!(
+                        uid,
+                        name,
+                        cap = self.limits.max_unfinished_per_uid,
+                        "refused upload: too many unfinished uploads for this uid"
+                    );
+                    return Err(TOO_MANY_UPLOADS);
+                }
+                // Without tokens uids cost nothing to invent: a bound on
+                // all of them keeps memory and files finite.
+                if unfinished.total >= self.limits.max_unfinished_total {
+                    tracing::warn!(
+                        uid,
+                        name,
+                        cap = self.limits.max_unfinished_total,
+                        "refused upload: too many unfinished uploads on the server"
+                    );
+                    return Err(TOO_MANY_UPLOADS);
+                }
             }
             unfinished.set(uid, name, Instant::now() + self.limits.upload_expiry);
         }

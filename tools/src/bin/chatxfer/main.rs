@@ -176,6 +176,8 @@ mod tests {
                 "64",
                 "--max-unfinished-per-uid",
                 "8",
+                "--max-unfinished-total",
+                "100",
                 "--upload-expiry",
                 "600s",
                 "--min-free-space",

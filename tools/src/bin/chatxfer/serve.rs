@@ -69,6 +69,9 @@ pub struct Args {
     /// Unfinished uploads per uid (1025 beyond it).
     #[arg(long, default_value = "64", value_parser = positive)]
     max_unfinished_per_uid: usize,
+    /// Unfinished uploads of all uids together (1025 beyond it).
+    #[arg(long, default_value = "16384", value_parser = positive)]
+    max_unfinished_total: usize,
     /// An unfinished upload without a chunk for this long is removed.
     #[arg(long, default_value = "3600s", value_parser = timeout)]
     upload_expiry: Duration,
@@ -94,6 +97,7 @@ impl Args {
             reply_queue_bytes: self.reply_queue_bytes,
             max_open_parts: self.max_open_parts,
             max_unfinished_per_uid: self.max_unfinished_per_uid,
+            max_unfinished_total: self.max_unfinished_total,
             upload_expiry: self.upload_expiry,
             min_free_space: self.min_free_space,
         };
