@@ -169,6 +169,14 @@ async fn a_bound_message_id_is_not_rebound_by_another_uid() {
         "{r}"
     );
     assert_eq!(srv.message(600).unwrap().sender_id, 3);
+    // The receiver downloads what the 1046 names: the owner's file.
+    let r = ask(&mut c, 1047, &down_req("photo2.jpg", 1, 3)).await;
+    let data = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        r["data"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(data, again.data);
     drop(c);
     srv.shutdown().await;
 }
