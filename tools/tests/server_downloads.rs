@@ -193,7 +193,7 @@ fn assert_contained(tmp: &Path) {
         let e = e.unwrap();
         let n = e.file_name().into_string().unwrap();
         assert!(
-            n == INDEX_FILE
+            n.starts_with(INDEX_FILE)
                 || (e.file_type().unwrap().is_dir() && n.bytes().all(|b| b.is_ascii_digit())),
             "{n:?} in the store"
         );

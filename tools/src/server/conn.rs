@@ -2,31 +2,44 @@
 //! *lane* per upload key whose worker thread stores that key's chunks in
 //! order (different keys in parallel), and a writer task that batches the
 //! replies. Downloads are handled by the reader, in order.
+//!
+//! Memory and time a peer can hold (see [`super::Limits`]): the read buffer
+//! holds the bytes received and not yet handled (no body buffer is sized by
+//! the header before the bytes arrive, and a connection that goes quiet
+//! gives back its spare capacity); queued replies are bounded in bytes, so
+//! a peer that does not read stops being served; a frame must complete
+//! within the frame timeout, an idle connection closes after the idle
+//! timeout, and replies the peer does not take close it after the write
+//! timeout.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use base64::Engine as _;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
-use super::index::MessageInfo;
+use super::index::{BindError, MessageInfo};
 use super::store::{Chunk, Key};
-use super::{download, lock, shutdown_requested, Shared};
+use super::{download, lock, shutdown_requested, ConnSlot, Shared, MESSAGE_ID_TAKEN};
 use chatxfer::protocol::messages::{decode_as, name_and_seq, IconUploadReq, UploadRsp};
 use chatxfer::protocol::name::name_problem;
 use chatxfer::protocol::{frame, ErrorCode, MsgId, HEADER_LEN, MAX_1043_SIZE};
 
-/// Read buffer: a whole default-limit frame fits, so a chunk is one read.
-const READ_BUF: usize = 64 * 1024;
-/// Replies queued per connection before the reader waits for the writer.
-const REPLY_QUEUE: usize = 256;
+/// Read-ahead while bytes are waiting: a whole default-limit frame fits, so
+/// a chunk is one read.
+const READ_AHEAD: usize = 64 * 1024;
+/// A connection whose socket stays empty this long gives back the read
+/// buffer's spare capacity (a stream that pauses briefly keeps it).
+const SETTLE: Duration = Duration::from_millis(10);
 /// One write carries at most this much (more stays queued for the next).
 const BATCH_MAX: usize = 64 * 1024;
 /// After shutdown, how long a peer that does not read may hold up the end.
@@ -42,40 +55,215 @@ const LANE_LINGER: Duration = Duration::from_millis(20);
 const LANES_PRUNE_AT: usize = 1024;
 
 enum ReadError {
-    TooLong { id: MsgId, len: u32 },
+    TooLong {
+        id: MsgId,
+        len: u32,
+    },
+    /// The frame or idle timeout ran out.
+    TimedOut {
+        in_frame: bool,
+    },
     Io(io::Error),
 }
 
-impl From<io::Error> for ReadError {
-    fn from(e: io::Error) -> Self {
-        ReadError::Io(e)
-    }
+/// Frames read from the socket into a buffer that holds only what was
+/// received: spare capacity is reserved only while bytes are waiting in the
+/// socket, and given back when it stays empty for [`SETTLE`].
+struct FrameReader {
+    buf: Vec<u8>,
+    /// First byte not yet handed out.
+    start: usize,
+    /// Bytes of the last frame handed out, dropped at the next call.
+    handed: usize,
 }
 
-/// Reads one frame into `body` (reused; it grows only after the length was
-/// checked). `Ok(None)`: the peer closed between frames.
-async fn read_frame<R: AsyncRead + Unpin>(
-    r: &mut R,
-    body: &mut Vec<u8>,
+/// Limits of [`FrameReader::next`].
+struct Timeouts {
     limit: usize,
-) -> Result<Option<MsgId>, ReadError> {
-    let mut header = [0u8; HEADER_LEN];
-    let first = r.read(&mut header).await?;
-    if first == 0 {
-        return Ok(None);
-    }
-    r.read_exact(&mut header[first..]).await?;
-    let (id, len) = frame::parse_header(&header);
-    if len as u64 > limit as u64 {
-        return Err(ReadError::TooLong { id, len });
-    }
-    body.clear();
-    body.resize(len as usize, 0);
-    r.read_exact(body).await?;
-    Ok(Some(id))
+    idle: Duration,
+    frame: Duration,
+    /// The connection's chunk permits: while some are out, the peer waits
+    /// for replies and the idle timeout does not apply.
+    in_flight: Arc<Semaphore>,
 }
 
-pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+impl Timeouts {
+    fn busy(&self) -> bool {
+        self.in_flight.available_permits() < IN_FLIGHT as usize
+    }
+}
+
+impl FrameReader {
+    fn new() -> FrameReader {
+        FrameReader {
+            buf: Vec::new(),
+            start: 0,
+            handed: 0,
+        }
+    }
+
+    fn avail(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    fn body(&self, r: &Range<usize>) -> &[u8] {
+        &self.buf[r.clone()]
+    }
+
+    /// Gives back what the buffer holds beyond the bytes received.
+    fn release_spare(&mut self) {
+        if self.avail() == 0 {
+            self.buf = Vec::new();
+            self.start = 0;
+        } else if self.buf.capacity() > self.avail() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+            self.buf.shrink_to_fit();
+        }
+    }
+
+    /// Waits until the socket is readable or `deadline` passes.
+    async fn wait(&mut self, r: &OwnedReadHalf, deadline: Instant) -> Result<(), ReadError> {
+        let settle = (Instant::now() + SETTLE).min(deadline);
+        if let Ok(ready) = tokio::time::timeout_at(settle, r.readable()).await {
+            return ready.map_err(ReadError::Io);
+        }
+        self.release_spare();
+        match tokio::time::timeout_at(deadline, r.readable()).await {
+            Ok(ready) => ready.map_err(ReadError::Io),
+            Err(_) => Err(ReadError::TimedOut { in_frame: false }),
+        }
+    }
+
+    /// Reads until `want` bytes are buffered; `Ok(false)` at EOF. Waiting
+    /// ends at `at`, extended by the idle timeout while `idle` says the
+    /// connection is busy (`None`: no extension).
+    async fn fill(
+        &mut self,
+        r: &OwnedReadHalf,
+        want: usize,
+        mut at: Instant,
+        idle: Option<&Timeouts>,
+    ) -> Result<bool, ReadError> {
+        while self.avail() < want {
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let need = want - self.avail();
+            self.buf.reserve_exact(need.max(READ_AHEAD));
+            match r.try_read_buf(&mut self.buf) {
+                Ok(0) => return Ok(false),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => loop {
+                    match self.wait(r, at).await {
+                        Ok(()) => break,
+                        Err(ReadError::TimedOut { .. }) => match idle {
+                            Some(t) if t.busy() => at = Instant::now() + t.idle,
+                            _ => return Err(ReadError::TimedOut { in_frame: false }),
+                        },
+                        Err(e) => return Err(e),
+                    }
+                },
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// The next frame: its id and the range of its body in [`Self::body`].
+    /// `Ok(None)`: the peer closed between frames.
+    async fn next(
+        &mut self,
+        r: &OwnedReadHalf,
+        t: &Timeouts,
+    ) -> Result<Option<(MsgId, Range<usize>)>, ReadError> {
+        self.start += std::mem::take(&mut self.handed);
+        if self.avail() == 0 && !self.fill(r, 1, Instant::now() + t.idle, Some(t)).await? {
+            return Ok(None);
+        }
+        // The frame's first byte is here: the rest has the frame timeout.
+        let frame_end = Instant::now() + t.frame;
+        let in_frame = |e| match e {
+            ReadError::TimedOut { .. } => ReadError::TimedOut { in_frame: true },
+            e => e,
+        };
+        if !self
+            .fill(r, HEADER_LEN, frame_end, None)
+            .await
+            .map_err(in_frame)?
+        {
+            return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        let header: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN]
+            .try_into()
+            .map_err(|_| ReadError::Io(io::ErrorKind::InvalidData.into()))?;
+        let (id, len) = frame::parse_header(&header);
+        if len as u64 > t.limit as u64 {
+            return Err(ReadError::TooLong { id, len });
+        }
+        let total = HEADER_LEN + len as usize;
+        if !self
+            .fill(r, total, frame_end, None)
+            .await
+            .map_err(in_frame)?
+        {
+            return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        self.handed = total;
+        Ok(Some((id, self.start + HEADER_LEN..self.start + total)))
+    }
+}
+
+/// The connection's reply queue, bounded in bytes
+/// ([`super::Limits::reply_queue_bytes`]): a sender waits for room, so a
+/// peer that does not read holds up its own requests, not server memory.
+#[derive(Clone)]
+struct Replies {
+    tx: mpsc::UnboundedSender<(Vec<u8>, OwnedSemaphorePermit)>,
+    budget: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Replies {
+    fn new(
+        max: usize,
+    ) -> (
+        Replies,
+        mpsc::UnboundedReceiver<(Vec<u8>, OwnedSemaphorePermit)>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let max = max.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        let replies = Replies {
+            tx,
+            budget: Arc::new(Semaphore::new(max)),
+            max,
+        };
+        (replies, rx)
+    }
+
+    /// Queues a framed reply; false once the writer is gone.
+    async fn send(&self, out: Vec<u8>) -> bool {
+        // A reply larger than the whole budget waits for all of it.
+        let n = out.len().clamp(1, self.max) as u32;
+        let Ok(permit) = self.budget.clone().acquire_many_owned(n).await else {
+            return false; // closed by the writer
+        };
+        self.tx.send((out, permit)).is_ok()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+pub(crate) async fn serve(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    place: ConnSlot,
+) {
     shared
         .counters
         .open_connections
@@ -84,17 +272,23 @@ pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>, stop: watch::R
     // Replies are small and latency-bound (the client's window waits on them).
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel(REPLY_QUEUE);
-    let writer = tokio::spawn(write_loop(wr, rx, stop.clone()));
+    let (tx, rx) = Replies::new(shared.limits.reply_queue_bytes);
+    let writer = tokio::spawn(write_loop(
+        wr,
+        rx,
+        tx.budget.clone(),
+        shared.clone(),
+        stop.clone(),
+    ));
     let mut conn = Conn {
         shared: shared.clone(),
         tx,
         lanes: HashMap::new(),
         prune_at: LANES_PRUNE_AT,
         in_flight: Arc::new(Semaphore::new(IN_FLIGHT as usize)),
+        rt: tokio::runtime::Handle::current(),
     };
-    conn.read_loop(BufReader::with_capacity(READ_BUF, rd), stop, peer)
-        .await;
+    conn.read_loop(&rd, stop, peer).await;
     let Conn {
         tx,
         lanes,
@@ -117,6 +311,9 @@ pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>, stop: watch::R
     if let Err(e) = writer.await {
         shared.count_join_error(&e);
     }
+    drop(rd);
+    // The descriptor is closed: the connection's place is free.
+    drop(place);
     // Uploads this connection used: save their state and free them if idle.
     let store = shared.store.clone();
     let released = tokio::task::spawn_blocking(move || {
@@ -137,13 +334,15 @@ pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>, stop: watch::R
 
 struct Conn {
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: Replies,
     /// Upload keys this connection sent chunks for.
     lanes: HashMap<Key, Arc<Lane>>,
     /// `lanes.len()` at which idle lanes without a record are pruned.
     prune_at: usize,
     /// Permits for [`IN_FLIGHT`] chunks; a [`Job`] holds one until answered.
     in_flight: Arc<Semaphore>,
+    /// For the lane workers (blocking threads) to wait for reply room.
+    rt: tokio::runtime::Handle,
 }
 
 /// A chunk decoded and checked by the reader, to be stored by its lane.
@@ -179,22 +378,29 @@ struct LaneState {
 }
 
 impl Conn {
-    async fn read_loop<R: AsyncRead + Unpin>(
+    async fn read_loop(
         &mut self,
-        mut reader: R,
+        rd: &OwnedReadHalf,
         mut stop: watch::Receiver<bool>,
         peer: Option<std::net::SocketAddr>,
     ) {
-        let mut body = Vec::new();
+        let limits = &self.shared.limits;
+        let timeouts = Timeouts {
+            limit: self.shared.max_body_len,
+            idle: limits.idle_timeout,
+            frame: limits.frame_timeout,
+            in_flight: self.in_flight.clone(),
+        };
+        let mut reader = FrameReader::new();
         loop {
             let next = tokio::select! {
                 biased;
                 _ = shutdown_requested(&mut stop) => return,
-                r = read_frame(&mut reader, &mut body, self.shared.max_body_len) => r,
+                r = reader.next(rd, &timeouts) => r,
             };
             match next {
-                Ok(Some(id)) => {
-                    if !self.handle_frame(id, &body).await || self.tx.is_closed() {
+                Ok(Some((id, body))) => {
+                    if !self.handle_frame(id, reader.body(&body)).await || self.tx.is_closed() {
                         return; // the writer is gone: the peer stopped reading
                     }
                 }
@@ -206,6 +412,14 @@ impl Conn {
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(?peer, %id, len, limit = self.shared.max_body_len,
                         "frame body over the limit; closing the connection");
+                    return;
+                }
+                Err(ReadError::TimedOut { in_frame }) => {
+                    self.shared
+                        .counters
+                        .timed_out
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(?peer, in_frame, "read timeout; closing the connection");
                     return;
                 }
                 Err(ReadError::Io(e)) => {
@@ -240,7 +454,7 @@ impl Conn {
             return true;
         };
         match reply_frame(&self.shared, id, code, &body) {
-            Some(out) => self.tx.send(out).await.is_ok(),
+            Some(out) => self.tx.send(out).await,
             None => true,
         }
     }
@@ -263,6 +477,16 @@ impl Conn {
         let (name, seq) = (req.name.as_ref(), req.seq);
         if let Some(code) = self.shared.injected(name) {
             return Some(self.error(code, Some(name), Some(seq)));
+        }
+        if seq == 1 {
+            // With a token table (`serve --tokens`), only the uid's owner
+            // may start (or truncate) its upload. Later chunks carry no
+            // token in the deployed client; they cannot publish foreign
+            // bytes (the md5 check) nor truncate.
+            if let Err(code) = self.shared.check_token(req.uid, req.token.as_deref()) {
+                tracing::info!(uid = req.uid, name, %code, "upload refused: token");
+                return Some(self.error(code, Some(name), Some(seq)));
+            }
         }
         if let Some(problem) = name_problem(name) {
             tracing::debug!(name, problem, "refused file name");
@@ -335,10 +559,11 @@ impl Conn {
         drop(st);
         let shared = self.shared.clone();
         let tx = self.tx.clone();
+        let rt = self.rt.clone();
         // Not awaited: the worker catches panics per chunk, and the
         // connection waits for its permits, not for the thread.
         drop(tokio::task::spawn_blocking(move || {
-            lane_worker(&shared, &lane, &tx)
+            lane_worker(&shared, &lane, &tx, &rt)
         }));
     }
 
@@ -447,7 +672,7 @@ fn reply_frame(shared: &Shared, id: MsgId, code: ErrorCode, body: &[u8]) -> Opti
 /// A lane's worker (on the blocking pool): stores its jobs in order and
 /// sends each reply, until the lane stays idle for [`LANE_LINGER`] or the
 /// connection closes.
-fn lane_worker(shared: &Shared, lane: &Lane, tx: &mpsc::Sender<Vec<u8>>) {
+fn lane_worker(shared: &Shared, lane: &Lane, tx: &Replies, rt: &tokio::runtime::Handle) {
     loop {
         let (job, user) = {
             let mut st = lock(&lane.state);
@@ -490,8 +715,9 @@ fn lane_worker(shared: &Shared, lane: &Lane, tx: &mpsc::Sender<Vec<u8>>) {
             refused.as_slice()
         };
         if let Some(out) = reply_frame(shared, job.id, code, body) {
-            // Fails only once the writer is gone (the reader stops then).
-            let _ = tx.blocking_send(out);
+            // Waits for room in the reply queue (a blocking-pool thread, not
+            // a runtime worker); fails only once the writer is gone.
+            let _ = rt.block_on(tx.send(out));
         }
         // The job's permit goes here, after its reply was queued.
     }
@@ -501,36 +727,87 @@ fn lane_worker(shared: &Shared, lane: &Lane, tx: &mpsc::Sender<Vec<u8>>) {
 /// message index under its message id. Returns the reply code and whether
 /// the connection now counts as a user of the record.
 fn store_job(shared: &Shared, job: &Job, user: bool) -> (ErrorCode, bool) {
-    let put = shared.store.put(&job.chunk, user);
-    if let (true, Some((id, info))) = (put.completed, &job.message) {
-        if let Err(e) = shared.index.insert(*id, info.clone()) {
-            tracing::warn!(message_id = id, error = %e, "cannot write the message index");
+    if let (1, Some((id, info))) = (job.chunk.seq, &job.message) {
+        // Refused before any byte is stored: the id is another uid's.
+        if let Some(owner) = shared.index.owner(*id).filter(|o| *o != info.sender_id) {
+            tracing::info!(
+                message_id = id,
+                uid = info.sender_id,
+                owner,
+                "upload refused: message id bound to another uid"
+            );
+            return (MESSAGE_ID_TAKEN, user);
         }
     }
-    (put.result.err().unwrap_or(ErrorCode::Success), put.user)
+    let put = shared.store.put(&job.chunk, user);
+    let mut code = put.result.err().unwrap_or(ErrorCode::Success);
+    if let (true, Some((id, info))) = (put.completed, &job.message) {
+        match shared.index.bind(*id, info) {
+            Ok(()) => {}
+            // Another uid completed an upload with this id since seq 1: the
+            // file stays under its own uid, but the message keeps its owner.
+            Err(BindError::Taken { owner }) => {
+                tracing::info!(
+                    message_id = id,
+                    uid = info.sender_id,
+                    owner,
+                    "completed upload not indexed: message id bound to another uid"
+                );
+                code = MESSAGE_ID_TAKEN;
+            }
+            Err(e @ BindError::Db(_)) => {
+                tracing::warn!(message_id = id, error = %e, "cannot write the message index");
+            }
+        }
+    }
+    (code, put.user)
 }
 
-/// Writes queued replies, as many per write as are waiting.
+/// Writes queued replies, as many per write as are waiting. A batch the
+/// peer does not take within the write timeout ends the connection.
 async fn write_loop(
     mut w: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut rx: mpsc::UnboundedReceiver<(Vec<u8>, OwnedSemaphorePermit)>,
+    budget: Arc<Semaphore>,
+    shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut buf = Vec::with_capacity(BATCH_MAX);
-    while let Some(first) = rx.recv().await {
+    let timeout = shared.limits.write_timeout;
+    let mut buf = Vec::new();
+    let mut permits = Vec::new();
+    while let Some((first, permit)) = rx.recv().await {
         buf.clear();
         buf.extend_from_slice(&first);
+        permits.push(permit);
         while buf.len() < BATCH_MAX {
             match rx.try_recv() {
-                Ok(more) => buf.extend_from_slice(&more),
+                Ok((more, permit)) => {
+                    buf.extend_from_slice(&more);
+                    permits.push(permit);
+                }
                 Err(_) => break,
             }
         }
-        if let Err(e) = write_or_give_up(&mut w, &buf, &mut stop).await {
-            tracing::debug!(error = %e, "reply write failed");
-            return; // dropping rx tells the reader to stop
+        match tokio::time::timeout(timeout, write_or_give_up(&mut w, &buf, &mut stop)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "reply write failed");
+                break;
+            }
+            Err(_) => {
+                shared.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("the peer takes no replies; closing the connection");
+                break;
+            }
+        }
+        permits.clear(); // room for more replies
+        if buf.capacity() > BATCH_MAX * 2 {
+            buf = Vec::new();
         }
     }
+    // Senders waiting for room fail now; the reader sees the queue closed.
+    budget.close();
+    rx.close();
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, w.shutdown()).await;
 }
 

@@ -7,16 +7,15 @@
 //! connection leave in request order.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use super::{lock, Shared};
+use super::fsdir::{is_link_refusal, Dir, Root};
+use super::{lock, Shared, LINK_REFUSED};
 use chatxfer::protocol::messages::{
     decode_as, name_and_seq, AvatarDownReq, DownChunkReq, DownInfoReq,
 };
@@ -63,7 +62,7 @@ struct Served {
 
 /// Per-name download state and faults.
 pub(crate) struct Downloads {
-    root: PathBuf,
+    root: Arc<Root>,
     /// The next seq each name expects (absent: 1). One per name, shared by
     /// every downloader of it and by 1047 and 1033, as the deployed
     /// `file_download_<name>` key.
@@ -72,7 +71,7 @@ pub(crate) struct Downloads {
 }
 
 impl Downloads {
-    pub fn new(root: PathBuf) -> Downloads {
+    pub fn new(root: Arc<Root>) -> Downloads {
         Downloads {
             root,
             expected: Mutex::new(HashMap::new()),
@@ -103,34 +102,31 @@ impl Downloads {
         f
     }
 
-    /// `<root>/<uid>/<name>` if both are safe (one component each, inside root).
-    fn path(&self, uid: i64, name: &str) -> Option<PathBuf> {
-        (uid >= 0 && name_problem(name).is_none())
-            .then(|| self.root.join(uid.to_string()).join(name))
+    /// The directory of `uid` if `uid` and `name` are safe (one component
+    /// each, inside the root), opened without following a link.
+    fn dir(&self, uid: i64, name: &str) -> Result<Dir, ErrorCode> {
+        if uid < 0 || name_problem(name).is_some() {
+            return Err(ErrorCode::FileNotExists);
+        }
+        self.root.uid_dir(uid, false).map_err(|e| read_error(&e))
     }
 
     /// Size of a stored file, for 1046.
     fn size(&self, uid: i64, name: &str) -> Result<u64, ErrorCode> {
-        let path = self.path(uid, name).ok_or(ErrorCode::FileNotExists)?;
-        match std::fs::metadata(path) {
-            Ok(m) if m.is_file() => Ok(m.len()),
-            Ok(_) => Err(ErrorCode::FileNotExists),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ErrorCode::FileNotExists),
-            Err(_) => Err(ErrorCode::FileReadPermissionFailed),
+        match self.dir(uid, name)?.size(name) {
+            Ok(Some(n)) => Ok(n),
+            Ok(None) => Err(ErrorCode::FileNotExists),
+            Err(e) => Err(read_error(&e)),
         }
     }
 
     /// Reads chunk `seq` (1-based, 32 KiB each) of `<root>/<uid>/<name>`.
     fn read(&self, uid: i64, name: &str, seq: u32) -> Result<Served, ErrorCode> {
-        let path = self.path(uid, name).ok_or(ErrorCode::FileNotExists)?;
-        let file = File::open(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => ErrorCode::FileNotExists,
-            _ => ErrorCode::FileReadPermissionFailed,
-        })?;
+        let file = self
+            .dir(uid, name)?
+            .open_read(name)
+            .map_err(|e| read_error(&e))?;
         let meta = file.metadata().map_err(|_| ErrorCode::FileReadFailed)?;
-        if !meta.is_file() {
-            return Err(ErrorCode::FileNotExists);
-        }
         let total = meta.len();
         let offset = u64::from(seq - 1) * DOWNLOAD_CHUNK;
         if offset >= total {
@@ -139,7 +135,7 @@ impl Downloads {
         let len = (total - offset).min(DOWNLOAD_CHUNK);
         let mut data = vec![0u8; len as usize];
         read_exact_at(&file, &mut data, offset).map_err(|e| {
-            tracing::warn!(path = %path.display(), seq, error = %e, "download read failed");
+            tracing::warn!(uid, name, seq, error = %e, "download read failed");
             ErrorCode::FileReadFailed
         })?;
         Ok(Served {
@@ -175,6 +171,19 @@ impl Downloads {
             Err(_) => {}
         }
         read
+    }
+}
+
+/// The code for a failed open or stat of a stored file or its directory.
+fn read_error(e: &io::Error) -> ErrorCode {
+    if is_link_refusal(e) {
+        tracing::warn!(error = %e, "download refused: a link or a non-file in the store");
+        return LINK_REFUSED;
+    }
+    match e.kind() {
+        io::ErrorKind::NotFound => ErrorCode::FileNotExists,
+        io::ErrorKind::InvalidInput => ErrorCode::FileNotExists,
+        _ => ErrorCode::FileReadPermissionFailed,
     }
 }
 

@@ -6,21 +6,34 @@
 //! Everything here is blocking file IO; the connections' lane workers call
 //! it on tokio's blocking pool. One mutex per upload record makes its file
 //! single-writer; the map lock is only held to find or drop a record.
+//!
+//! Every file is opened through [`super::fsdir`] (relative to the uid
+//! directory's handle, never following a link). Resources an upload holds
+//! are bounded: at most `max_open_parts` `.part` descriptors are open (an
+//! LRU closes the others; [`Store::put`] reopens on demand), a uid holds at
+//! most `max_unfinished_per_uid` unfinished uploads, and an unfinished
+//! upload without a chunk for `upload_expiry` is forgotten and its files
+//! removed ([`Store::expire`]). Lock order: a record's slot, then the
+//! descriptor LRU or the unfinished registry (both leaves); a victim of the
+//! LRU is closed with no other lock held.
 
-use std::collections::{HashMap, VecDeque};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
-use super::{lock, CompletedFile, Counters, Storage, MD5_MISMATCH};
+use super::fsdir::{is_link_refusal, Dir, Root};
+use super::{
+    lock, CompletedFile, Counters, Storage, LINK_REFUSED, MD5_MISMATCH, NO_SPACE, TOO_MANY_UPLOADS,
+};
 use chatxfer::protocol::{is_md5_hex, ErrorCode};
-use chatxfer::runtime::files::write_all_at;
+use chatxfer::runtime::files::{read_exact_at, write_all_at};
 
 pub use chatxfer::protocol::name::{name_problem, MAX_NAME_LEN};
 
@@ -156,7 +169,9 @@ struct Upload {
     geo: Geometry,
     md5: String,
     received: Ranges,
-    file: File,
+    /// The open `.part`, or `None` when the descriptor cap closed it (it is
+    /// reopened on demand; see [`OpenParts`]).
+    file: Option<File>,
     /// md5 of the file's first `hashed` bytes, advanced while chunks arrive
     /// in order, so an in-order upload is never read back.
     hasher: Md5,
@@ -210,13 +225,124 @@ struct Slot {
 
 type SlotRef = Arc<Mutex<Slot>>;
 
+/// Limits of the store (see [`super::Limits`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    pub max_file_size: u64,
+    pub max_open_parts: usize,
+    pub max_unfinished_per_uid: usize,
+    pub max_unfinished_total: usize,
+    pub upload_expiry: Duration,
+    pub min_free_space: u64,
+}
+
+/// The open `.part` descriptors, least recently used first. It holds an
+/// entry for every record whose file may be open (a superset: an entry is
+/// added after a chunk used the file and dropped when the record ends), so
+/// `len() <= cap` bounds the descriptors, give or take the records being
+/// written at this instant. Victims are closed outside of any other lock.
+#[derive(Default)]
+struct OpenParts {
+    tick: u64,
+    by_key: HashMap<Key, u64>,
+    order: BTreeMap<u64, (Key, Weak<Mutex<Slot>>)>,
+}
+
+impl OpenParts {
+    /// Marks `key` used now; returns the records to close to get back under `cap`.
+    fn touch(&mut self, key: &Key, slot: &SlotRef, cap: usize) -> Vec<(Key, Weak<Mutex<Slot>>)> {
+        self.tick += 1;
+        if let Some(old) = self.by_key.insert(key.clone(), self.tick) {
+            self.order.remove(&old);
+        }
+        self.order
+            .insert(self.tick, (key.clone(), Arc::downgrade(slot)));
+        let mut victims = Vec::new();
+        while self.by_key.len() > cap.max(1) {
+            let Some((_, (k, w))) = self.order.pop_first() else {
+                break;
+            };
+            self.by_key.remove(&k);
+            victims.push((k, w));
+        }
+        victims
+    }
+
+    fn forget(&mut self, key: &Key) {
+        if let Some(t) = self.by_key.remove(key) {
+            self.order.remove(&t);
+        }
+    }
+}
+
+/// Unfinished positional uploads (in memory or only on disk), by uid, with
+/// the instant each expires (no chunk for [`StoreLimits::upload_expiry`]).
+/// Bounds how many one uid may hold ([`TOO_MANY_UPLOADS`]) and drives the
+/// expiry of abandoned uploads.
+#[derive(Default)]
+struct Unfinished {
+    by_uid: HashMap<i64, HashMap<String, Instant>>,
+    /// Entries over all uids.
+    total: usize,
+}
+
+impl Unfinished {
+    fn contains(&self, uid: i64, name: &str) -> bool {
+        self.by_uid.get(&uid).is_some_and(|m| m.contains_key(name))
+    }
+
+    fn count(&self, uid: i64) -> usize {
+        self.by_uid.get(&uid).map_or(0, HashMap::len)
+    }
+
+    fn set(&mut self, uid: i64, name: &str, expires: Instant) {
+        let m = self.by_uid.entry(uid).or_default();
+        match m.get_mut(name) {
+            Some(t) => *t = expires,
+            None => {
+                m.insert(name.to_owned(), expires);
+                self.total += 1;
+            }
+        }
+    }
+
+    fn remove(&mut self, uid: i64, name: &str) {
+        if let Some(m) = self.by_uid.get_mut(&uid) {
+            if m.remove(name).is_some() {
+                self.total -= 1;
+            }
+            if m.is_empty() {
+                self.by_uid.remove(&uid);
+            }
+        }
+    }
+
+    fn expires(&self, uid: i64, name: &str) -> Option<Instant> {
+        self.by_uid.get(&uid)?.get(name).copied()
+    }
+
+    fn expired(&self, now: Instant) -> Vec<(i64, String)> {
+        self.by_uid
+            .iter()
+            .flat_map(|(uid, m)| {
+                m.iter()
+                    .filter(|(_, t)| **t <= now)
+                    .map(|(n, _)| (*uid, n.clone()))
+            })
+            .collect()
+    }
+}
+
 pub struct Store {
-    root: PathBuf,
+    root_path: PathBuf,
+    root: Arc<Root>,
     mode: Storage,
-    max_file_size: u64,
+    limits: StoreLimits,
     counters: Arc<Counters>,
     slots: Mutex<HashMap<Key, SlotRef>>,
     completed: Mutex<VecDeque<CompletedFile>>,
+    open_parts: Mutex<OpenParts>,
+    unfinished: Mutex<Unfinished>,
 }
 
 fn md5_eq(a: &str, b: &str) -> bool {
@@ -227,33 +353,50 @@ fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn remove_if_exists(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+fn part_name(name: &str) -> String {
+    format!(".{name}.part")
+}
+
+fn state_name(name: &str) -> String {
+    format!(".{name}.state")
+}
+
+fn state_tmp_name(name: &str) -> String {
+    format!(".{name}.state.tmp")
+}
+
+/// The reply code for a failed open or create under the store.
+fn open_error(e: &io::Error, otherwise: ErrorCode) -> ErrorCode {
+    if is_link_refusal(e) {
+        LINK_REFUSED
+    } else {
+        otherwise
     }
 }
 
-/// Makes a rename or unlink in `dir` durable (a no-op where directories
-/// cannot be opened).
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    File::open(dir)?.sync_all()?;
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
-}
-
 impl Store {
-    pub fn new(root: PathBuf, mode: Storage, max_file_size: u64, counters: Arc<Counters>) -> Store {
-        Store {
+    pub fn new(
+        root_path: PathBuf,
+        root: Arc<Root>,
+        mode: Storage,
+        limits: StoreLimits,
+        counters: Arc<Counters>,
+    ) -> Store {
+        let store = Store {
+            root_path,
             root,
             mode,
-            max_file_size,
+            limits,
             counters,
             slots: Mutex::new(HashMap::new()),
             completed: Mutex::new(VecDeque::new()),
+            open_parts: Mutex::new(OpenParts::default()),
+            unfinished: Mutex::new(Unfinished::default()),
+        };
+        if mode == Storage::Positional {
+            store.scan_unfinished();
         }
+        store
     }
 
     pub fn key(&self, uid: i64, name: &str) -> Key {
@@ -267,18 +410,24 @@ impl Store {
         lock(&self.completed).iter().cloned().collect()
     }
 
-    fn dir_of(&self, uid: i64) -> PathBuf {
-        // `uid` is non-negative here (the caller answers 1011 otherwise), so
-        // this is one component of digits.
-        self.root.join(uid.to_string())
+    /// Descriptors of `.part` files the store may hold open now (an upper bound).
+    pub fn open_parts(&self) -> usize {
+        lock(&self.open_parts).by_key.len()
     }
 
-    fn part_path(&self, uid: i64, name: &str) -> PathBuf {
-        self.dir_of(uid).join(format!(".{name}.part"))
+    /// Unfinished uploads the store knows (in memory or on disk).
+    pub fn unfinished(&self) -> usize {
+        lock(&self.unfinished)
+            .by_uid
+            .values()
+            .map(HashMap::len)
+            .sum()
     }
 
-    fn state_path(&self, uid: i64, name: &str) -> PathBuf {
-        self.dir_of(uid).join(format!(".{name}.state"))
+    /// `<dir>/<uid>` (`uid` is non-negative here: the caller answers 1011
+    /// otherwise), opened without following a link.
+    fn dir(&self, uid: i64, create: bool) -> io::Result<Dir> {
+        self.root.uid_dir(uid, create)
     }
 
     fn slot(&self, key: &Key) -> SlotRef {
@@ -302,7 +451,11 @@ impl Store {
             guard.users += 1;
         }
         let user = user || newly;
+        let file_open = matches!(&guard.rec, Rec::Active(u) if u.file.is_some());
         drop(guard);
+        if self.mode == Storage::Positional {
+            self.track_open(&key, &slot, file_open);
+        }
         if !user {
             // No record and no user: forget the key at once, so requests for
             // ever new names cost no memory. Checked again under the map
@@ -313,6 +466,31 @@ impl Store {
             completed: result == Ok(true),
             result: result.map(|_| ()),
             user,
+        }
+    }
+
+    /// Keeps [`OpenParts`] in step with `key`'s record after a chunk, and
+    /// closes the least recently used `.part` files beyond the cap. Called
+    /// with no lock held: a victim's slot lock is taken on its own.
+    fn track_open(&self, key: &Key, slot: &SlotRef, file_open: bool) {
+        let victims = {
+            let mut open = lock(&self.open_parts);
+            if !file_open {
+                open.forget(key);
+                return;
+            }
+            open.touch(key, slot, self.limits.max_open_parts)
+        };
+        for (_, weak) in victims {
+            let Some(victim) = weak.upgrade() else {
+                continue;
+            };
+            let mut g = lock(&victim);
+            if let Rec::Active(u) = &mut g.rec {
+                if u.file.take().is_some() {
+                    tracing::debug!(uid = u.uid, name = %u.name, "closed an idle .part (descriptor cap)");
+                }
+            }
         }
     }
 
@@ -375,11 +553,13 @@ impl Store {
         };
         match self.finalize(u) {
             Ok(()) => {
+                lock(&self.unfinished).remove(c.uid, &c.name);
                 slot.rec = Rec::Done(summary);
                 Ok(true)
             }
             Err(code) => {
                 if code == MD5_MISMATCH {
+                    lock(&self.unfinished).remove(c.uid, &c.name);
                     slot.rec = Rec::Failed(summary);
                 }
                 // Other failures keep the record: a re-sent chunk retries the publish.
@@ -397,7 +577,7 @@ impl Store {
             return Err(ErrorCode::ErrorJson);
         }
         let geo = Geometry::from_first(c.data.len() as u64, c.total_size)
-            .filter(|g| g.total <= self.max_file_size)
+            .filter(|g| g.total <= self.limits.max_file_size)
             .ok_or(ErrorCode::FileOffsetInvalid)?;
         geo.check(c)?;
         match rec {
@@ -409,52 +589,97 @@ impl Store {
             Rec::Done(s) if s.geo == geo && md5_eq(&s.md5, &c.md5) => return Ok(()),
             _ => {}
         }
+        self.admit(c.uid, &c.name, geo.total)?;
         *rec = Rec::None; // closes an old upload's file before it is truncated
-        let mut u = self.fresh(c, geo, no_state)?;
+        let mut u = match self.fresh(c, geo, no_state) {
+            Ok(u) => u,
+            Err(code) => {
+                // Nothing of this upload is left to expire (an older one
+                // under the name, if any, was replaced).
+                lock(&self.unfinished).remove(c.uid, &c.name);
+                return Err(code);
+            }
+        };
         self.write_chunk(&mut u, c)?;
         *rec = Rec::Active(Box::new(u));
         Ok(())
     }
 
+    /// A new upload of `(uid, name)`, `total` bytes: within the uid's cap
+    /// of unfinished uploads (one that replaces an unfinished upload of the
+    /// same name does not count twice) and within the free disk space.
+    /// Registers it as unfinished.
+    fn admit(&self, uid: i64, name: &str, total: u64) -> Result<(), ErrorCode> {
+        {
+            let mut unfinished = lock(&self.unfinished);
+            if !unfinished.contains(uid, name) {
+                if unfinished.count(uid) >= self.limits.max_unfinished_per_uid {
+                    tracing::info!(
+                        uid,
+                        name,
+                        cap = self.limits.max_unfinished_per_uid,
+                        "refused upload: too many unfinished uploads for this uid"
+                    );
+                    return Err(TOO_MANY_UPLOADS);
+                }
+                // Without tokens uids cost nothing to invent: a bound on
+                // all of them keeps memory and files finite.
+                if unfinished.total >= self.limits.max_unfinished_total {
+                    tracing::warn!(
+                        uid,
+                        name,
+                        cap = self.limits.max_unfinished_total,
+                        "refused upload: too many unfinished uploads on the server"
+                    );
+                    return Err(TOO_MANY_UPLOADS);
+                }
+            }
+            unfinished.set(uid, name, Instant::now() + self.limits.upload_expiry);
+        }
+        if total > 0 {
+            // The .part is sparse until written, so this checks the
+            // declaration, not the bytes; concurrent uploads are not summed.
+            match self.root.available() {
+                Ok(free) if total.saturating_add(self.limits.min_free_space) > free => {
+                    lock(&self.unfinished).remove(uid, name);
+                    tracing::warn!(
+                        uid,
+                        name,
+                        total,
+                        free,
+                        reserve = self.limits.min_free_space,
+                        "refused upload: it does not fit the free disk space"
+                    );
+                    return Err(NO_SPACE);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the free disk space"),
+            }
+        }
+        Ok(())
+    }
+
     fn fresh(&self, c: &Chunk, geo: Geometry, no_state: bool) -> Result<Upload, ErrorCode> {
-        let dir = self.dir_of(c.uid);
+        let dir = self.dir(c.uid, true).map_err(|e| {
+            tracing::warn!(uid = c.uid, error = %e, "cannot open or create the upload directory");
+            open_error(&e, ErrorCode::CreateDirFailed)
+        })?;
         // An older upload's state must go before its .part is truncated, or
         // a crash in between would leave a state claiming zeroed chunks.
-        let state = self.state_path(c.uid, &c.name);
-        if !no_state && state.exists() {
-            remove_if_exists(&state)
-                .and_then(|()| sync_dir(&dir))
+        if !no_state {
+            dir.remove(&state_name(&c.name))
+                .and_then(|()| dir.sync())
                 .map_err(|e| {
-                    tracing::warn!(path = %state.display(), error = %e, "cannot remove old upload state");
+                    tracing::warn!(uid = c.uid, name = %c.name, error = %e, "cannot remove old upload state");
                     ErrorCode::FileSaveError
                 })?;
         }
-        let part = self.part_path(c.uid, &c.name);
-        let open = || {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&part)
-        };
-        // The uid's directory usually exists: it is created (and the open
-        // retried) only when the first open fails.
-        let file = match open() {
-            Err(_) => {
-                fs::create_dir_all(&dir).map_err(|e| {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot create upload directory");
-                    ErrorCode::CreateDirFailed
-                })?;
-                open()
-            }
-            r => r,
-        };
-        let file = file
+        let file = dir
+            .create_rw(&part_name(&c.name))
             .and_then(|f| f.set_len(geo.total).map(|()| f))
             .map_err(|e| {
-                tracing::warn!(path = %part.display(), error = %e, "cannot create upload file");
-                ErrorCode::FileWritePermissionFailed
+                tracing::warn!(uid = c.uid, name = %c.name, error = %e, "cannot create upload file");
+                open_error(&e, ErrorCode::FileWritePermissionFailed)
             })?;
         Ok(Upload {
             uid: c.uid,
@@ -462,7 +687,7 @@ impl Store {
             geo,
             md5: c.md5.to_ascii_lowercase(),
             received: Ranges::default(),
-            file,
+            file: Some(file),
             hasher: Md5::new(),
             hashed: 0,
             persisted: false,
@@ -471,13 +696,23 @@ impl Store {
         })
     }
 
+    /// The upload's `.part`, reopened if the descriptor cap closed it.
+    fn part<'a>(&self, u: &'a mut Upload) -> io::Result<&'a File> {
+        if u.file.is_none() {
+            let f = self.dir(u.uid, false)?.open_rw(&part_name(&u.name))?;
+            u.file = Some(f);
+        }
+        u.file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("part file vanished"))
+    }
+
     fn write_chunk(&self, u: &mut Upload, c: &Chunk) -> Result<(), ErrorCode> {
         if u.persisted {
             // From now on the state would be stale: it goes first, so a
             // crash can never leave a state that misses an acknowledged chunk.
-            let dir = self.dir_of(u.uid);
-            remove_if_exists(&self.state_path(u.uid, &u.name))
-                .and_then(|()| sync_dir(&dir))
+            self.dir(u.uid, false)
+                .and_then(|dir| dir.remove(&state_name(&u.name)).and_then(|()| dir.sync()))
                 .map_err(|e| {
                     tracing::warn!(name = %u.name, error = %e, "cannot remove upload state");
                     ErrorCode::FileSaveError
@@ -485,8 +720,13 @@ impl Store {
             u.persisted = false;
         }
         let offset = u.geo.offset(c.seq);
-        write_all_at(&u.file, &c.data, offset).map_err(|e| {
-            tracing::warn!(name = %u.name, seq = c.seq, error = %e, "chunk write failed");
+        let uid = u.uid;
+        let file = self.part(u).map_err(|e| {
+            tracing::warn!(uid, name = %c.name, error = %e, "cannot reopen the upload file");
+            open_error(&e, ErrorCode::FileWritePermissionFailed)
+        })?;
+        write_all_at(file, &c.data, offset).map_err(|e| {
+            tracing::warn!(uid, name = %c.name, seq = c.seq, error = %e, "chunk write failed");
             ErrorCode::FileWritePermissionFailed
         })?;
         let len = c.data.len() as u64;
@@ -501,6 +741,7 @@ impl Store {
         }
         u.received.insert(c.seq);
         u.written += len;
+        lock(&self.unfinished).set(u.uid, &u.name, Instant::now() + self.limits.upload_expiry);
         self.counters
             .bytes_written
             .fetch_add(len, Ordering::Relaxed);
@@ -515,27 +756,32 @@ impl Store {
             tracing::warn!(name = %u.name, error = %e, "cannot read back the upload for its md5");
             ErrorCode::FileReadFailed
         })?;
-        let part = self.part_path(u.uid, &u.name);
+        let dir = self.dir(u.uid, false).map_err(|e| {
+            tracing::warn!(uid = u.uid, error = %e, "cannot open the upload directory");
+            open_error(&e, ErrorCode::CreateDirFailed)
+        })?;
+        let part = part_name(&u.name);
         if !md5_eq(&md5, &u.md5) {
-            if let Err(e) = remove_if_exists(&part) {
-                tracing::warn!(path = %part.display(), error = %e, "cannot remove rejected upload");
+            u.file = None;
+            if let Err(e) = dir.remove(&part) {
+                tracing::warn!(name = %u.name, error = %e, "cannot remove rejected upload");
             }
             self.counters.files_failed.fetch_add(1, Ordering::Relaxed);
             tracing::info!(uid = u.uid, name = %u.name, bytes = u.geo.total, secs, md5 = %md5,
                 expected = %u.md5, "upload failed: md5 mismatch, not published");
             return Err(MD5_MISMATCH);
         }
-        let dir = self.dir_of(u.uid);
-        let target = dir.join(&u.name);
-        u.file
-            .sync_all()
-            .and_then(|()| fs::rename(&part, &target))
+        let name = u.name.clone();
+        self.part(u)
+            .and_then(File::sync_all)
+            .and_then(|()| dir.rename(&part, &name))
             .map_err(|e| {
-                tracing::warn!(name = %u.name, error = %e, "cannot publish upload");
+                tracing::warn!(name = %name, error = %e, "cannot publish upload");
                 ErrorCode::FileWritePermissionFailed
             })?;
-        if let Err(e) = sync_dir(&dir) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot sync directory");
+        u.file = None;
+        if let Err(e) = dir.sync() {
+            tracing::warn!(uid = u.uid, error = %e, "cannot sync directory");
         }
         self.counters
             .files_completed
@@ -548,7 +794,7 @@ impl Store {
             size: u.geo.total,
             md5: md5.clone(),
             announced_md5: u.md5.clone(),
-            path: target,
+            path: self.root_path.join(u.uid.to_string()).join(&u.name),
         });
         Ok(())
     }
@@ -557,15 +803,15 @@ impl Store {
     /// read back.
     fn file_md5(&self, u: &mut Upload) -> io::Result<String> {
         let mut hasher = u.hasher.clone();
-        let mut file = &u.file;
-        file.seek(SeekFrom::Start(u.hashed))?;
-        let mut left = u.geo.total - u.hashed;
-        let mut buf = vec![0u8; (256 * 1024).min(left as usize)];
-        while left > 0 {
-            let n = (left as usize).min(buf.len());
-            file.read_exact(&mut buf[..n])?;
+        let (hashed, total) = (u.hashed, u.geo.total);
+        let file = self.part(u)?;
+        let mut offset = hashed;
+        let mut buf = vec![0u8; (256 * 1024).min((total - hashed) as usize)];
+        while offset < total {
+            let n = ((total - offset) as usize).min(buf.len());
+            read_exact_at(file, &mut buf[..n], offset)?;
             hasher.update(&buf[..n]);
-            left -= n as u64;
+            offset += n as u64;
         }
         Ok(hex(&hasher.finalize()))
     }
@@ -576,7 +822,7 @@ impl Store {
         if u.persisted {
             return Ok(());
         }
-        u.file.sync_data()?;
+        self.part(u)?.sync_data()?;
         let state = StateFile {
             version: STATE_VERSION,
             uid: u.uid,
@@ -588,26 +834,25 @@ impl Store {
             received: u.received.to_vec(),
         };
         let json = serde_json::to_vec(&state).map_err(io::Error::other)?;
-        let dir = self.dir_of(u.uid);
-        let tmp = dir.join(format!(".{}.state.tmp", u.name));
-        let mut f = File::create(&tmp)?;
+        let dir = self.dir(u.uid, false)?;
+        let tmp = state_tmp_name(&u.name);
+        let mut f = dir.create_rw(&tmp)?;
         f.write_all(&json)?;
         f.sync_all()?;
         drop(f);
-        fs::rename(&tmp, self.state_path(u.uid, &u.name))?;
-        sync_dir(&dir)?;
+        dir.rename(&tmp, &state_name(&u.name))?;
+        dir.sync()?;
         u.persisted = true;
         Ok(())
     }
 
     /// The record of `(uid, name)` from its state file, if there is a valid one.
     fn load(&self, uid: i64, name: &str) -> Rec {
-        let path = self.state_path(uid, name);
-        let bytes = match fs::read(&path) {
+        let bytes = match self.dir(uid, false).and_then(|d| d.read(&state_name(name))) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Rec::None,
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read upload state");
+                tracing::warn!(uid, name, error = %e, "cannot read upload state");
                 return Rec::None;
             }
         };
@@ -617,8 +862,10 @@ impl Store {
                 Rec::Active(Box::new(u))
             }
             None => {
-                tracing::warn!(path = %path.display(), "discarding an invalid upload state");
-                let _ = fs::remove_file(&path);
+                tracing::warn!(uid, name, "discarding an invalid upload state");
+                if let Ok(d) = self.dir(uid, false) {
+                    let _ = d.remove(&state_name(name));
+                }
                 Rec::None
             }
         }
@@ -640,11 +887,7 @@ impl Store {
             return None;
         }
         let received = Ranges::from_vec(&s.received, geo.max_seq)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(self.part_path(uid, name))
-            .ok()?;
+        let file = self.dir(uid, false).ok()?.open_rw(&part_name(name)).ok()?;
         if file.metadata().ok()?.len() != geo.total {
             return None;
         }
@@ -654,7 +897,7 @@ impl Store {
             geo,
             md5: s.md5,
             received,
-            file,
+            file: Some(file),
             hasher: Md5::new(),
             hashed: 0,
             persisted: true,
@@ -699,6 +942,8 @@ impl Store {
             drop(g);
             if removable {
                 slots.remove(key);
+                drop(slots);
+                lock(&self.open_parts).forget(key);
             }
         }
     }
@@ -717,6 +962,7 @@ impl Store {
         for slot in slots {
             self.persist_slot(&slot);
         }
+        *lock(&self.open_parts) = OpenParts::default();
     }
 
     fn remember(&self, f: CompletedFile) {
@@ -727,21 +973,137 @@ impl Store {
         done.push_back(f);
     }
 
+    // ---------------------------------------------------------------- expiry
+
+    /// Start: every `.part`/`.state` left on disk is an unfinished upload
+    /// whose clock started at the file's last change (a crash or a stop
+    /// left it; the deployed server forgets a record an hour after its last
+    /// chunk, and so does this one, files included).
+    fn scan_unfinished(&self) {
+        let Ok(top) = std::fs::read_dir(&self.root_path) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut found = 0usize;
+        let mut unfinished = lock(&self.unfinished);
+        for entry in top.flatten() {
+            let Some(uid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i64>().ok())
+                .filter(|u| *u >= 0)
+            else {
+                continue;
+            };
+            // DirEntry::file_type does not follow a link.
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let Ok(files) = std::fs::read_dir(entry.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let fname = f.file_name();
+                let Some(fname) = fname.to_str() else {
+                    continue;
+                };
+                let Some(name) = fname.strip_prefix('.').and_then(|n| {
+                    n.strip_suffix(".part")
+                        .or_else(|| n.strip_suffix(".state"))
+                        .or_else(|| n.strip_suffix(".state.tmp"))
+                }) else {
+                    continue;
+                };
+                if name_problem(name).is_some() {
+                    continue;
+                }
+                let age = f
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .unwrap_or_default();
+                let expires = now + self.limits.upload_expiry.saturating_sub(age);
+                let earlier = unfinished.expires(uid, name).unwrap_or(expires);
+                // Several files of one upload: the newest one counts.
+                unfinished.set(uid, name, earlier.max(expires));
+                found += 1;
+            }
+        }
+        if found > 0 {
+            tracing::info!(
+                files = found,
+                "found unfinished uploads on disk; they expire unless continued"
+            );
+        }
+    }
+
+    /// Forgets every unfinished upload without a chunk for the expiry time
+    /// and removes its `.part` and `.state`. Returns how many went.
+    pub fn expire(&self, now: Instant) -> usize {
+        let due = lock(&self.unfinished).expired(now);
+        let mut gone = 0;
+        for (uid, name) in due {
+            let key = self.key(uid, &name);
+            let slot = self.slot(&key);
+            let mut g = lock(&slot);
+            let still_due = {
+                // A chunk may have arrived since the list was taken.
+                let mut unfinished = lock(&self.unfinished);
+                let due = unfinished.expires(uid, &name).is_some_and(|t| t <= now);
+                if due {
+                    unfinished.remove(uid, &name);
+                }
+                due
+            };
+            if !still_due {
+                drop(g);
+                self.forget_if_unused(&key, &slot);
+                continue;
+            }
+            if matches!(g.rec, Rec::Active(_)) {
+                g.rec = Rec::None; // closes the .part
+            }
+            // The disk now holds nothing of it: a later chunk gets 1012.
+            g.loaded = true;
+            drop(g);
+            lock(&self.open_parts).forget(&key);
+            match self.dir(uid, false) {
+                Ok(dir) => {
+                    for f in [part_name(&name), state_name(&name), state_tmp_name(&name)] {
+                        if let Err(e) = dir.remove(&f) {
+                            tracing::warn!(uid, file = %f, error = %e, "cannot remove an expired upload file");
+                        }
+                    }
+                    let _ = dir.sync();
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(uid, error = %e, "cannot open an expired upload's directory")
+                }
+            }
+            tracing::info!(uid, name, "abandoned upload expired; its files are removed");
+            gone += 1;
+            self.forget_if_unused(&key, &slot);
+        }
+        gone
+    }
+
     // ----------------------------------------------------------- append-strict
 
     /// The deployed server's storage: seq 1 truncates, anything else is
     /// appended, unchecked. A seq other than the previous one plus one is
     /// counted: on the deployed server it corrupts the file.
     fn put_append(&self, slot: &mut Slot, c: &Chunk) -> Result<bool, ErrorCode> {
-        let dir = self.dir_of(c.uid);
-        let path = dir.join(&c.name);
         let write_err = |e: io::Error| {
-            tracing::warn!(path = %path.display(), error = %e, "append-mode write failed");
-            ErrorCode::FileWritePermissionFailed
+            tracing::warn!(uid = c.uid, name = %c.name, error = %e, "append-mode write failed");
+            open_error(&e, ErrorCode::FileWritePermissionFailed)
         };
         if c.seq == 1 {
-            fs::create_dir_all(&dir).map_err(|_| ErrorCode::CreateDirFailed)?;
-            File::create(&path)
+            let dir = self
+                .dir(c.uid, true)
+                .map_err(|e| open_error(&e, ErrorCode::CreateDirFailed))?;
+            dir.create_rw(&c.name)
                 .and_then(|mut f| f.write_all(&c.data))
                 .map_err(write_err)?;
             let mut hasher = Md5::new();
@@ -760,10 +1122,8 @@ impl Store {
                 self.counters.violations.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(name = %c.name, seq = c.seq, prev = a.prev_seq, "append-mode order violation");
             }
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
+            self.dir(c.uid, true)
+                .and_then(|dir| dir.open_append(&c.name))
                 .and_then(|mut f| f.write_all(&c.data))
                 .map_err(write_err)?;
             a.prev_seq = c.seq;
@@ -788,7 +1148,7 @@ impl Store {
                     size: a.bytes,
                     md5,
                     announced_md5: c.md5.clone(),
-                    path,
+                    path: self.root_path.join(c.uid.to_string()).join(&c.name),
                 });
                 return Ok(true);
             }

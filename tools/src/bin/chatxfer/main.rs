@@ -98,6 +98,9 @@ mod tests {
             &["upload", "f", "--window", "fixed:0"],
             &["demo", "--rtt", "40"],
             &["download", "--rate", "10mbps"],
+            &["serve", "--dir", "d", "--idle-timeout", "0s"],
+            &["serve", "--dir", "d", "--max-connections", "0"],
+            &["serve", "--dir", "d", "--min-free-space", "lots"],
         ] {
             let e = parse(args)
                 .err()
@@ -153,9 +156,57 @@ mod tests {
                 "d",
                 "--deployed-errors",
             ],
+            &[
+                "serve",
+                "--dir",
+                "d",
+                "--tokens",
+                "t.txt",
+                "--max-connections",
+                "100",
+                "--max-connections-per-ip",
+                "10",
+                "--frame-timeout",
+                "5s",
+                "--idle-timeout",
+                "60s",
+                "--write-timeout",
+                "10s",
+                "--reply-queue-bytes",
+                "65536",
+                "--max-open-parts",
+                "64",
+                "--max-unfinished-per-uid",
+                "8",
+                "--max-unfinished-total",
+                "100",
+                "--upload-expiry",
+                "600s",
+                "--min-free-space",
+                "0",
+                "--max-file-size",
+                "1000000",
+            ],
         ] {
             assert!(parse(args).is_ok(), "{args:?}");
         }
+        // The flags reach the server's configuration; the defaults are the library's.
+        let Cli {
+            cmd: Cmd::Serve(serve),
+            ..
+        } = parse(&["serve", "--dir", "d", "--max-open-parts", "7"]).unwrap()
+        else {
+            panic!("not serve");
+        };
+        let cfg = serve.config().unwrap();
+        assert_eq!(cfg.limits.max_open_parts, 7);
+        assert_eq!(
+            chatxfer_tools::server::Limits {
+                max_open_parts: chatxfer_tools::server::Limits::default().max_open_parts,
+                ..cfg.limits
+            },
+            chatxfer_tools::server::Limits::default()
+        );
         // --resume needs --state-dir.
         assert!(parse(&["upload", "--resume"]).is_err());
     }
