@@ -487,6 +487,14 @@ typedef struct chatxfer_download_spec {
    The avatar request type echoed back; NULL or "" for "1" (the client's).
    */
   const char *avatar_req_type;
+  /*
+   Non-NULL and not "": the file's name on the server as the
+   ChatServer's 1039 notify gives it, with `known_size` and
+   `known_sender`; no 1045 is sent (the chunks are asked for at once).
+   */
+  const char *known_name;
+  uint64_t known_size;
+  int64_t known_sender;
 } chatxfer_download_spec;
 
 /*

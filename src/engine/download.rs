@@ -67,6 +67,20 @@ pub struct DownloadSpec {
     /// An avatar download (1033/1034) instead of a chat file: no 1045; the
     /// size arrives with the first chunk. `message_id` is then unused.
     pub avatar: Option<AvatarRef>,
+    /// What the ChatServer's 1039 notify already told (a picture received
+    /// live): no 1045 is sent, the chunks are asked for at once. Checked
+    /// as a 1046's would be.
+    pub known: Option<KnownFile>,
+}
+
+/// A chat file's name on the server, size and sender, as the 1039 notify
+/// gives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownFile {
+    pub server_name: String,
+    pub size: u64,
+    pub sender_id: i64,
+    pub receiver_id: i64,
 }
 
 impl DownloadSpec {
@@ -81,6 +95,7 @@ impl DownloadSpec {
             priority: 0,
             hold: false,
             avatar: None,
+            known: None,
         }
     }
 }
@@ -261,6 +276,15 @@ impl Engine {
         }
         let d = t.download_mut()?;
         d.sink.as_ref()?;
+        if let (DownloadPhase::AwaitingInfo, Some(k), None) =
+            (&d.phase, &d.spec.known, &d.spec.avatar)
+        {
+            // Known from the 1039 notify: no 1045 (the request that crashes
+            // the deployed server for a missing file), straight to chunks.
+            let k = k.clone();
+            self.accept_info(id, k.server_name, k.size, k.sender_id, k.receiver_id, now);
+            return self.download_next(id, now, out);
+        }
         if matches!(d.phase, DownloadPhase::Restarting(_)) {
             if in_flight > 0 {
                 return None;
@@ -384,6 +408,23 @@ impl Engine {
         let (Some(name), Some(total)) = (rsp.name.clone(), rsp.total_size) else {
             return self.fail(id, fail("1046 without name or total_size".into()), now);
         };
+        let sender = rsp.sender_id.unwrap_or(0);
+        let receiver = rsp.recv_id.unwrap_or(0);
+        self.accept_info(id, name, total.0, sender, receiver, now);
+    }
+
+    /// Takes a file's name and size (from a 1046, or known from the 1039
+    /// notify) after the same checks, and opens the sink.
+    fn accept_info(
+        &mut self,
+        id: FileId,
+        name: String,
+        total: u64,
+        sender_id: i64,
+        receiver_id: i64,
+        now: Instant,
+    ) {
+        let fail = |message: String| Failure::BadReply { seq: 0, message };
         if let Some(why) = name_problem(&name) {
             let message = format!("server file name {name:?} {why}; refusing it");
             return self.fail(id, fail(message), now);
@@ -416,19 +457,19 @@ impl Engine {
             );
             return self.fail(id, fail(message), now);
         }
-        if let Some(message) = too_large(total.0, self.config.max_download_size) {
+        if let Some(message) = too_large(total, self.config.max_download_size) {
             return self.fail(id, fail(message), now);
         }
-        let max_seq = total.0.div_ceil(DOWNLOAD_CHUNK);
+        let max_seq = total.div_ceil(DOWNLOAD_CHUNK);
         if max_seq > i32::MAX as u64 {
-            let message = format!("total_size {} is beyond what seqs can address", total.0);
+            let message = format!("total_size {total} is beyond what seqs can address");
             return self.fail(id, fail(message), now);
         }
         let info = Info {
             server_name: name,
-            sender_id: rsp.sender_id.unwrap_or(0),
-            receiver_id: rsp.recv_id.unwrap_or(0),
-            total: total.0,
+            sender_id,
+            receiver_id,
+            total,
             max_seq: max_seq as u32,
         };
         if let Err(message) = self.open_sink(id, info) {

@@ -98,7 +98,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
 
 pub use crate::protocol::DOWNLOAD_CHUNK;
-pub use download::{AvatarRef, DownloadSpec};
+pub use download::{AvatarRef, DownloadSpec, KnownFile};
 pub use error::{Error, Result};
 pub use io::{md5_hex, md5_of, ChunkSink, ChunkSource, MemorySink, MemorySource};
 pub use types::*;

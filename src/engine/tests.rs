@@ -1147,6 +1147,7 @@ mod downloads {
             md5,
             priority: 0,
             avatar: None,
+            known: None,
         };
         s.engine
             .add_download(spec, Box::new(sink.clone()), s.now)
@@ -1439,6 +1440,7 @@ mod avatars {
                 client_path: "/home/u/avatar.png".into(),
                 req_type: "1".into(),
             }),
+            known: None,
         };
         s.engine
             .add_download(spec, Box::new(sink.clone()), s.now)

@@ -229,6 +229,12 @@ pub mod ffi {
         avatar_client_path: String,
         /// The avatar request type echoed back (empty: "1", the client's).
         avatar_req_type: String,
+        /// Non-empty: the file's name on the server as the ChatServer's
+        /// 1039 notify gives it, with `known_size` and `known_sender`; no
+        /// 1045 is sent (the chunks are asked for at once).
+        known_name: String,
+        known_size: u64,
+        known_sender: i64,
     }
 
     extern "Rust" {
@@ -487,6 +493,12 @@ impl From<&DownloadSpec> for DownloadArgs {
             md5: s.md5.clone(),
             priority: s.priority,
             // C++ has no null string: an empty avatar name means a chat file.
+            known: (!s.known_name.is_empty()).then(|| crate::engine::KnownFile {
+                server_name: s.known_name.clone(),
+                size: s.known_size,
+                sender_id: s.known_sender,
+                receiver_id: s.uid,
+            }),
             avatar: (!s.avatar_name.is_empty()).then(|| {
                 (
                     s.avatar_name.clone(),

@@ -214,6 +214,12 @@ pub struct chatxfer_download_spec {
     pub avatar_client_path: *const c_char,
     /// The avatar request type echoed back; NULL or "" for "1" (the client's).
     pub avatar_req_type: *const c_char,
+    /// Non-NULL and not "": the file's name on the server as the
+    /// ChatServer's 1039 notify gives it, with `known_size` and
+    /// `known_sender`; no 1045 is sent (the chunks are asked for at once).
+    pub known_name: *const c_char,
+    pub known_size: u64,
+    pub known_sender: i64,
 }
 
 /// A snapshot of one transfer.
@@ -449,7 +455,15 @@ impl DownloadArgs {
                 opt_str_arg(s.avatar_req_type, "avatar_req_type")?.to_owned(),
             ))
         };
+        let known_name = opt_str_arg(s.known_name, "known_name")?;
+        let known = (!known_name.is_empty()).then(|| crate::engine::KnownFile {
+            server_name: known_name.to_owned(),
+            size: s.known_size,
+            sender_id: s.known_sender,
+            receiver_id: s.uid,
+        });
         Ok(DownloadArgs {
+            known,
             name: str_arg(s.name, "name")?.to_owned(),
             message_id: s.message_id,
             uid: s.uid,

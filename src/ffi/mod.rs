@@ -485,6 +485,9 @@ pub struct DownloadArgs {
     /// request type), the last two echoed by the server as the client's
     /// `self_icon`/`other_icon` routing expects.
     pub avatar: Option<(String, String, String)>,
+    /// The file's server name, size and sender from the 1039 notify: no
+    /// 1045 is sent.
+    pub known: Option<crate::engine::KnownFile>,
 }
 
 impl DownloadArgs {
@@ -525,6 +528,7 @@ impl DownloadArgs {
             priority: self.priority,
             // Held until StartDownload (the engine keeps it paused).
             hold: true,
+            known: self.known.clone(),
             avatar: self.avatar.as_ref().map(|(name, client_path, req_type)| {
                 crate::engine::AvatarRef {
                     name: name.clone(),

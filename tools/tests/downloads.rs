@@ -22,6 +22,7 @@ fn down_spec(name: &str, message_id: i64, md5: Option<String>) -> DownloadSpec {
         md5,
         priority: 0,
         avatar: None,
+        known: None,
     }
 }
 
@@ -328,6 +329,7 @@ async fn avatar_upload_then_download_round_trip() {
             client_path: "/home/me/avatar.png".into(),
             req_type: "1".into(),
         }),
+        known: None,
     };
     client.add_download(spec, out.path(), None).unwrap();
     let evs = wait_done(

@@ -126,6 +126,7 @@ fn client_downloads_a_held_file_back_by_message_id() {
         md5: String::new(),
         priority: 0,
         avatar: None,
+        known: None,
     };
     assert_eq!(
         t.add_download(dl("d")).unwrap_err().code,

@@ -98,6 +98,7 @@ async fn a_failed_download_is_retried_into_the_same_directory() {
         priority: 0,
         hold: false,
         avatar: None,
+        known: None,
     };
     client.add_download(down.clone(), out.path(), None).unwrap();
     let names = vec!["msg-77".to_string()];

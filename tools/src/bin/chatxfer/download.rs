@@ -163,6 +163,7 @@ fn specs(a: &Args) -> Vec<DownloadSpec> {
         priority: 0,
         hold: false,
         avatar,
+        known: None,
     };
     let messages = a
         .message_ids
