@@ -770,6 +770,8 @@ int RunSelfTest(QApplication& app, const QString& out) {
   }
   if (!t->server.Start(store)) return 1;
   t->port = t->server.Port();
+  // Which Qt the demo was built against (the tests build it with 5 and 6).
+  std::printf("selftest: built with Qt %s, running Qt %s\n", QT_VERSION_STR, qVersion());
 
   ChatWindow w;
   auto client = chatxfer::NewClient(std::make_unique<QtSink>(&w));
