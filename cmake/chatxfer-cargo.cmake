@@ -49,7 +49,9 @@ if(MSVC_RUNTIME)
     message(FATAL_ERROR "chatxfer-cargo.cmake: MSVC_RUNTIME is MD or MDd (Qt uses the DLL runtime)")
   endif()
   set(ENV{CFLAGS} "$ENV{CFLAGS} -${MSVC_RUNTIME}")
-  set(ENV{CXXFLAGS} "$ENV{CXXFLAGS} -${MSVC_RUNTIME}")
+  # -EHsc: cxx's own cxx.cc catches exceptions too (build.rs adds it for the
+  # bridge); cc passes no /EH option.
+  set(ENV{CXXFLAGS} "$ENV{CXXFLAGS} -${MSVC_RUNTIME} -EHsc")
 endif()
 
 # cargo's progress and the note are on stderr: shown as they come, and kept.
