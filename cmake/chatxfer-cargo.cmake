@@ -93,5 +93,18 @@ endforeach()
 string(REPLACE ";" "\n" rsp "${items}")
 # Response files take `-framework Foo` as two words anyway; one a line is
 # read the same way by GNU ld, ld64 and link.exe.
-file(CONFIGURE OUTPUT "${OUT_RSP}" CONTENT "${rsp}\n" @ONLY)
-file(CONFIGURE OUTPUT "${OUT_LIST}" CONTENT "${items}\n" @ONLY)
+# Compared first and written only when different: several builds sharing a
+# cargo target dir may run this step at once, and an unchanged file is then
+# never rewritten under a linker reading it.
+function(write_if_changed path content)
+  if(EXISTS "${path}")
+    file(READ "${path}" old)
+    if(old STREQUAL content)
+      return()
+    endif()
+  endif()
+  file(WRITE "${path}.tmp" "${content}")
+  file(RENAME "${path}.tmp" "${path}")
+endfunction()
+write_if_changed("${OUT_RSP}" "${rsp}\n")
+write_if_changed("${OUT_LIST}" "${items}\n")
