@@ -11,6 +11,9 @@
 # the target and on the dependencies' build scripts (cxx adds the C++
 # standard library), so it cannot be written down once; cargo replays the
 # note from its cache when the crate is fresh, so a no-op build still has it.
+# (`cargo rustc` with these extra arguments is a unit of its own, apart from
+# `cargo build`'s -- a different -C extra-filename here -- so no build
+# without the flag replaces that cached output.)
 #
 # Outputs:
 #   OUT_RSP   the list as a linker response file (one item a line), for
