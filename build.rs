@@ -50,12 +50,22 @@ fn main() {
 
     // `include!("chatxfer_sink.h")` in the bridge resolves through include/
     // (dependents add it too: `cmake/chatxfer.cmake`).
-    cxx_build::bridge("src/ffi/bridge.rs")
+    let mut bridge = cxx_build::bridge("src/ffi/bridge.rs");
+    bridge
         .include(root.join("include"))
         .file("src/ffi/sink.cc")
-        .std("c++17")
-        .flag_if_supported("-Wall")
-        .compile("chatxfer-cxx");
+        .std("c++17");
+    if std::env::var("CARGO_CFG_TARGET_ENV").is_ok_and(|e| e == "msvc") {
+        // cl.exe (and clang-cl): sink.cc catches what the app's sink throws,
+        // and cc passes no /EH option, without which unwinding skips
+        // destructors. (-Wall there is /Wall: every off-by-default warning
+        // of the system headers.) The C runtime, /MD or /MDd, comes from
+        // CXXFLAGS (cmake/chatxfer-cargo.cmake), so it matches the app's.
+        bridge.flag("/EHsc");
+    } else {
+        bridge.flag_if_supported("-Wall");
+    }
+    bridge.compile("chatxfer-cxx");
 
     let config =
         cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml is readable");

@@ -10,6 +10,10 @@
  * ("chatxfer-events"), one at a time: a GUI app re-posts them to its own
  * thread. chatxfer_last_error() gives the text of the last failure on the
  * calling thread.
+ *
+ * Supported: C99 or newer, and C++ (any standard the C++ header takes).
+ * Checked in CI with GCC 12, -std=c99 -Wall -Wextra -Wpedantic -Werror
+ * (cpp-example/header_c99.c); meant for Clang, MinGW-w64 and MSVC too.
  */
 
 #ifndef CHATXFER_H

@@ -1,7 +1,17 @@
 // chatxfer: file uploads and downloads for the llfcchat Qt client, C++ API (cxx bridge).
 //
 // Include this header; its include path needs include/ of the crate and
-// <cargo target dir>/cxxbridge (cmake/chatxfer.cmake sets both).
+// <cargo target dir>/cxxbridge (cmake/chatxfer.cmake and qmake/chatxfer.pri
+// set both; the installed CMake package has them under include/).
+//
+// Supported: C++11 or newer for this header and chatxfer_sink.h (the bridge
+// inside the library is built as C++17 by cargo; the app's standard need not
+// match). Checked in CI with GCC 12, -std=c++11 -Wall -Wextra -Werror
+// -pedantic (cpp-example/headers_cxx11.cpp). Meant for, not built here: Clang
+// (Linux, Apple), MinGW-w64 GCC, and MSVC 2019 or newer (its oldest mode,
+// /std:c++14, is fine), where the bridge must use the app's runtime, /MD or
+// /MDd (the CMake and qmake integrations pass it; README "Use from the Qt
+// client").
 //
 //   auto client = chatxfer::NewClient(std::make_unique<MySink>());
 //   client->Connect("127.0.0.1", 8090);

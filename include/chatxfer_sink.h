@@ -1,5 +1,6 @@
 // chatxfer: the event interface a C++ app implements.
 // Included by the generated bridge header; apps include "chatxfer.hpp".
+// C++11 or newer (compilers: see chatxfer.hpp).
 #pragma once
 
 #include <cstdint>

@@ -152,7 +152,12 @@ class Bubble : public QWidget {
 
  protected:
   void mouseReleaseEvent(QMouseEvent* e) override {
-    if (e->button() == Qt::LeftButton && rect().contains(e->position().toPoint()) && onClick)
+#if QT_VERSION >= QT_VERSION_CHECK(6, 0, 0)
+    QPoint at = e->position().toPoint();
+#else
+    QPoint at = e->pos();  // Qt 5: position() does not exist yet
+#endif
+    if (e->button() == Qt::LeftButton && rect().contains(at) && onClick)
       onClick(this);
   }
 
@@ -182,7 +187,7 @@ class Bubble : public QWidget {
       p.drawEllipse(badge);
       p.setPen(QPen(Qt::white, 2, Qt::SolidLine, Qt::RoundCap, Qt::RoundJoin));
       QPointF o = badge.topLeft();
-      p.drawPolyline(QPolygonF{o + QPointF(5, 9.5), o + QPointF(8, 12.5), o + QPointF(13, 6)});
+      p.drawPolyline(QPolygonF(QVector<QPointF>{o + QPointF(5, 9.5), o + QPointF(8, 12.5), o + QPointF(13, 6)}));
     }
   }
 
@@ -638,10 +643,10 @@ bool WritePicture(const QString& path) {
   p.setPen(Qt::NoPen);
   p.setBrush(QColor(0xff, 0xe8, 0x9a));
   p.drawEllipse(QPointF(820, 470), 110, 110);
-  QPolygonF far{{0, 620}, {220, 430}, {420, 580}, {640, 400}, {900, 600}, {1200, 450}, {1200, 800}, {0, 800}};
+  QPolygonF far(QVector<QPointF>{{0, 620}, {220, 430}, {420, 580}, {640, 400}, {900, 600}, {1200, 450}, {1200, 800}, {0, 800}});
   p.setBrush(QColor(0x5b, 0x4a, 0x7a));
   p.drawPolygon(far);
-  QPolygonF near{{0, 720}, {300, 560}, {560, 700}, {860, 540}, {1200, 700}, {1200, 800}, {0, 800}};
+  QPolygonF near(QVector<QPointF>{{0, 720}, {300, 560}, {560, 700}, {860, 540}, {1200, 700}, {1200, 800}, {0, 800}});
   p.setBrush(QColor(0x2e, 0x28, 0x48));
   p.drawPolygon(near);
   p.end();
@@ -765,6 +770,8 @@ int RunSelfTest(QApplication& app, const QString& out) {
   }
   if (!t->server.Start(store)) return 1;
   t->port = t->server.Port();
+  // Which Qt the demo was built against (the tests build it with 5 and 6).
+  std::printf("selftest: built with Qt %s, running Qt %s\n", QT_VERSION_STR, qVersion());
 
   ChatWindow w;
   auto client = chatxfer::NewClient(std::make_unique<QtSink>(&w));
@@ -780,11 +787,13 @@ int RunSelfTest(QApplication& app, const QString& out) {
 
   auto click = [&w](const QString& name) {
     Bubble* b = w.Find(name);
-    QPointF pos(b->width() / 2.0, b->height() / 2.0);
-    QMouseEvent press(QEvent::MouseButtonPress, pos, b->mapToGlobal(pos), Qt::LeftButton,
-                      Qt::LeftButton, Qt::NoModifier);
-    QMouseEvent release(QEvent::MouseButtonRelease, pos, b->mapToGlobal(pos), Qt::LeftButton,
-                        Qt::NoButton, Qt::NoModifier);
+    // Integer coordinates: Qt 5's mapToGlobal takes a QPoint only.
+    QPoint pos(b->width() / 2, b->height() / 2);
+    QPointF global = b->mapToGlobal(pos);
+    QMouseEvent press(QEvent::MouseButtonPress, pos, global, Qt::LeftButton, Qt::LeftButton,
+                      Qt::NoModifier);
+    QMouseEvent release(QEvent::MouseButtonRelease, pos, global, Qt::LeftButton, Qt::NoButton,
+                        Qt::NoModifier);
     QApplication::sendEvent(b, &press);
     QApplication::sendEvent(b, &release);
   };

@@ -1,18 +1,26 @@
-//! The C++ and C interfaces from the outside: builds `cpp-example/` with
-//! CMake (a fresh build dir under the target dir; the crate itself is built
-//! by cargo through `cmake/chatxfer.cmake`, a no-op here since `cargo test`
-//! has just built it), then runs
-//! * the C++ upload example against a real `chatxfer serve` process, through
-//!   the networked `Client` and through the sans-IO `TransferEngine`,
-//! * the same example built with AddressSanitizer (it starts its own server),
-//! * the Qt Widgets demo's self-test, offscreen: uploads, pause/resume, a download back
-//!   into an incoming bubble (screenshots under the build dir),
-//! * the C program of bad calls (built with -Wall -Wextra -Werror).
+//! The C++ and C interfaces from the outside, built the ways an app builds
+//! them (the crate itself is built by cargo through the shared cargo step,
+//! `cmake/chatxfer-cargo.cmake`; fresh here since `cargo test` has just
+//! built it, apart from one `cargo rustc` of the core):
+//! * the installable CMake package (`cmake/`), built and installed once
+//!   under the target dir; its recorded link line must be the one rustc
+//!   prints;
+//! * `cpp-example/` in-tree (`include(cmake/chatxfer.cmake)`), then runs
+//!   the C++ upload example against a real `chatxfer serve` process (the
+//!   networked `Client` and the sans-IO `TransferEngine`), the same example
+//!   under AddressSanitizer, the C program of bad calls, and the header
+//!   checks at the client's standards (C++11, C99, warnings as errors);
+//! * the Qt Widgets demo four ways, CMake package (`find_package`) and
+//!   qmake (`qmake/chatxfer.pri`), each with Qt 5 and Qt 6, and its
+//!   self-test offscreen (uploads, pause/resume, a download back, md5s,
+//!   screenshots under the build dir);
+//! * the profile/library choice for a release configuration (configure
+//!   only: a release build of the crate would take minutes).
 //!
 //! (That the committed C header is current is checked by the core's
 //! `tests/header.rs`: only the core's build script generates it.)
-//! Missing cmake or Qt fail these tests (with the install command); they
-//! are never skipped.
+//! Missing cmake, qmake or Qt fail these tests (with the install command);
+//! they are never skipped.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -20,8 +28,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-const INSTALL_HINT: &str = "the C++ checks need cmake, a C/C++ compiler and Qt 6: \
-     run the install step of .ci/run (apt-get install -y cmake g++ qt6-base-dev fonts-dejavu-core)";
+const INSTALL_HINT: &str = "the C++ checks need cmake, make, a C/C++ compiler, Qt 6 and Qt 5 \
+     (with qmake6 and qmake): run the install step of .ci/run \
+     (apt-get install -y cmake make g++ qt6-base-dev qtbase5-dev fonts-dejavu-core)";
 
 /// The workspace root (cpp-example/, include/ and cmake/ are there; this
 /// package is tools/).
@@ -68,11 +77,10 @@ fn built() -> &'static Path {
 }
 
 fn build() -> Result<PathBuf, String> {
+    // After the package: one cargo step at a time writes the shared files
+    // (library, response file) of the target dir.
+    package();
     let t0 = Instant::now();
-    match Command::new("cmake").arg("--version").output() {
-        Ok(o) if o.status.success() => {}
-        _ => return Err(format!("cmake is not installed; {INSTALL_HINT}")),
-    }
     let dir = build_dir();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -87,6 +95,8 @@ fn build() -> Result<PathBuf, String> {
         .arg(format!("-DCHATXFER_CARGO_TARGET_DIR={}", target.display()))
         .arg(format!("-DCHATXFER_PROFILE={profile}"))
         .arg(format!("-DCHATXFER_CARGO={cargo}"))
+        // The Qt demo is built by the package and qmake tests below.
+        .arg("-DCHATXFER_EXAMPLE_QT=OFF")
         .output()
         .map_err(|e| format!("cmake: {e}; {INSTALL_HINT}"))?;
     if !configure.status.success() {
@@ -98,7 +108,7 @@ fn build() -> Result<PathBuf, String> {
     let make = Command::new("cmake")
         .arg("--build")
         .arg(&dir)
-        .arg("-j2")
+        .arg("-j1")
         .output()
         .map_err(|e| format!("cmake --build: {e}"))?;
     if !make.status.success() {
@@ -110,6 +120,150 @@ fn build() -> Result<PathBuf, String> {
         dir.display()
     );
     Ok(dir)
+}
+
+/// Runs `cmd`, an error with its output unless it succeeds.
+fn run(what: &str, cmd: &mut Command) -> Result<Output, String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("{what}: {e}; {INSTALL_HINT}"))?;
+    if !out.status.success() {
+        return Err(format!("{what} failed ({INSTALL_HINT}):\n{}", show(&out)));
+    }
+    Ok(out)
+}
+
+/// The CMake package: `cmake/` configured for Debug, built (cargo) and
+/// installed once; returns the prefix.
+fn package() -> &'static Path {
+    static PACKAGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match PACKAGE.get_or_init(build_package) {
+        Ok(p) => p,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn build_package() -> Result<PathBuf, String> {
+    let t0 = Instant::now();
+    match Command::new("cmake").arg("--version").output() {
+        Ok(o) if o.status.success() => {}
+        _ => return Err(format!("cmake is not installed; {INSTALL_HINT}")),
+    }
+    let (target, profile) = cargo_target();
+    let build = target.join("chatxfer-package-build");
+    let prefix = target.join("chatxfer-package");
+    for d in [&build, &prefix] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(
+        "cmake configure of cmake/ (the package)",
+        Command::new("cmake")
+            .arg("-S")
+            .arg(root().join("cmake"))
+            .arg("-B")
+            .arg(&build)
+            .arg("-DCMAKE_BUILD_TYPE=Debug")
+            .arg(format!("-DCHATXFER_CARGO_TARGET_DIR={}", target.display()))
+            .arg(format!("-DCHATXFER_PROFILE={profile}"))
+            .arg(format!("-DCHATXFER_CARGO={cargo}")),
+    )?;
+    run(
+        "cmake --build (the package)",
+        Command::new("cmake").arg("--build").arg(&build).arg("-j1"),
+    )?;
+    run(
+        "cmake --install (the package)",
+        Command::new("cmake")
+            .arg("--install")
+            .arg(&build)
+            .arg("--prefix")
+            .arg(&prefix),
+    )?;
+    eprintln!(
+        "package built and installed in {:.1} s into {}",
+        t0.elapsed().as_secs_f64(),
+        prefix.display()
+    );
+    Ok(prefix)
+}
+
+/// How the Qt demo is built.
+#[derive(Clone, Copy, Debug)]
+enum QtBuild {
+    /// `find_package(chatxfer CONFIG)` against the installed package.
+    Package,
+    /// `qmake` + `include(qmake/chatxfer.pri)`.
+    Qmake,
+}
+
+/// The qmake of Qt `major` (Debian: qmake is qtchooser's, Qt 5 by default;
+/// CHATXFER_QMAKE5 / CHATXFER_QMAKE6 override).
+fn qmake(major: u32) -> String {
+    let default = if major == 5 { "qmake" } else { "qmake6" };
+    std::env::var(format!("CHATXFER_QMAKE{major}")).unwrap_or_else(|_| default.into())
+}
+
+/// Builds the Qt demo with Qt `major` the given way into a fresh dir under
+/// the target dir; returns the executable.
+fn build_qt_demo(how: QtBuild, major: u32) -> Result<PathBuf, String> {
+    let prefix = package();
+    let t0 = Instant::now();
+    let (target, profile) = cargo_target();
+    let dir = target.join(format!("qt-demo-{how:?}-qt{major}").to_lowercase());
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let src = root().join("cpp-example").join("qt");
+    let command = env!("CARGO_BIN_EXE_chatxfer");
+    match how {
+        QtBuild::Package => {
+            run(
+                "cmake configure of cpp-example/qt",
+                Command::new("cmake")
+                    .arg("-S")
+                    .arg(&src)
+                    .arg("-B")
+                    .arg(&dir)
+                    .arg("-DCMAKE_BUILD_TYPE=Debug")
+                    .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display()))
+                    .arg(format!("-DCHATXFER_QT_VERSION={major}"))
+                    .arg(format!("-DCHATXFER_COMMAND_PATH={command}")),
+            )?;
+            run(
+                "cmake --build cpp-example/qt",
+                Command::new("cmake").arg("--build").arg(&dir).arg("-j1"),
+            )?;
+        }
+        QtBuild::Qmake => {
+            let qmake = qmake(major);
+            let version = run(&qmake, Command::new(&qmake).args(["-query", "QT_VERSION"]))?;
+            let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+            if !version.starts_with(&format!("{major}.")) {
+                return Err(format!(
+                    "{qmake} is Qt {version}, not Qt {major}; set CHATXFER_QMAKE{major}"
+                ));
+            }
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            run(
+                &qmake,
+                Command::new(&qmake)
+                    .current_dir(&dir)
+                    .arg("CONFIG+=debug")
+                    .arg(format!("CHATXFER_CARGO_TARGET_DIR={}", target.display()))
+                    .arg(format!("CHATXFER_PROFILE={profile}"))
+                    .arg(format!("CHATXFER_CARGO={cargo}"))
+                    .arg(format!("CHATXFER_COMMAND_PATH={command}"))
+                    .arg(src.join("chat_demo.pro")),
+            )?;
+            run("make", Command::new("make").current_dir(&dir).arg("-j1"))?;
+        }
+    }
+    eprintln!(
+        "Qt demo ({how:?}, Qt {major}) built in {:.1} s into {}",
+        t0.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    Ok(dir.join("chat_demo"))
 }
 
 /// Deterministic bytes, so a mismatch is reproducible.
@@ -300,32 +454,324 @@ fn cpp_upload_example_is_clean_under_address_sanitizer() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("all files uploaded"));
 }
 
-#[test]
-fn qt_demo_selftest_uploads_pauses_resumes_and_grabs_the_window() {
-    let dir = built();
-    let png = dir.join("chat-demo.png");
-    let _ = std::fs::remove_file(&png);
+/// Builds the demo, runs its self-test offscreen and checks what it says.
+fn qt_demo_selftest(how: QtBuild, major: u32) {
+    let exe = build_qt_demo(how, major).unwrap_or_else(|e| panic!("{e}"));
+    let png = exe.with_file_name("chat-demo.png");
     let t0 = Instant::now();
-    let out = Command::new(dir.join("qt").join("chat_demo"))
+    let out = Command::new(&exe)
         .arg("--selftest")
         .arg(&png)
         .env("QT_QPA_PLATFORM", "offscreen")
         .output()
         .unwrap();
-    assert!(out.status.success(), "Qt self-test failed:\n{}", show(&out));
+    assert!(
+        out.status.success(),
+        "Qt self-test ({how:?}, Qt {major}) failed:\n{}",
+        show(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("built with Qt {major}.")),
+        "not a Qt {major} build:\n{stdout}"
+    );
     let bytes = std::fs::read(&png).expect("the self-test wrote its screenshot");
     assert!(
         bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
         "{} is not a PNG",
         png.display()
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Five uploads with the source's md5, one download byte-identical.
     assert_eq!(stdout.matches(" identical").count(), 5, "{stdout}");
+    assert_eq!(stdout.matches(" byte-identical").count(), 1, "{stdout}");
     eprintln!(
-        "Qt self-test passed in {:.2} s; screenshot {}",
+        "Qt self-test ({how:?}, Qt {major}) passed in {:.2} s; screenshot {}",
         t0.elapsed().as_secs_f64(),
         png.display()
     );
+}
+
+#[test]
+fn qt6_demo_built_against_the_cmake_package_passes_its_selftest() {
+    qt_demo_selftest(QtBuild::Package, 6);
+}
+
+#[test]
+fn qt5_demo_built_against_the_cmake_package_passes_its_selftest() {
+    qt_demo_selftest(QtBuild::Package, 5);
+}
+
+#[test]
+fn qt6_demo_built_with_qmake_passes_its_selftest() {
+    qt_demo_selftest(QtBuild::Qmake, 6);
+}
+
+#[test]
+fn qt5_demo_built_with_qmake_passes_its_selftest() {
+    qt_demo_selftest(QtBuild::Qmake, 5);
+}
+
+/// The items of rustc's `native-static-libs:` note for the core, as rustc
+/// prints it for this build (cargo replays the note when the crate is fresh).
+fn rustc_native_static_libs() -> Vec<String> {
+    let (target, profile) = cargo_target();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("rustc")
+        .arg("--manifest-path")
+        .arg(root().join("Cargo.toml"))
+        .args(["-p", "chatxfer", "--lib"])
+        .env("CARGO_TARGET_DIR", &target);
+    if profile == "release" {
+        cmd.arg("--release");
+    }
+    let out = run(
+        "cargo rustc --print native-static-libs",
+        cmd.args(["--", "--print", "native-static-libs"]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find_map(|l| l.split("native-static-libs: ").nth(1))
+        .unwrap_or_else(|| panic!("no native-static-libs note:\n{stderr}"));
+    line.split_whitespace().map(String::from).collect()
+}
+
+#[test]
+fn link_lines_are_what_rustc_printed() {
+    let prefix = package();
+    let dir = built();
+    let want = rustc_native_static_libs();
+    assert!(
+        want.iter().any(|l| l == "-lstdc++"),
+        "the cxx bridge needs the C++ library: {want:?}"
+    );
+    // The installed package recorded the list of its (Debug) build...
+    let (target, profile) = cargo_target();
+    let targets =
+        std::fs::read_to_string(prefix.join("lib/cmake/chatxfer/chatxferTargets-DEBUG.cmake"))
+            .unwrap();
+    let recorded = targets
+        .lines()
+        .find_map(|l| l.strip_prefix("set(_chatxfer_native_DEBUG \""))
+        .and_then(|l| l.strip_suffix("\")"))
+        .unwrap_or_else(|| panic!("no native list in:\n{targets}"));
+    assert_eq!(recorded.split(';').collect::<Vec<_>>(), want);
+    assert!(prefix.join("lib/libchatxferd.a").is_file());
+    // ...and the in-tree build links the response file written by the same
+    // step, after the library.
+    let rsp = target.join(&profile).join("chatxfer-native-libs.rsp");
+    let items: Vec<String> = std::fs::read_to_string(&rsp)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(items, want);
+    let link = std::fs::read_to_string(dir.join("CMakeFiles/upload.dir/link.txt")).unwrap();
+    let lib = target.join(&profile).join("libchatxfer.a");
+    let at_lib = link
+        .find(&lib.display().to_string())
+        .unwrap_or_else(|| panic!("{} not in {link}", lib.display()));
+    let at_rsp = link
+        .find(&format!("-Wl,@{}", rsp.display()))
+        .unwrap_or_else(|| panic!("-Wl,@{} not in {link}", rsp.display()));
+    assert!(at_lib < at_rsp, "{link}");
+    // No list written down anywhere else.
+    assert!(!link.contains("-lutil"), "{link}");
+}
+
+#[test]
+fn release_configurations_choose_the_release_profile() {
+    // Configure only (a release build of the crate takes minutes): the
+    // generated build files name cargo's release dir.
+    let (target, _) = cargo_target();
+    let dir = target.join("chatxfer-package-release-configure");
+    let _ = std::fs::remove_dir_all(&dir);
+    run(
+        "cmake configure of cmake/ for RelWithDebInfo",
+        Command::new("cmake")
+            .arg("-S")
+            .arg(root().join("cmake"))
+            .arg("-B")
+            .arg(&dir)
+            .arg("-DCMAKE_BUILD_TYPE=RelWithDebInfo")
+            .arg(format!("-DCHATXFER_CARGO_TARGET_DIR={}", target.display())),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut generated = String::new();
+    for f in [
+        "CMakeFiles/chatxfer_cargo.dir/build.make",
+        "cmake_install.cmake",
+    ] {
+        generated += &std::fs::read_to_string(dir.join(f)).unwrap();
+    }
+    assert!(generated.contains("-DPROFILE=release"), "{generated}");
+    assert!(
+        generated.contains(&format!("{}/release/libchatxfer.a", target.display())),
+        "{generated}"
+    );
+    assert!(generated.contains("libchatxfer.a"), "{generated}");
+
+    let qdir = target.join("qmake-release-configure");
+    let _ = std::fs::remove_dir_all(&qdir);
+    std::fs::create_dir_all(&qdir).unwrap();
+    let qmake = qmake(6);
+    run(
+        &qmake,
+        Command::new(&qmake)
+            .current_dir(&qdir)
+            .arg("CONFIG+=release")
+            .arg(format!("CHATXFER_CARGO_TARGET_DIR={}", target.display()))
+            .arg(root().join("cpp-example/qt/chat_demo.pro")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let makefile = std::fs::read_to_string(qdir.join("Makefile")).unwrap();
+    assert!(makefile.contains("-DPROFILE=release"), "{makefile}");
+    let lib = format!("{}/release/libchatxfer.a", target.display());
+    let rsp = format!("-Wl,@{}/release/chatxfer-native-libs.rsp", target.display());
+    let libs = makefile
+        .lines()
+        .find(|l| l.starts_with("LIBS "))
+        .expect("a LIBS line");
+    assert!(libs.contains(&lib) && libs.contains(&rsp), "{libs}");
+}
+
+/// What qmake's compiler probe would have cached, so that Qt 5's qmake
+/// writes Makefiles for a Windows spec on this Linux machine (nothing is
+/// compiled: this checks the .pri's Windows branches, not a Windows build).
+const WINDOWS_STASH: &str = "\
+QMAKE_CXX.QMAKE_MSC_VER = 1929
+QMAKE_CXX.QMAKE_MSC_FULL_VER = 192930133
+QMAKE_CXX.QT_COMPILER_STDCXX = 201402L
+QMAKE_CXX.QMAKE_GCC_MAJOR_VERSION = 12
+QMAKE_CXX.QMAKE_GCC_MINOR_VERSION = 2
+QMAKE_CXX.QMAKE_GCC_PATCH_VERSION = 0
+QMAKE_CXX.COMPILER_MACROS = QMAKE_MSC_VER QMAKE_MSC_FULL_VER QT_COMPILER_STDCXX \
+QMAKE_GCC_MAJOR_VERSION QMAKE_GCC_MINOR_VERSION QMAKE_GCC_PATCH_VERSION
+QMAKE_CXX.INCDIRS = C:/toolchain/include
+QMAKE_CXX.LIBDIRS = C:/toolchain/lib
+";
+
+#[test]
+fn qmake_pri_writes_the_msvc_and_mingw_link_lines() {
+    let (target, _) = cargo_target();
+    let pro = root().join("cpp-example/qt/chat_demo.pro");
+    let qmake = qmake(5);
+    // MSVC, debug_and_release as on Windows: one Makefile per configuration.
+    let dir = target.join("qmake-spec-win32-msvc");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(".qmake.stash"), WINDOWS_STASH).unwrap();
+    run(
+        "qmake -spec win32-msvc",
+        Command::new(&qmake)
+            .current_dir(&dir)
+            .args(["-spec", "win32-msvc", "CONFIG+=debug_and_release"])
+            .arg(&pro),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let cargo_dir = dir.join("chatxfer-cargo");
+    for (makefile, profile, runtime) in [
+        ("Makefile.Debug", "debug", "MDd"),
+        ("Makefile.Release", "release", "MD"),
+    ] {
+        let text = std::fs::read_to_string(dir.join(makefile)).unwrap();
+        let out = format!("{}/{profile}", cargo_dir.display());
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} in {makefile}"))
+                .to_string()
+        };
+        assert!(
+            line("LIBS ").contains(&format!("{out}/chatxfer.lib")),
+            "{makefile}: {}",
+            line("LIBS ")
+        );
+        let lflags = line("LFLAGS ");
+        assert!(
+            lflags.contains(&format!("@{out}/chatxfer-native-libs.rsp")),
+            "{makefile}: {lflags}"
+        );
+        assert_eq!(
+            lflags.contains("/NODEFAULTLIB:msvcrt.lib"),
+            runtime == "MDd",
+            "{makefile}: {lflags}"
+        );
+        assert!(
+            text.contains(&format!("-DPROFILE={profile} "))
+                && text.contains(&format!("-DMSVC_RUNTIME={runtime} ")),
+            "{makefile}: the cargo step's arguments"
+        );
+    }
+    // MinGW: the gnu target, libchatxfer.a, the response file after it.
+    let dir = target.join("qmake-spec-win32-g++");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(".qmake.stash"), WINDOWS_STASH).unwrap();
+    run(
+        "qmake -spec win32-g++",
+        Command::new(&qmake)
+            .current_dir(&dir)
+            .args([
+                "-spec",
+                "win32-g++",
+                "CONFIG+=debug",
+                "CONFIG-=debug_and_release",
+            ])
+            .arg(&pro),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let text = std::fs::read_to_string(dir.join("Makefile")).unwrap();
+    let out = format!(
+        "{}/x86_64-pc-windows-gnu/debug",
+        dir.join("chatxfer-cargo").display()
+    );
+    let libs = text
+        .lines()
+        .find(|l| l.starts_with("LIBS "))
+        .expect("a LIBS line");
+    let lib = libs
+        .find(&format!("{out}/libchatxfer.a"))
+        .unwrap_or_else(|| panic!("{libs}"));
+    let rsp = libs
+        .find(&format!("-Wl,@{out}/chatxfer-native-libs.rsp"))
+        .unwrap_or_else(|| panic!("{libs}"));
+    assert!(lib < rsp, "{libs}");
+    assert!(
+        text.contains("-DRUST_TARGET=x86_64-pc-windows-gnu "),
+        "{text}"
+    );
+    assert!(!text.contains("MSVC_RUNTIME=MD"), "{text}");
+}
+
+#[test]
+fn headers_compile_as_cxx11_and_c99_and_link() {
+    let dir = built();
+    for (exe, ok) in [
+        ("headers_cxx11", "c++11 headers: ok"),
+        ("header_c99", "c99 header: ok"),
+    ] {
+        let out = Command::new(dir.join(exe)).output().unwrap();
+        assert!(out.status.success(), "{exe} failed:\n{}", show(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(ok),
+            "{}",
+            show(&out)
+        );
+    }
+    // They were compiled at those standards, with warnings as errors.
+    for (flags, std) in [
+        ("CMakeFiles/headers_cxx11.dir/flags.make", "-std=c++11"),
+        ("CMakeFiles/header_c99.dir/flags.make", "-std=c99"),
+    ] {
+        let text = std::fs::read_to_string(dir.join(flags)).unwrap();
+        assert!(
+            text.contains(std) && text.contains("-Werror"),
+            "{flags}: {text}"
+        );
+    }
 }
 
 #[test]
