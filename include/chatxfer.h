@@ -426,7 +426,8 @@ typedef struct chatxfer_upload_spec {
   int64_t receiver;
   int64_t message_id;
   /*
-   Hex md5 if known; NULL or "" to compute it (reads the whole file).
+   Hex md5 if known; NULL or "" to compute it (on a library thread: the
+   call returns at once and the upload starts when it is known).
    */
   const char *md5;
   /*

@@ -94,9 +94,10 @@
 // Resume/BatchSend) starts it. GetStatus says 0 of 0 bytes until the server
 // tells the size. Pause/Resume/Cancel/GetStatus work by name as for uploads.
 //
-// Blocking: AddTransFile with an empty md5 reads the whole file to compute
-// it; pass the md5 the chat message already carries, or call it off the GUI
-// thread for big files.
+// Hashing: Client::AddTransFile with an empty md5 returns at once; the md5
+// is computed on a library thread (GetStatus says md5 "" meanwhile) and the
+// upload starts when it is known. TransferEngine::AddTransFile computes it
+// in the call (one thread owns that engine).
 #pragma once
 
 #include "chatxfer_sink.h"

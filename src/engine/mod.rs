@@ -285,6 +285,20 @@ impl Engine {
         }
     }
 
+    /// Whether `add_file` would accept `spec` for a file of `size` bytes
+    /// (its md5 aside, which may still be computed); nothing is registered.
+    pub fn check_upload(&self, spec: &FileSpec, size: u64) -> Result<()> {
+        let mut probe = spec.clone();
+        probe.md5.get_or_insert_with(|| "0".repeat(32));
+        upload::check_spec(&probe, size, &self.config)?;
+        match self.names.get(&spec.name) {
+            Some(id) if !self.is_terminal(*id) => Err(Error::DuplicateName {
+                name: spec.name.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// What upload `name` was registered with (to retry it).
     pub fn upload_spec(&self, name: &str) -> Option<FileSpec> {
         match &self.transfers.get(self.names.get(name)?)?.dir {

@@ -191,7 +191,8 @@ pub mod ffi {
         sender: i64,
         receiver: i64,
         message_id: i64,
-        /// Hex md5 if known; empty: computed by reading the whole file.
+        /// Hex md5 if known; empty: computed on a library thread (the
+        /// sans-IO `TransferEngine` computes it in the call).
         md5: String,
         /// Higher goes first and gets a larger share of the window.
         priority: u8,
@@ -261,8 +262,9 @@ pub mod ffi {
         #[cxx_name = "Connect"]
         fn connect(self: &Client, host: &str, port: u16) -> Status;
         /// Registers an upload: held until `BatchSend` when `spec.hold`,
-        /// else started at once. An empty `md5` is computed here by reading
-        /// the file (pass it if known; big files take time).
+        /// else started at once. With an empty `md5` it returns at once and
+        /// the md5 is computed on a library thread (`GetStatus` says md5 ""
+        /// meanwhile; the upload starts when it is known).
         #[cxx_name = "AddTransFile"]
         fn add_trans_file(self: &Client, spec: &UploadSpec) -> Status;
         /// Registers a download, held (Paused, nothing asked of the server)

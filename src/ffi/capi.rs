@@ -174,7 +174,8 @@ pub struct chatxfer_upload_spec {
     pub sender: i64,
     pub receiver: i64,
     pub message_id: i64,
-    /// Hex md5 if known; NULL or "" to compute it (reads the whole file).
+    /// Hex md5 if known; NULL or "" to compute it (on a library thread: the
+    /// call returns at once and the upload starts when it is known).
     pub md5: *const c_char,
     /// Higher goes first and gets a larger share of the window.
     pub priority: u8,

@@ -128,7 +128,8 @@ impl Client {
         if spec.token.is_empty() {
             spec.token = self.options.token.clone();
         }
-        // Outside the state lock: without an md5 this reads the whole file.
+        // Without an md5 it returns at once; the md5 is computed on a
+        // library thread.
         Ok(self.client()?.add_file(&args.path, spec)?)
     }
 

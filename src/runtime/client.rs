@@ -150,6 +150,18 @@ struct Shared {
     destinations: Mutex<HashMap<String, (PathBuf, Option<String>)>>,
     /// The server to be connected to; `None` after [`Client::disconnect`].
     target: Mutex<Option<String>>,
+    /// Uploads whose md5 is being computed on a blocking thread; they join
+    /// the engine when it is known.
+    hashing: Mutex<HashMap<String, Hashing>>,
+    rt: tokio::runtime::Handle,
+}
+
+/// An upload waiting for its md5.
+struct Hashing {
+    size: u64,
+    /// Paused by the app meanwhile (or registered held).
+    hold: bool,
+    cancel: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Default)]
@@ -338,6 +350,8 @@ impl Client {
             broken: Mutex::new(None),
             destinations: Mutex::new(HashMap::new()),
             target: Mutex::new(Some(config.server.clone())),
+            hashing: Mutex::new(HashMap::new()),
+            rt: rt.clone(),
         });
         let driver = rt.spawn(drive(shared.clone(), config));
         // Whatever ends the driver abnormally (a panic: a bug) is contained
@@ -361,16 +375,133 @@ impl Client {
     }
 
     /// `AddTransFile`: opens `path` and registers its upload. Without
-    /// `spec.md5` the md5 is computed here, streaming (the chat client knows
-    /// it already from announcing the message, so pass it when you can).
+    /// `spec.md5` it returns at once and the md5 is computed on a library
+    /// thread (the status says `Queued`, md5 ""); the upload joins when it
+    /// is known, or fails with a source error. Pause, resume and cancel
+    /// work meanwhile.
     pub fn add_file(&self, path: impl AsRef<Path>, mut spec: FileSpec) -> Result<()> {
-        let mut source = FileSource::open(path.as_ref())?;
+        self.refuse_hashing_name(&spec.name)?;
+        let source = FileSource::open(path.as_ref())?;
         spec.path = path.as_ref().to_path_buf();
-        source.fill_md5(&mut spec)?;
+        if spec.md5.is_none() {
+            return self.add_hashing(spec, source);
+        }
+        self.register_upload(spec, source)
+    }
+
+    fn register_upload(&self, spec: FileSpec, source: FileSource) -> Result<()> {
         let template = self.template(&spec, &source);
         self.with_engine(|e, now| e.add_file(spec, Box::new(source), now).map(|_| ()))?;
         self.remember(template);
         Ok(())
+    }
+
+    fn add_hashing(&self, spec: FileSpec, mut source: FileSource) -> Result<()> {
+        self.check_broken()?;
+        let size = crate::engine::ChunkSource::len(&source);
+        self.shared.engine().check_upload(&spec, size)?;
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let mut hashing = lock(&self.shared.hashing);
+            if hashing.contains_key(&spec.name) {
+                return Err(crate::engine::Error::DuplicateName { name: spec.name }.into());
+            }
+            let entry = Hashing {
+                size,
+                hold: spec.hold,
+                cancel: cancel.clone(),
+            };
+            hashing.insert(spec.name.clone(), entry);
+        }
+        tracing::debug!(name = %spec.name, size, "hashing before the upload");
+        let state = if spec.hold {
+            FileState::Paused
+        } else {
+            FileState::Queued
+        };
+        let _ = self
+            .shared
+            .events
+            .send(ClientEvent::Transfer(Event::StateChanged {
+                name: spec.name.clone(),
+                state,
+            }));
+        let client = self.clone();
+        self.shared.rt.spawn_blocking(move || {
+            let md5 = hash_unless_cancelled(&mut source, &cancel);
+            client.hashed(spec, source, md5);
+        });
+        Ok(())
+    }
+
+    /// The md5 of a hashing upload is known (or not): it joins the engine,
+    /// or ends cancelled or failed.
+    fn hashed(&self, mut spec: FileSpec, source: FileSource, md5: std::io::Result<Option<String>>) {
+        // Held until the engine has it: a pause, resume or add of this name
+        // meanwhile must find it in one place or the other. (Lock order:
+        // hashing, then engine.)
+        let mut hashing = lock(&self.shared.hashing);
+        let Some(entry) = hashing.remove(&spec.name) else {
+            return;
+        };
+        let name = spec.name.clone();
+        let ended = |e: Event| {
+            let _ = self.shared.events.send(ClientEvent::Transfer(e));
+            self.shared.changed.notify_waiters();
+        };
+        match md5 {
+            Ok(Some(md5)) => {
+                spec.md5 = Some(md5);
+                spec.hold = entry.hold;
+                let registered = self.register_upload(spec, source);
+                drop(hashing);
+                if let Err(e) = registered {
+                    ended(Event::Failed {
+                        name,
+                        failure: crate::engine::Failure::Source {
+                            message: e.to_string(),
+                        },
+                    });
+                }
+            }
+            Ok(None) => {
+                drop(hashing);
+                ended(Event::StateChanged {
+                    name,
+                    state: FileState::Cancelled,
+                })
+            }
+            Err(e) => {
+                drop(hashing);
+                ended(Event::Failed {
+                    name,
+                    failure: crate::engine::Failure::Source {
+                        message: format!("{}: {e}", spec.path.display()),
+                    },
+                })
+            }
+        }
+    }
+
+    /// The status of an upload still being hashed.
+    fn hashing_status(&self, name: &str) -> Option<FileStatus> {
+        let hashing = lock(&self.shared.hashing);
+        let h = hashing.get(name)?;
+        Some(FileStatus {
+            name: name.to_string(),
+            state: if h.hold {
+                FileState::Paused
+            } else {
+                FileState::Queued
+            },
+            total: h.size,
+            acked: 0,
+            max_seq: 0,
+            acked_prefix: 0,
+            next_seq: 1,
+            in_flight: 0,
+            md5: String::new(),
+        })
     }
 
     /// Registers an upload read from any [`ChunkSource`] (a buffer, a
@@ -381,7 +512,16 @@ impl Client {
         spec: FileSpec,
         source: Box<dyn crate::engine::ChunkSource + Send>,
     ) -> Result<()> {
+        self.refuse_hashing_name(&spec.name)?;
         self.with_engine(|e, now| e.add_file(spec, source, now).map(|_| ()))
+    }
+
+    /// A name taken by an upload still being hashed is not free.
+    fn refuse_hashing_name(&self, name: &str) -> Result<()> {
+        if lock(&self.shared.hashing).contains_key(name) {
+            return Err(crate::engine::Error::DuplicateName { name: name.into() }.into());
+        }
+        Ok(())
     }
 
     /// Downloads the file of chat message `spec.message_id` into `dest_dir`,
@@ -403,6 +543,7 @@ impl Client {
             }
             .into());
         }
+        self.refuse_hashing_name(&spec.name)?;
         let dest_dir = dest_dir.into();
         let name = spec.name.clone();
         let sink =
@@ -575,23 +716,63 @@ impl Client {
     }
 
     pub fn pause(&self, name: &str) -> Result<()> {
+        if self.set_hashing_hold(name, true) {
+            return Ok(());
+        }
         self.with_engine(|e, now| e.pause(name, now))
     }
 
     pub fn resume(&self, name: &str) -> Result<()> {
+        if self.set_hashing_hold(name, false) {
+            return Ok(());
+        }
         self.with_engine(|e, now| e.resume(name, now))
     }
 
     pub fn cancel(&self, name: &str) -> Result<()> {
+        if let Some(h) = lock(&self.shared.hashing).get(name) {
+            h.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Ok(());
+        }
         self.with_engine(|e, now| e.cancel(name, now))
     }
 
+    /// Pauses or resumes an upload still being hashed; false if `name` is
+    /// not one.
+    fn set_hashing_hold(&self, name: &str, hold: bool) -> bool {
+        let mut hashing = lock(&self.shared.hashing);
+        let Some(h) = hashing.get_mut(name) else {
+            return false;
+        };
+        if h.hold != hold {
+            h.hold = hold;
+            let state = if hold {
+                FileState::Paused
+            } else {
+                FileState::Queued
+            };
+            let _ = self
+                .shared
+                .events
+                .send(ClientEvent::Transfer(Event::StateChanged {
+                    name: name.into(),
+                    state,
+                }));
+        }
+        true
+    }
+
     pub fn status(&self, name: &str) -> Option<FileStatus> {
-        self.shared.engine().file_status(name)
+        self.hashing_status(name)
+            .or_else(|| self.shared.engine().file_status(name))
     }
 
     pub fn statuses(&self) -> Vec<FileStatus> {
-        self.shared.engine().statuses()
+        let mut all = self.shared.engine().statuses();
+        let hashing: Vec<String> = lock(&self.shared.hashing).keys().cloned().collect();
+        all.retain(|s| !hashing.contains(&s.name));
+        all.extend(hashing.iter().filter_map(|n| self.hashing_status(n)));
+        all
     }
 
     /// Engine counters (requests sent, acks, duplicates, restarts ...).
@@ -605,7 +786,9 @@ impl Client {
         loop {
             let notified = self.shared.changed.notified();
             self.check_broken()?;
-            if self.shared.engine().is_idle() {
+            let hashing = lock(&self.shared.hashing).is_empty();
+            let engine = self.shared.engine().is_idle();
+            if hashing && engine {
                 return Ok(());
             }
             notified.await;
@@ -667,6 +850,9 @@ impl Client {
     /// most `drain` long) for the replies to chunks already sent, so the
     /// acknowledged record is exact.
     pub async fn shutdown(&self, drain: Option<Duration>) {
+        for h in lock(&self.shared.hashing).values() {
+            h.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         if let Some(limit) = drain {
             self.shared.engine().set_draining(true);
             self.shared.wake.notify_one();
@@ -719,6 +905,35 @@ impl Client {
             }
         }
     }
+}
+
+/// The md5 of `source`, read in blocks; `None` if `cancel` was set first.
+fn hash_unless_cancelled(
+    source: &mut FileSource,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<Option<String>> {
+    use crate::engine::ChunkSource;
+    use md5::Digest;
+    let len = source.len();
+    let mut hasher = md5::Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    while offset < len {
+        if cancel.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let n = (len - offset).min(buf.len() as u64) as usize;
+        source.read_at(offset, &mut buf[..n])?;
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+    }
+    Ok(Some(
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    ))
 }
 
 /// The text of a panic's payload, for the failure it becomes.

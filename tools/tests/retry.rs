@@ -54,6 +54,7 @@ async fn a_failed_upload_is_retried_and_a_cancelled_one_too() {
     let mut held = spec("photo.jpg", &path2);
     held.hold = true;
     held.message_id = 11;
+    held.md5 = Some(chatxfer::engine::md5_of(&bytes2));
     client.add_file(&path2, held).unwrap();
     client.cancel("photo.jpg").unwrap();
     assert_eq!(
