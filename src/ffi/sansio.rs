@@ -4,13 +4,19 @@
 //! [`SansIo::handle_frame`] (or raw bytes to [`SansIo::handle_bytes`]),
 //! arms one timer from [`SansIo::next_timeout_ms`], and drains
 //! [`SansIo::poll_events`] after each call. No threads, no runtime.
+//!
+//! Downloads write through the runtime's [`FileSink`]: bytes go to a new
+//! `<name>.part` (created exclusively, so a planted file or symlink is never
+//! written through), renamed to a free name when complete; the `Saved`
+//! event carries the final path. File IO happens on the caller's thread,
+//! inside `handle_bytes`/`handle_frame`.
 
 use std::time::Instant;
 
-use super::{Code, FfiError, FfiResult, UploadArgs};
+use super::{Code, DownloadArgs, FfiError, FfiResult, UploadArgs};
 use crate::engine::{Engine, EngineConfig, Event, FileStatus, ServerStorage};
 use crate::protocol::{FrameDecoder, MsgId};
-use crate::runtime::files::FileSource;
+use crate::runtime::files::{FileSink, FileSource};
 
 pub struct SansIo {
     engine: Engine,
@@ -46,6 +52,31 @@ impl SansIo {
         self.engine
             .add_file(spec, Box::new(source), Instant::now())?;
         Ok(())
+    }
+
+    /// `AddDownloadFile`: registered held (Paused, nothing asked of the
+    /// server) until [`SansIo::start_download`]; saved into `dest_dir` under
+    /// the server's file name, or a free variant of it.
+    pub fn add_download(&mut self, args: &DownloadArgs) -> FfiResult {
+        args.check()?;
+        let dir = std::path::Path::new(&args.dest_dir);
+        // Checked here so the mistake shows at the call, not as a Local
+        // failure after the first reply.
+        if !dir.is_dir() {
+            return Err(FfiError::new(
+                Code::InvalidArgument,
+                format!("destination {:?} is not a directory", args.dest_dir),
+            ));
+        }
+        let sink = FileSink::new(dir, None);
+        self.engine
+            .add_download(args.spec(), Box::new(sink), Instant::now())?;
+        Ok(())
+    }
+
+    /// `StartDownload`: the same as [`SansIo::resume`].
+    pub fn start_download(&mut self, name: &str) -> FfiResult {
+        self.resume(name)
     }
 
     pub fn pause(&mut self, name: &str) -> FfiResult {

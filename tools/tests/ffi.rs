@@ -252,3 +252,151 @@ fn client_downloads_a_held_file_back_by_message_id() {
     t.shutdown(Some(Duration::from_secs(5))).unwrap();
     drop(server);
 }
+
+/// Drives `e` over `sock` until `done` says so for an event, with a bounded
+/// deadline; every event seen is returned. The host loop of a `FileTcpMgr`.
+fn drive_until(
+    e: &mut SansIo,
+    sock: &mut std::net::TcpStream,
+    mut done: impl FnMut(&chatxfer::engine::Event) -> bool,
+) -> Vec<chatxfer::engine::Event> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        let out = e.poll_transmit(256 * 1024);
+        sock.write_all(&out).unwrap();
+        match sock.read(&mut buf) {
+            Ok(0) => panic!("server closed: {seen:?}"),
+            Ok(n) => e.handle_bytes(&buf[..n]).unwrap(),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(err) => panic!("read: {err}"),
+        }
+        if e.next_timeout_ms() == 0 {
+            e.handle_timeout();
+        }
+        for ev in e.poll_events() {
+            if let chatxfer::engine::Event::Failed { .. } = ev {
+                panic!("failed: {ev:?}");
+            }
+            let stop = done(&ev);
+            seen.push(ev);
+            if stop {
+                return seen;
+            }
+        }
+    }
+    panic!("no final event within 30 s: {seen:?}");
+}
+
+/// Downloads on the sans-IO engine: uploaded, then downloaded back by
+/// message id through the same host-owned socket, held until
+/// `start_download`, saved under a free name next to an existing file of
+/// the same name (never over it), byte-identical.
+#[test]
+fn sans_io_engine_downloads_through_a_socket_the_host_owns() {
+    use chatxfer::engine::Event;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let server = rt
+        .block_on(chatxfer_tools::server::start(
+            "127.0.0.1:0",
+            chatxfer_tools::server::ServerConfig::new(store.path()),
+        ))
+        .unwrap();
+    // Several chunks, and not a multiple of the chunk size.
+    let file = temp_file(1_000_003);
+    let want = std::fs::read(file.path()).unwrap();
+    let mut sock = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let mut e = SansIo::new(false);
+    e.connected();
+    e.add_file(&UploadArgs {
+        path: file.path().display().to_string(),
+        name: "pic.bin".into(),
+        uid: 7,
+        sender: 7,
+        receiver: 8,
+        message_id: 42,
+        md5: String::new(),
+        priority: 0,
+        hold: false,
+        token: String::new(),
+        avatar: false,
+    })
+    .unwrap();
+    drive_until(
+        &mut e,
+        &mut sock,
+        |ev| matches!(ev, Event::Completed { name, .. } if name == "pic.bin"),
+    );
+
+    // A file of the server's name is already there: it must survive.
+    std::fs::write(dest.path().join("pic.bin"), b"mine").unwrap();
+    let dl = DownloadArgs {
+        name: "d".into(),
+        message_id: 42,
+        uid: 8,
+        token: String::new(),
+        dest_dir: dest.path().to_str().unwrap().into(),
+        md5: chatxfer::engine::md5_of(&want),
+        priority: 0,
+        avatar: None,
+    };
+    let missing = DownloadArgs {
+        dest_dir: dest.path().join("nope").to_str().unwrap().into(),
+        ..dl.clone()
+    };
+    assert_eq!(
+        e.add_download(&missing).unwrap_err().code,
+        Code::InvalidArgument
+    );
+    e.add_download(&dl).unwrap();
+    assert_eq!(e.add_download(&dl).unwrap_err().code, Code::DuplicateName);
+    assert_eq!(e.status("d").unwrap().state, FileState::Paused);
+    // Held: nothing goes to the server.
+    assert!(e.poll_transmit(1 << 20).is_empty(), "held: nothing to send");
+    assert_eq!(
+        e.start_download("nope").unwrap_err().code,
+        Code::UnknownName
+    );
+    e.start_download("d").unwrap();
+    let seen = drive_until(
+        &mut e,
+        &mut sock,
+        |ev| matches!(ev, Event::Completed { name, .. } if name == "d"),
+    );
+    let saved: Vec<_> = seen
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::Saved { name, path } if name == "d" => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(saved.len(), 1, "one Saved before Completed: {seen:?}");
+    assert_ne!(
+        saved[0],
+        dest.path().join("pic.bin"),
+        "not over the existing file"
+    );
+    assert_eq!(saved[0].parent(), Some(dest.path()));
+    assert_eq!(std::fs::read(&saved[0]).unwrap(), want);
+    assert_eq!(std::fs::read(dest.path().join("pic.bin")).unwrap(), b"mine");
+    let parts: Vec<_> = std::fs::read_dir(dest.path())
+        .unwrap()
+        .map(|d| d.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".part"))
+        .collect();
+    assert!(parts.is_empty(), "no partial file left: {parts:?}");
+    let st = e.status("d").unwrap();
+    assert_eq!(st.state, FileState::Completed);
+    assert_eq!(st.total, want.len() as u64);
+    assert!(e.is_idle());
+    rt.block_on(server.shutdown());
+}
