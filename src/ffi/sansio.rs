@@ -103,6 +103,9 @@ impl SansIo {
     }
 
     pub fn connection_lost(&mut self) {
+        // A partial frame of the dead connection (or the malformed header
+        // that made the host close it) must not be read as the next one's.
+        self.decoder = FrameDecoder::new(self.engine.config().max_body_len);
         self.engine.connection_lost(Instant::now());
     }
 

@@ -338,3 +338,43 @@ fn c_abi_bad_calls_give_error_results() {
     // Logs went to its callback; the library itself printed nothing.
     assert!(out.stderr.is_empty(), "{}", show(&out));
 }
+
+/// The C sans-IO engine (`chatxfer_engine_*`, tests/c/engine.c) over a
+/// socket the C program owns: uploads a file to a `chatxfer serve` process,
+/// downloads it back, and runs its bad calls. Checked here too: the stored
+/// and the downloaded copies are the source's bytes.
+#[test]
+fn c_sans_io_engine_uploads_and_downloads_over_its_own_socket() {
+    let dir = built();
+    let server = Serve::start();
+    let src = tempfile::tempdir().unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let file = src.path().join("c-engine.bin");
+    // Several chunks and a partial last one, so framing across reads and
+    // the buffer cut in poll_transmit are exercised.
+    write_file(&file, 3_000_017, 9);
+    let (host, port) = server.addr.rsplit_once(':').expect("host:port");
+    let out = Command::new(dir.join("engine_c"))
+        .args([host, port])
+        .arg(&file)
+        .arg(dest.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "engine_c failed:\n{}", show(&out));
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    let want = std::fs::read(&file).unwrap();
+    let stored = std::fs::read(server.dir.path().join("1001").join("c-engine.bin")).unwrap();
+    assert!(stored == want, "the stored copy differs");
+    let saved = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("saved "))
+        .unwrap_or_else(|| panic!("no saved line:\n{stdout}"));
+    assert_eq!(Path::new(saved), dest.path().join("c-engine.bin"));
+    assert!(
+        std::fs::read(saved).unwrap() == want,
+        "the downloaded copy differs"
+    );
+    // The library printed nothing by itself.
+    assert!(out.stderr.is_empty(), "{}", show(&out));
+}
