@@ -3,7 +3,9 @@
 //! by cargo through `cmake/chatxfer.cmake`, a no-op here since `cargo test`
 //! has just built it), then runs
 //! * the C++ upload example against a real `chatxfer serve` process, through
-//!   the networked `Client` and through the sans-IO `TransferEngine`,
+//!   the networked `Client` and through the sans-IO `TransferEngine` (which
+//!   also downloads the files back),
+//! * the C program driving the C ABI's sans-IO engine (`tests/c/engine.c`),
 //! * the same example built with AddressSanitizer (it starts its own server),
 //! * the Qt Widgets demo's self-test, offscreen: uploads, pause/resume, a download back
 //!   into an incoming bubble (screenshots under the build dir),
@@ -240,15 +242,18 @@ fn cpp_upload_example_uploads_to_a_chatxfer_serve_process() {
 }
 
 #[test]
-fn cpp_sans_io_engine_uploads_over_its_own_socket() {
+fn cpp_sans_io_engine_uploads_and_downloads_over_its_own_socket() {
     let dir = built();
     let server = Serve::start();
     let src = tempfile::tempdir().unwrap();
+    let dest = tempfile::tempdir().unwrap();
     let files = [("scan.png", 2_500_000, 6), ("song.mp3", 1_200_000, 7)];
     let mut args = vec![
         "--sans-io".to_string(),
         "--server".into(),
         server.addr.clone(),
+        "--download-to".into(),
+        dest.path().display().to_string(),
     ];
     for (name, len, seed) in files {
         let p = src.path().join(name);
@@ -269,6 +274,17 @@ fn cpp_sans_io_engine_uploads_over_its_own_socket() {
         assert!(
             stored == std::fs::read(src.path().join(name)).unwrap(),
             "{name}: the stored copy differs"
+        );
+        // Downloaded back through the same engine and socket.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let saved = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("dl-{name}: saved ")))
+            .unwrap_or_else(|| panic!("no saved line for {name}:\n{stdout}"));
+        assert_eq!(Path::new(saved), dest.path().join(name));
+        assert!(
+            std::fs::read(saved).unwrap() == std::fs::read(src.path().join(name)).unwrap(),
+            "{name}: the downloaded copy differs"
         );
     }
 }
