@@ -400,3 +400,197 @@ fn sans_io_engine_downloads_through_a_socket_the_host_owns() {
     assert!(e.is_idle());
     rt.block_on(server.shutdown());
 }
+
+/// What [`c_drive`] saw of one event: kind, name and path, copied while the
+/// engine's strings were valid.
+type CEvent = (EventKind, String, String);
+
+/// Drives the C ABI's engine over `sock` with a `cap`-byte transmit buffer
+/// until transfer `name` completes (panics on its failure or after 30 s).
+///
+/// # Safety
+/// `e` is a live engine from `chatxfer_engine_new`.
+unsafe fn c_drive(
+    e: *mut capi::chatxfer_engine,
+    sock: &mut std::net::TcpStream,
+    name: &str,
+    cap: usize,
+) -> Vec<CEvent> {
+    use std::ffi::CStr;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut out = vec![0u8; cap];
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        loop {
+            let mut n = 0usize;
+            assert_eq!(
+                capi::chatxfer_engine_poll_transmit(e, out.as_mut_ptr(), cap, &mut n),
+                Code::Ok
+            );
+            assert!(n <= cap);
+            if n == 0 {
+                break;
+            }
+            sock.write_all(&out[..n]).unwrap();
+        }
+        match sock.read(&mut buf) {
+            Ok(0) => panic!("server closed: {seen:?}"),
+            Ok(n) => assert_eq!(
+                capi::chatxfer_engine_handle_bytes(e, buf.as_ptr(), n),
+                Code::Ok
+            ),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(err) => panic!("read: {err}"),
+        }
+        let mut ms = -2i64;
+        assert_eq!(capi::chatxfer_engine_next_timeout_ms(e, &mut ms), Code::Ok);
+        assert!(ms >= -1);
+        if ms == 0 {
+            assert_eq!(capi::chatxfer_engine_handle_timeout(e), Code::Ok);
+        }
+        loop {
+            let mut ev = std::mem::MaybeUninit::<capi::chatxfer_event>::uninit();
+            let mut got = false;
+            assert_eq!(
+                capi::chatxfer_engine_poll_event(e, ev.as_mut_ptr(), &mut got),
+                Code::Ok
+            );
+            if !got {
+                break;
+            }
+            let ev = ev.assume_init();
+            let s = |p| CStr::from_ptr(p).to_str().unwrap().to_owned();
+            let seen_one = (ev.kind, s(ev.name), s(ev.path));
+            assert_ne!(
+                ev.kind,
+                EventKind::Failed,
+                "{seen_one:?}: {}",
+                s(ev.message)
+            );
+            let done = seen_one.0 == EventKind::Completed && seen_one.1 == name;
+            seen.push(seen_one);
+            if done {
+                return seen;
+            }
+        }
+    }
+    panic!("{name}: no Completed within 30 s: {seen:?}");
+}
+
+fn connect(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    sock
+}
+
+/// The C ABI's engine from Rust, with a transmit buffer far smaller than a
+/// frame: the bytes handed out must still be whole frames in order. A
+/// connection cut in the middle of a frame, then a new one: the cut frame's
+/// rest must not open the new connection (the server would read garbage),
+/// and the upload completes byte-identically; then the file comes back
+/// through `chatxfer_engine_add_download`/`_start_download`.
+#[test]
+fn c_engine_cuts_frames_to_any_buffer_and_drops_a_cut_frame_on_reconnect() {
+    use std::ffi::CString;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let server = rt
+        .block_on(chatxfer_tools::server::start(
+            "127.0.0.1:0",
+            chatxfer_tools::server::ServerConfig::new(store.path()),
+        ))
+        .unwrap();
+    let file = temp_file(200_003);
+    let want = std::fs::read(file.path()).unwrap();
+    let path = CString::new(file.path().to_str().unwrap()).unwrap();
+    let dest_c = CString::new(dest.path().to_str().unwrap()).unwrap();
+    unsafe {
+        let mut e: *mut capi::chatxfer_engine = std::ptr::null_mut();
+        assert_eq!(capi::chatxfer_engine_new(false, &mut e), Code::Ok);
+        assert!(!e.is_null());
+        let spec = capi::chatxfer_upload_spec {
+            path: path.as_ptr(),
+            name: c"cut.bin".as_ptr(),
+            uid: 7,
+            sender: 7,
+            receiver: 8,
+            message_id: 9,
+            md5: std::ptr::null(),
+            priority: 0,
+            hold: false,
+            token: std::ptr::null(),
+            avatar: false,
+        };
+        assert_eq!(capi::chatxfer_engine_add_upload(e, &spec), Code::Ok);
+
+        // First connection: 100 bytes of the first frame, then it drops.
+        let mut first = connect(server.local_addr());
+        assert_eq!(capi::chatxfer_engine_connected(e), Code::Ok);
+        let mut head = [0u8; 100];
+        let mut n = 0usize;
+        assert_eq!(
+            capi::chatxfer_engine_poll_transmit(e, head.as_mut_ptr(), head.len(), &mut n),
+            Code::Ok
+        );
+        assert_eq!(n, head.len(), "a chunk frame is longer than 100 bytes");
+        first.write_all(&head).unwrap();
+        drop(first);
+        assert_eq!(capi::chatxfer_engine_connection_lost(e), Code::Ok);
+
+        let mut second = connect(server.local_addr());
+        assert_eq!(capi::chatxfer_engine_connected(e), Code::Ok);
+        c_drive(e, &mut second, "cut.bin", 7);
+        let stored = std::fs::read(store.path().join("7").join("cut.bin")).unwrap();
+        assert!(stored == want, "the stored copy differs");
+
+        let dl = capi::chatxfer_download_spec {
+            name: c"back".as_ptr(),
+            message_id: 9,
+            uid: 8,
+            token: c"".as_ptr(),
+            dest_dir: dest_c.as_ptr(),
+            md5: std::ptr::null(),
+            priority: 0,
+            avatar_name: std::ptr::null(),
+            avatar_client_path: std::ptr::null(),
+            avatar_req_type: std::ptr::null(),
+        };
+        assert_eq!(capi::chatxfer_engine_add_download(e, &dl), Code::Ok);
+        assert_eq!(
+            capi::chatxfer_engine_add_download(e, &dl),
+            Code::DuplicateName
+        );
+        assert_eq!(
+            capi::chatxfer_engine_start_download(e, c"back".as_ptr()),
+            Code::Ok
+        );
+        let seen = c_drive(e, &mut second, "back", 1000);
+        let saved: Vec<_> = seen
+            .iter()
+            .filter(|(k, n, _)| *k == EventKind::Saved && n == "back")
+            .map(|(_, _, p)| p.clone())
+            .collect();
+        assert_eq!(saved, [dest.path().join("cut.bin").to_str().unwrap()]);
+        assert!(
+            std::fs::read(&saved[0]).unwrap() == want,
+            "the downloaded copy differs"
+        );
+        let mut st = std::mem::MaybeUninit::<capi::chatxfer_file_status>::uninit();
+        assert_eq!(
+            capi::chatxfer_engine_status(e, c"back".as_ptr(), st.as_mut_ptr()),
+            Code::Ok
+        );
+        let st = st.assume_init();
+        assert_eq!(st.state, XferState::Completed);
+        assert_eq!(st.total, want.len() as u64);
+        capi::chatxfer_engine_free(e);
+    }
+    rt.block_on(server.shutdown());
+}
