@@ -383,7 +383,8 @@ typedef struct chatxfer_options {
 
 /*
  An event; every string is NUL-terminated and valid only during the
- callback (`name` is "" for connection events, never NULL).
+ callback (`name` is "" for connection events, never NULL). From
+ `chatxfer_engine_poll_event`: until the next call of it.
  */
 typedef struct chatxfer_event {
   chatxfer_event_kind kind;

@@ -30,7 +30,8 @@ use super::{
 pub use super::{chatxfer_event_kind, chatxfer_log_level, chatxfer_result, chatxfer_state};
 
 /// An event; every string is NUL-terminated and valid only during the
-/// callback (`name` is "" for connection events, never NULL).
+/// callback (`name` is "" for connection events, never NULL). From
+/// `chatxfer_engine_poll_event`: until the next call of it.
 #[repr(C)]
 #[derive(Debug)]
 pub struct chatxfer_event {
