@@ -594,3 +594,93 @@ fn c_engine_cuts_frames_to_any_buffer_and_drops_a_cut_frame_on_reconnect() {
     }
     rt.block_on(server.shutdown());
 }
+
+/// A sans-IO download whose connection drops part-way: after
+/// `connection_lost` and a new socket, it continues into the same partial
+/// file and ends byte-identical, saved once, with no partial file left.
+#[test]
+fn sans_io_download_survives_a_connection_cut() {
+    use chatxfer::engine::Event;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let server = rt
+        .block_on(chatxfer_tools::server::start(
+            "127.0.0.1:0",
+            chatxfer_tools::server::ServerConfig::new(store.path()),
+        ))
+        .unwrap();
+    let file = temp_file(3_000_001);
+    let want = std::fs::read(file.path()).unwrap();
+    let mut e = SansIo::new(false);
+    let mut sock = connect(server.local_addr());
+    e.connected();
+    e.add_file(&UploadArgs {
+        path: file.path().display().to_string(),
+        name: "big.bin".into(),
+        uid: 7,
+        sender: 7,
+        receiver: 8,
+        message_id: 11,
+        md5: String::new(),
+        priority: 0,
+        hold: false,
+        token: String::new(),
+        avatar: false,
+    })
+    .unwrap();
+    drive_until(
+        &mut e,
+        &mut sock,
+        |ev| matches!(ev, Event::Completed { name, .. } if name == "big.bin"),
+    );
+    e.add_download(&DownloadArgs {
+        name: "d".into(),
+        message_id: 11,
+        uid: 8,
+        token: String::new(),
+        dest_dir: dest.path().to_str().unwrap().into(),
+        md5: chatxfer::engine::md5_of(&want),
+        priority: 0,
+        avatar: None,
+    })
+    .unwrap();
+    e.start_download("d").unwrap();
+    drive_until(
+        &mut e,
+        &mut sock,
+        |ev| matches!(ev, Event::Progress { name, .. } if name == "d"),
+    );
+    let at_cut = e.status("d").unwrap();
+    assert!(
+        at_cut.acked > 0 && at_cut.acked < want.len() as u64,
+        "cut part-way: {at_cut:?}"
+    );
+    drop(sock);
+    e.connection_lost();
+    let mut sock = connect(server.local_addr());
+    e.connected();
+    let seen = drive_until(
+        &mut e,
+        &mut sock,
+        |ev| matches!(ev, Event::Completed { name, .. } if name == "d"),
+    );
+    let saved: Vec<_> = seen
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::Saved { name, path } if name == "d" => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(saved, [dest.path().join("big.bin")]);
+    assert!(
+        std::fs::read(&saved[0]).unwrap() == want,
+        "the copy differs"
+    );
+    let names: Vec<_> = std::fs::read_dir(dest.path())
+        .unwrap()
+        .map(|d| d.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["big.bin"], "nothing but the file");
+    rt.block_on(server.shutdown());
+}
