@@ -812,7 +812,8 @@ chatxfer_result chatxfer_engine_start_download(struct chatxfer_engine *engine, c
 chatxfer_result chatxfer_engine_pause(struct chatxfer_engine *engine, const char *name);
 
 /*
- Continues a paused or held transfer.
+ Continues a paused or held transfer; a failed one starts over, as
+ with `chatxfer_engine_retry`.
 
  # Safety
  As for `chatxfer_engine_batch_send`.
@@ -826,6 +827,16 @@ chatxfer_result chatxfer_engine_resume(struct chatxfer_engine *engine, const cha
  As for `chatxfer_engine_batch_send`.
  */
 chatxfer_result chatxfer_engine_cancel(struct chatxfer_engine *engine, const char *name);
+
+/*
+ Starts a failed or cancelled transfer over under the same name (an
+ upload from its file, a download into the same directory);
+ `chatxfer_engine_resume` on a failed transfer does the same.
+
+ # Safety
+ As for `chatxfer_engine_batch_send`.
+ */
+chatxfer_result chatxfer_engine_retry(struct chatxfer_engine *engine, const char *name);
 
 /*
  Writes a snapshot of `name` to `*out` (only on success).

@@ -331,6 +331,10 @@ pub mod ffi {
         fn resume(self: &mut TransferEngine, name: &str) -> Status;
         #[cxx_name = "Cancel"]
         fn cancel(self: &mut TransferEngine, name: &str) -> Status;
+        /// As `Client::Retry`: starts a failed or cancelled transfer over
+        /// (`Resume` on a failed one does the same).
+        #[cxx_name = "Retry"]
+        fn retry(self: &mut TransferEngine, name: &str) -> Status;
         #[cxx_name = "GetStatus"]
         fn get_status(self: &TransferEngine, name: &str, out: &mut FileInfo) -> Status;
         /// The host's socket connected / closed.
@@ -679,6 +683,10 @@ impl TransferEngine {
 
     fn cancel(&mut self, name: &str) -> Status {
         status(boundary(|| self.0.cancel(name)))
+    }
+
+    fn retry(&mut self, name: &str) -> Status {
+        status(boundary(|| self.0.retry(name)))
     }
 
     fn get_status(&self, name: &str, out: &mut FileInfo) -> Status {

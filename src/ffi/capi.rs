@@ -959,7 +959,8 @@ pub unsafe extern "C" fn chatxfer_engine_pause(
     with_engine_name(engine, name, |e, n| e.pause(n))
 }
 
-/// Continues a paused or held transfer.
+/// Continues a paused or held transfer; a failed one starts over, as
+/// with `chatxfer_engine_retry`.
 ///
 /// # Safety
 /// As for `chatxfer_engine_batch_send`.
@@ -981,6 +982,20 @@ pub unsafe extern "C" fn chatxfer_engine_cancel(
     name: *const c_char,
 ) -> chatxfer_result {
     with_engine_name(engine, name, |e, n| e.cancel(n))
+}
+
+/// Starts a failed or cancelled transfer over under the same name (an
+/// upload from its file, a download into the same directory);
+/// `chatxfer_engine_resume` on a failed transfer does the same.
+///
+/// # Safety
+/// As for `chatxfer_engine_batch_send`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_retry(
+    engine: *mut chatxfer_engine,
+    name: *const c_char,
+) -> chatxfer_result {
+    with_engine_name(engine, name, |e, n| e.retry(n))
 }
 
 /// Writes a snapshot of `name` to `*out` (only on success).

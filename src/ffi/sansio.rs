@@ -14,13 +14,16 @@
 use std::time::Instant;
 
 use super::{Code, DownloadArgs, FfiError, FfiResult, UploadArgs};
-use crate::engine::{Engine, EngineConfig, Event, FileStatus, ServerStorage};
+use crate::engine::{Engine, EngineConfig, Event, FileState, FileStatus, ServerStorage};
 use crate::protocol::{FrameDecoder, MsgId};
 use crate::runtime::files::{FileSink, FileSource};
 
 pub struct SansIo {
     engine: Engine,
     decoder: FrameDecoder,
+    /// Each download's directory, for a retry (the engine keeps the spec
+    /// but not the sink's place).
+    dest_dirs: std::collections::HashMap<String, std::path::PathBuf>,
 }
 
 impl SansIo {
@@ -40,6 +43,7 @@ impl SansIo {
         SansIo {
             engine: Engine::new(config),
             decoder: FrameDecoder::new(limit),
+            dest_dirs: Default::default(),
         }
     }
 
@@ -68,10 +72,47 @@ impl SansIo {
                 format!("destination {:?} is not a directory", args.dest_dir),
             ));
         }
-        let sink = FileSink::new(dir, None);
+        self.add_download_spec(args.spec(), dir.to_path_buf())
+    }
+
+    fn add_download_spec(
+        &mut self,
+        spec: crate::engine::DownloadSpec,
+        dir: std::path::PathBuf,
+    ) -> FfiResult {
+        let name = spec.name.clone();
+        let sink = FileSink::new(&dir, None);
         self.engine
-            .add_download(args.spec(), Box::new(sink), Instant::now())?;
+            .add_download(spec, Box::new(sink), Instant::now())?;
+        self.dest_dirs.insert(name, dir);
         Ok(())
+    }
+
+    /// Starts a failed or cancelled transfer over under the same name, as
+    /// `runtime::Client::retry` does: an upload reopens its file (from seq
+    /// 1), a download asks the server again into the same directory.
+    pub fn retry(&mut self, name: &str) -> FfiResult {
+        let state = self.status(name)?.state;
+        if !matches!(state, FileState::Failed | FileState::Cancelled) {
+            return Err(crate::engine::Error::WrongState {
+                name: name.into(),
+                action: "retry",
+                state,
+            }
+            .into());
+        }
+        if let Some(mut spec) = self.engine.upload_spec(name) {
+            spec.hold = false;
+            let source = FileSource::open(&spec.path)?;
+            self.engine
+                .add_file(spec, Box::new(source), Instant::now())?;
+            return Ok(());
+        }
+        let unknown = || FfiError::new(Code::UnknownName, format!("no transfer named {name:?}"));
+        let mut spec = self.engine.download_spec(name).ok_or_else(unknown)?;
+        spec.hold = false;
+        let dir = self.dest_dirs.get(name).cloned().ok_or_else(unknown)?;
+        self.add_download_spec(spec, dir)
     }
 
     /// `StartDownload`: the same as [`SansIo::resume`].
@@ -83,7 +124,12 @@ impl SansIo {
         Ok(self.engine.pause(name, Instant::now())?)
     }
 
+    /// Also `BatchSend`/`StartDownload`. On a failed transfer (the chat
+    /// bubble's retry click) it is [`SansIo::retry`], as on the `Client`.
     pub fn resume(&mut self, name: &str) -> FfiResult {
+        if self.engine.file_status(name).map(|s| s.state) == Some(FileState::Failed) {
+            return self.retry(name);
+        }
         Ok(self.engine.resume(name, Instant::now())?)
     }
 

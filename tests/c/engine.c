@@ -230,6 +230,7 @@ static void bad_calls(const char *dest) {
   expect("engine_pause(NULL)", chatxfer_engine_pause(NULL, "x"), CHATXFER_RESULT_NULL_PARAMETER);
   expect("engine_resume(NULL)", chatxfer_engine_resume(NULL, "x"), CHATXFER_RESULT_NULL_PARAMETER);
   expect("engine_cancel(NULL)", chatxfer_engine_cancel(NULL, "x"), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("engine_retry(NULL)", chatxfer_engine_retry(NULL, "x"), CHATXFER_RESULT_NULL_PARAMETER);
   expect("engine_status(NULL)", chatxfer_engine_status(NULL, "x", &st), CHATXFER_RESULT_NULL_PARAMETER);
   expect("engine_connected(NULL)", chatxfer_engine_connected(NULL), CHATXFER_RESULT_NULL_PARAMETER);
   expect("engine_connection_lost(NULL)", chatxfer_engine_connection_lost(NULL), CHATXFER_RESULT_NULL_PARAMETER);
@@ -270,6 +271,7 @@ static void bad_calls(const char *dest) {
   expect("batch_send(unknown)", chatxfer_engine_batch_send(e, "nope"), CHATXFER_RESULT_UNKNOWN_NAME);
   expect("pause(unknown)", chatxfer_engine_pause(e, "nope"), CHATXFER_RESULT_UNKNOWN_NAME);
   expect("cancel(unknown)", chatxfer_engine_cancel(e, "nope"), CHATXFER_RESULT_UNKNOWN_NAME);
+  expect("retry(unknown)", chatxfer_engine_retry(e, "nope"), CHATXFER_RESULT_UNKNOWN_NAME);
   expect("pause(bad UTF-8)", chatxfer_engine_pause(e, bad_utf8), CHATXFER_RESULT_INVALID_UTF8);
   memset(&up, 0, sizeof up);
   up.path = "/nonexistent/chatxfer-test";
@@ -297,6 +299,7 @@ static void bad_calls(const char *dest) {
   /* A held download asks nothing of the server; cancelled, it cannot start. */
   dl.name = "d";
   expect("add_download", chatxfer_engine_add_download(e, &dl), CHATXFER_RESULT_OK);
+  expect("retry(held)", chatxfer_engine_retry(e, "d"), CHATXFER_RESULT_WRONG_STATE);
   expect("connected", chatxfer_engine_connected(e), CHATXFER_RESULT_OK);
   expect("poll_transmit(held)", chatxfer_engine_poll_transmit(e, buf, sizeof buf, &len), CHATXFER_RESULT_OK);
   check("held: nothing to send", len == 0);
@@ -314,6 +317,11 @@ static void bad_calls(const char *dest) {
     check("state events of d, with non-NULL strings", n > 0 && ok);
     check("poll_event says none at the end", !got);
   }
+  /* Cancelled, it can start over under its name (and be cancelled again). */
+  expect("retry(cancelled)", chatxfer_engine_retry(e, "d"), CHATXFER_RESULT_OK);
+  expect("is_idle after retry", chatxfer_engine_is_idle(e, &idle), CHATXFER_RESULT_OK);
+  check("busy after the retry", !idle);
+  expect("cancel again", chatxfer_engine_cancel(e, "d"), CHATXFER_RESULT_OK);
   expect("handle_bytes(malformed header)", chatxfer_engine_handle_bytes(e, bad_frame, sizeof bad_frame),
          CHATXFER_RESULT_BAD_FRAME);
   expect("connection_lost after BAD_FRAME", chatxfer_engine_connection_lost(e), CHATXFER_RESULT_OK);

@@ -258,7 +258,17 @@ fn client_downloads_a_held_file_back_by_message_id() {
 fn drive_until(
     e: &mut SansIo,
     sock: &mut std::net::TcpStream,
+    done: impl FnMut(&chatxfer::engine::Event) -> bool,
+) -> Vec<chatxfer::engine::Event> {
+    drive_events(e, sock, done, false)
+}
+
+/// [`drive_until`], with Failed events allowed when `failures_expected`.
+fn drive_events(
+    e: &mut SansIo,
+    sock: &mut std::net::TcpStream,
     mut done: impl FnMut(&chatxfer::engine::Event) -> bool,
+    failures_expected: bool,
 ) -> Vec<chatxfer::engine::Event> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut buf = vec![0u8; 64 * 1024];
@@ -281,7 +291,7 @@ fn drive_until(
         }
         for ev in e.poll_events() {
             if let chatxfer::engine::Event::Failed { .. } = ev {
-                panic!("failed: {ev:?}");
+                assert!(failures_expected, "failed: {ev:?}");
             }
             let stop = done(&ev);
             seen.push(ev);
@@ -682,5 +692,97 @@ fn sans_io_download_survives_a_connection_cut() {
         .map(|d| d.unwrap().file_name())
         .collect();
     assert_eq!(names, ["big.bin"], "nothing but the file");
+    rt.block_on(server.shutdown());
+}
+
+/// Retry on the sans-IO engine, as on the `Client`: a cancelled upload and
+/// a cancelled download start over under their names and complete
+/// byte-identically; a failed download (wrong md5) is started over by
+/// `resume` (the bubble's click) and fails again, as it must, with a second
+/// Failed event; a transfer in progress or done is not retried.
+#[test]
+fn sans_io_engine_retries_cancelled_and_failed_transfers() {
+    use chatxfer::engine::Event;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let server = rt
+        .block_on(chatxfer_tools::server::start(
+            "127.0.0.1:0",
+            chatxfer_tools::server::ServerConfig::new(store.path()),
+        ))
+        .unwrap();
+    let file = temp_file(500_001);
+    let want = std::fs::read(file.path()).unwrap();
+    let mut e = SansIo::new(false);
+    let mut sock = connect(server.local_addr());
+    e.connected();
+    e.add_file(&UploadArgs {
+        path: file.path().display().to_string(),
+        name: "r.bin".into(),
+        uid: 7,
+        sender: 7,
+        receiver: 8,
+        message_id: 12,
+        md5: String::new(),
+        priority: 0,
+        hold: true,
+        token: String::new(),
+        avatar: false,
+    })
+    .unwrap();
+    assert_eq!(e.retry("r.bin").unwrap_err().code, Code::WrongState);
+    e.cancel("r.bin").unwrap();
+    assert_eq!(e.retry("nope").unwrap_err().code, Code::UnknownName);
+    e.retry("r.bin").unwrap();
+    drive_until(
+        &mut e,
+        &mut sock,
+        |ev| matches!(ev, Event::Completed { name, .. } if name == "r.bin"),
+    );
+    assert!(std::fs::read(store.path().join("7").join("r.bin")).unwrap() == want);
+    assert_eq!(e.retry("r.bin").unwrap_err().code, Code::WrongState);
+
+    let dl = DownloadArgs {
+        name: "d".into(),
+        message_id: 12,
+        uid: 8,
+        token: String::new(),
+        dest_dir: dest.path().to_str().unwrap().into(),
+        md5: String::new(),
+        priority: 0,
+        avatar: None,
+    };
+    e.add_download(&dl).unwrap();
+    e.cancel("d").unwrap();
+    e.retry("d").unwrap();
+    drive_until(
+        &mut e,
+        &mut sock,
+        |ev| matches!(ev, Event::Completed { name, .. } if name == "d"),
+    );
+    assert!(std::fs::read(dest.path().join("r.bin")).unwrap() == want);
+
+    // The wrong md5: fails at the end; resume starts it over.
+    e.add_download(&DownloadArgs {
+        name: "bad".into(),
+        md5: "0".repeat(32),
+        ..dl.clone()
+    })
+    .unwrap();
+    e.start_download("bad").unwrap();
+    let fails = |ev: &Event| matches!(ev, Event::Failed { name, .. } if name == "bad");
+    drive_events(&mut e, &mut sock, fails, true);
+    assert_eq!(e.status("bad").unwrap().state, FileState::Failed);
+    e.resume("bad").unwrap();
+    assert_eq!(e.status("bad").unwrap().state, FileState::Sending);
+    drive_events(&mut e, &mut sock, fails, true);
+    assert_eq!(e.status("bad").unwrap().state, FileState::Failed);
+    // Neither failed attempt left anything but the good copy.
+    let names: Vec<_> = std::fs::read_dir(dest.path())
+        .unwrap()
+        .map(|d| d.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["r.bin"]);
     rt.block_on(server.shutdown());
 }
