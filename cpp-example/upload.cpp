@@ -1,7 +1,7 @@
 // upload: the C++ API end to end.
 //
 //   upload [--server HOST:PORT] [--chatxfer PATH] [--uid N] [--pause-first]
-//          [--sans-io] FILE...
+//          [--sans-io [--download-to DIR]] FILE...
 //
 // Uploads every FILE at once, printing a progress line per file as events
 // arrive, and exits 0 only if every file completed. Without --server it
@@ -11,7 +11,9 @@
 // --pause-first pauses the first file at its first progress event and
 // resumes it 200 ms later (exercises Pause/Resume). --sans-io drives the
 // TransferEngine over a socket this program owns (poll loop) instead of the
-// library's own connection.
+// library's own connection; with --download-to it then downloads each file
+// back (by its message id) into DIR through the same engine and socket and
+// prints "NAME: saved PATH".
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -222,7 +224,7 @@ class LogPrinter : public chatxfer::LogSink {
 int Usage() {
   std::fprintf(stderr,
                "usage: upload [--server HOST:PORT] [--chatxfer PATH] [--uid N] "
-               "[--pause-first] [--sans-io] FILE...\n");
+               "[--pause-first] [--sans-io [--download-to DIR]] FILE...\n");
   return 2;
 }
 
@@ -335,7 +337,8 @@ static int RunClient(const std::string& host, std::uint16_t port,
 // The sans-IO TransferEngine: this program owns the socket and the timer,
 // the way FileTcpMgr owns its QTcpSocket.
 static int RunSansIo(const std::string& host, std::uint16_t port,
-                     const std::vector<std::string>& files, std::int64_t uid, Done& done) {
+                     const std::vector<std::string>& files, std::int64_t uid, Done& done,
+                     const std::string& download_to) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -377,65 +380,94 @@ static int RunSansIo(const std::string& host, std::uint16_t port,
 
   std::vector<std::uint8_t> out;  // bytes the engine gave and the socket has not taken
   std::vector<std::uint8_t> in(64 * 1024);
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(5);
-  while (!pending.empty() && std::chrono::steady_clock::now() < deadline) {
-    auto frames = engine->PollTransmit(256 * 1024);
-    out.insert(out.end(), frames.begin(), frames.end());
-    long long wait = engine->NextTimeoutMs();
-    pollfd p{fd, static_cast<short>(POLLIN | (out.empty() ? 0 : POLLOUT)), 0};
-    int ready = poll(&p, 1, wait < 0 || wait > 1000 ? 1000 : static_cast<int>(wait));
-    if (ready < 0 && errno != EINTR) break;
-    if (p.revents & POLLOUT) {
-      ssize_t n = write(fd, out.data(), out.size());
-      if (n > 0) out.erase(out.begin(), out.begin() + n);
-    }
-    if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
-      ssize_t n = read(fd, in.data(), in.size());
-      if (n <= 0 && !(n < 0 && (errno == EAGAIN || errno == EINTR))) {
-        std::fprintf(stderr, "upload: the server closed the connection\n");
-        engine->ConnectionLost();
-        exit_code = 1;
-        break;
+  bool downloading = false;  // `done` lists uploads only (main checks the store)
+  // One poll loop for uploads and downloads: runs until `pending` is empty.
+  auto drive = [&]() {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(5);
+    while (!pending.empty() && std::chrono::steady_clock::now() < deadline) {
+      auto frames = engine->PollTransmit(256 * 1024);
+      out.insert(out.end(), frames.begin(), frames.end());
+      long long wait = engine->NextTimeoutMs();
+      pollfd p{fd, static_cast<short>(POLLIN | (out.empty() ? 0 : POLLOUT)), 0};
+      int ready = poll(&p, 1, wait < 0 || wait > 1000 ? 1000 : static_cast<int>(wait));
+      if (ready < 0 && errno != EINTR) break;
+      if (p.revents & POLLOUT) {
+        ssize_t n = write(fd, out.data(), out.size());
+        if (n > 0) out.erase(out.begin(), out.begin() + n);
       }
-      if (n > 0 &&
-          engine->HandleBytes(rust::Slice<const std::uint8_t>(in.data(), static_cast<std::size_t>(n))) !=
-              chatxfer::Status::Ok) {
-        std::fprintf(stderr, "upload: %s\n", std::string(chatxfer::LastError()).c_str());
-        exit_code = 1;
-        break;
-      }
-    }
-    if (engine->NextTimeoutMs() == 0) engine->HandleTimeout();
-    for (const auto& e : engine->PollEvents()) {
-      std::string name(e.name);
-      switch (e.kind) {
-        case chatxfer::EventKind::Progress:
-          std::printf("%s: %llu/%llu bytes %5.1f%% %.1f MB/s\n", name.c_str(),
-                      static_cast<unsigned long long>(e.acked),
-                      static_cast<unsigned long long>(e.total),
-                      e.total ? 100.0 * e.acked / e.total : 100.0, e.rate / 1e6);
-          break;
-        case chatxfer::EventKind::Completed:
-          std::printf("%s: completed, %llu bytes, md5 %s\n", name.c_str(),
-                      static_cast<unsigned long long>(e.total), std::string(e.md5).c_str());
-          done[name] = std::string(e.md5);
-          pending.erase(name);
-          break;
-        case chatxfer::EventKind::Failed:
-          std::printf("%s: FAILED (%lld) %s\n", name.c_str(), static_cast<long long>(e.code),
-                      std::string(e.message).c_str());
-          pending.erase(name);
+      if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
+        ssize_t n = read(fd, in.data(), in.size());
+        if (n <= 0 && !(n < 0 && (errno == EAGAIN || errno == EINTR))) {
+          std::fprintf(stderr, "upload: the server closed the connection\n");
+          engine->ConnectionLost();
           exit_code = 1;
           break;
-        default:
+        }
+        if (n > 0 &&
+            engine->HandleBytes(rust::Slice<const std::uint8_t>(in.data(), static_cast<std::size_t>(n))) !=
+                chatxfer::Status::Ok) {
+          std::fprintf(stderr, "upload: %s\n", std::string(chatxfer::LastError()).c_str());
+          exit_code = 1;
           break;
+        }
       }
+      if (engine->NextTimeoutMs() == 0) engine->HandleTimeout();
+      for (const auto& e : engine->PollEvents()) {
+        std::string name(e.name);
+        switch (e.kind) {
+          case chatxfer::EventKind::Progress:
+            std::printf("%s: %llu/%llu bytes %5.1f%% %.1f MB/s\n", name.c_str(),
+                        static_cast<unsigned long long>(e.acked),
+                        static_cast<unsigned long long>(e.total),
+                        e.total ? 100.0 * e.acked / e.total : 100.0, e.rate / 1e6);
+            break;
+          case chatxfer::EventKind::Completed:
+            std::printf("%s: completed, %llu bytes, md5 %s\n", name.c_str(),
+                        static_cast<unsigned long long>(e.total), std::string(e.md5).c_str());
+            if (!downloading) done[name] = std::string(e.md5);
+            pending.erase(name);
+            break;
+          case chatxfer::EventKind::Saved:
+            std::printf("%s: saved %s\n", name.c_str(), std::string(e.path).c_str());
+            break;
+          case chatxfer::EventKind::Failed:
+            std::printf("%s: FAILED (%lld) %s\n", name.c_str(), static_cast<long long>(e.code),
+                        std::string(e.message).c_str());
+            pending.erase(name);
+            exit_code = 1;
+            break;
+          default:
+            break;
+        }
+      }
+      std::fflush(stdout);
     }
-    std::fflush(stdout);
-  }
-  for (const auto& p : pending) {
-    std::printf("%s: timed out\n", p.first.c_str());
-    exit_code = 1;
+    for (const auto& p : pending) {
+      std::printf("%s: timed out\n", p.first.c_str());
+      exit_code = 1;
+    }
+    pending.clear();
+  };
+  drive();
+
+  // Downloads back through the same engine and socket: message ids were
+  // given in file order from 1; each is held until StartDownload.
+  if (exit_code == 0 && !download_to.empty()) {
+    downloading = true;
+    std::int64_t id = 1;
+    for (const auto& path : files) {
+      std::string name = "dl-" + BaseName(path);
+      auto st = chatxfer::AddDownloadFile(*engine, name, id++, 2002, "", download_to, "", 0);
+      if (st == chatxfer::Status::Ok) st = engine->StartDownload(name);
+      if (st != chatxfer::Status::Ok) {
+        std::fprintf(stderr, "upload: download %s: %s\n", name.c_str(),
+                     std::string(chatxfer::LastError()).c_str());
+        exit_code = 1;
+        continue;
+      }
+      pending[name] = true;
+    }
+    drive();
   }
   close(fd);
   return exit_code;
@@ -445,6 +477,7 @@ int main(int argc, char** argv) {
   std::string server_arg, exe = CHATXFER_COMMAND_PATH;
   std::int64_t uid = 1001;
   bool pause_first = false, sans_io = false;
+  std::string download_to;
   std::vector<std::string> files;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -453,6 +486,7 @@ int main(int argc, char** argv) {
     else if (a == "--uid" && i + 1 < argc) uid = std::atoll(argv[++i]);
     else if (a == "--pause-first") pause_first = true;
     else if (a == "--sans-io") sans_io = true;
+    else if (a == "--download-to" && i + 1 < argc) download_to = argv[++i];
     else if (a.rfind("--", 0) == 0) return Usage();
     else files.push_back(a);
   }
@@ -480,7 +514,8 @@ int main(int argc, char** argv) {
   auto port = static_cast<std::uint16_t>(std::atoi(addr.c_str() + colon + 1));
 
   Done done;
-  int exit_code = sans_io ? RunSansIo(host, port, files, uid, done)
+  if (!download_to.empty() && !sans_io) return Usage();
+  int exit_code = sans_io ? RunSansIo(host, port, files, uid, done, download_to)
                           : RunClient(host, port, files, uid, pause_first, done);
 
   // The embedded server: check what it stored.

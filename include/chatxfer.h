@@ -302,6 +302,19 @@ typedef uint32_t chatxfer_failure;
 typedef struct chatxfer_client chatxfer_client;
 
 /*
+ The sans-IO engine for a host that keeps its own socket and timer
+ (C++ `chatxfer::TransferEngine`). Opaque; from `chatxfer_engine_new`,
+ released by `chatxfer_engine_free`. Not thread-safe: one thread at a
+ time calls it (the GUI thread, typically). The host's loop: write what
+ `chatxfer_engine_poll_transmit` gives, pass every byte read to
+ `chatxfer_engine_handle_bytes`, arm one timer from
+ `chatxfer_engine_next_timeout_ms` and call
+ `chatxfer_engine_handle_timeout` when it fires, and drain
+ `chatxfer_engine_poll_event` after each call.
+ */
+typedef struct chatxfer_engine chatxfer_engine;
+
+/*
  A client's settings (`chatxfer_client_new_with`; C++
  `chatxfer::ClientOptions`). Fill it with `chatxfer_options_init`, then
  change fields. A 0 means the library's default unless a field says
@@ -374,7 +387,8 @@ typedef struct chatxfer_options {
 
 /*
  An event; every string is NUL-terminated and valid only during the
- callback (`name` is "" for connection events, never NULL).
+ callback (`name` is "" for connection events, never NULL). From
+ `chatxfer_engine_poll_event`: until the next call of it.
  */
 typedef struct chatxfer_event {
   chatxfer_event_kind kind;
@@ -741,6 +755,195 @@ const char *chatxfer_result_description(uint32_t result);
  `buf` is NULL or valid for `len` bytes of writes.
  */
 size_t chatxfer_last_error(char *buf, size_t len);
+
+/*
+ Creates a sans-IO engine. `server_appends`: true for the deployed
+ ResourceServer (appends chunks), false for the reference server
+ (`chatxfer serve`, positional); it decides how a lost connection
+ resumes. On success `*out` is the new engine.
+
+ # Safety
+ `out` is NULL or valid for a write.
+ */
+chatxfer_result chatxfer_engine_new(bool server_appends, struct chatxfer_engine **out);
+
+/*
+ Releases an engine (and the strings of its last event). NULL is allowed.
+
+ # Safety
+ `engine` is NULL or from `chatxfer_engine_new` and not freed before.
+ */
+void chatxfer_engine_free(struct chatxfer_engine *engine);
+
+/*
+ Registers an upload, as `chatxfer_client_add_upload` (an empty md5 is
+ computed here, on the calling thread).
+
+ # Safety
+ `engine` as for `chatxfer_engine_free`, not freed; `spec` is NULL or
+ points to a spec whose strings are NULL or NUL-terminated.
+ */
+chatxfer_result chatxfer_engine_add_upload(struct chatxfer_engine *engine, const struct chatxfer_upload_spec *spec);
+
+/*
+ Registers a download, held (PAUSED) until
+ `chatxfer_engine_start_download`. `spec->dest_dir` must be an existing
+ directory (else CHATXFER_RESULT_INVALID_ARGUMENT); the file is written
+ there on the calling thread, inside `chatxfer_engine_handle_bytes`, to a
+ new `<name>.part` and renamed to a free name at the end (never
+ replacing a file); the SAVED event carries the path.
+
+ # Safety
+ As for `chatxfer_engine_add_upload`.
+ */
+chatxfer_result chatxfer_engine_add_download(struct chatxfer_engine *engine, const struct chatxfer_download_spec *spec);
+
+/*
+ `BatchSend`: starts a held upload, or continues a paused transfer.
+
+ # Safety
+ `engine` as for `chatxfer_engine_add_upload`; `name` is NULL or a
+ NUL-terminated string.
+ */
+chatxfer_result chatxfer_engine_batch_send(struct chatxfer_engine *engine, const char *name);
+
+/*
+ Starts a held download (the same as `chatxfer_engine_resume`). Events:
+ PROGRESS..., SAVED (`path`), COMPLETED, or FAILED.
+
+ # Safety
+ As for `chatxfer_engine_batch_send`.
+ */
+chatxfer_result chatxfer_engine_start_download(struct chatxfer_engine *engine, const char *name);
+
+/*
+ Stops sending new requests of `name`; those in flight still complete.
+
+ # Safety
+ As for `chatxfer_engine_batch_send`.
+ */
+chatxfer_result chatxfer_engine_pause(struct chatxfer_engine *engine, const char *name);
+
+/*
+ Continues a paused or held transfer; a failed one starts over, as
+ with `chatxfer_engine_retry`.
+
+ # Safety
+ As for `chatxfer_engine_batch_send`.
+ */
+chatxfer_result chatxfer_engine_resume(struct chatxfer_engine *engine, const char *name);
+
+/*
+ Abandons a transfer (a download's partial file is removed).
+
+ # Safety
+ As for `chatxfer_engine_batch_send`.
+ */
+chatxfer_result chatxfer_engine_cancel(struct chatxfer_engine *engine, const char *name);
+
+/*
+ Starts a failed or cancelled transfer over under the same name (an
+ upload from its file, a download into the same directory);
+ `chatxfer_engine_resume` on a failed transfer does the same.
+
+ # Safety
+ As for `chatxfer_engine_batch_send`.
+ */
+chatxfer_result chatxfer_engine_retry(struct chatxfer_engine *engine, const char *name);
+
+/*
+ Writes a snapshot of `name` to `*out` (only on success).
+
+ # Safety
+ As for `chatxfer_engine_batch_send`; `out` is NULL or valid for a write.
+ */
+chatxfer_result chatxfer_engine_status(struct chatxfer_engine *engine, const char *name, struct chatxfer_file_status *out);
+
+/*
+ The host's socket is connected: transfers (re)start on it. Bytes of the
+ previous connection not yet taken by `chatxfer_engine_poll_transmit`
+ are dropped.
+
+ # Safety
+ `engine` as for `chatxfer_engine_add_upload`.
+ */
+chatxfer_result chatxfer_engine_connected(struct chatxfer_engine *engine);
+
+/*
+ The host's socket closed (or the host closed it, e.g. after
+ CHATXFER_RESULT_BAD_FRAME); requests in flight are re-sent after the
+ next `chatxfer_engine_connected`, as the server kind allows.
+
+ # Safety
+ `engine` as for `chatxfer_engine_add_upload`.
+ */
+chatxfer_result chatxfer_engine_connection_lost(struct chatxfer_engine *engine);
+
+/*
+ Copies up to `cap` bytes to write to the socket into `buf` and sets
+ `*out_len` to their number (0: nothing to send now). The bytes are a
+ stream of whole frames cut only by `cap`: the rest comes first on the
+ next call, so call again until 0 before waiting on the socket. Write
+ every byte given, in order.
+
+ # Safety
+ `engine` as for `chatxfer_engine_add_upload`; `buf` is NULL or valid for
+ `cap` bytes of writes; `out_len` is NULL or valid for a write.
+ */
+chatxfer_result chatxfer_engine_poll_transmit(struct chatxfer_engine *engine, uint8_t *buf, size_t cap, size_t *out_len);
+
+/*
+ Bytes read from the socket (`len` of them at `data`); frames are split
+ here and may straddle calls. CHATXFER_RESULT_BAD_FRAME for a malformed
+ header: the host should close the socket and call
+ `chatxfer_engine_connection_lost`.
+
+ # Safety
+ `engine` as for `chatxfer_engine_add_upload`; `data` is NULL or valid
+ for `len` bytes of reads.
+ */
+chatxfer_result chatxfer_engine_handle_bytes(struct chatxfer_engine *engine, const uint8_t *data, size_t len);
+
+/*
+ Sets `*out_ms` to the milliseconds until `chatxfer_engine_handle_timeout`
+ is due (0: now), or -1 when no timer is needed. Ask again after every
+ call that changes the engine.
+
+ # Safety
+ `engine` as for `chatxfer_engine_add_upload`; `out_ms` is NULL or valid
+ for a write.
+ */
+chatxfer_result chatxfer_engine_next_timeout_ms(struct chatxfer_engine *engine, int64_t *out_ms);
+
+/*
+ The host's timer fired (early calls are harmless).
+
+ # Safety
+ `engine` as for `chatxfer_engine_add_upload`.
+ */
+chatxfer_result chatxfer_engine_handle_timeout(struct chatxfer_engine *engine);
+
+/*
+ Takes the next event: on success `*out_got` says whether there was one,
+ and if so `*out` is it. Its strings stay valid until the next call of
+ this function on the same engine (or `chatxfer_engine_free`); copy what
+ you keep. Disconnected/Connected events do not occur here (the host
+ owns the connection).
+
+ # Safety
+ `engine` as for `chatxfer_engine_add_upload`; `out` and `out_got` are
+ NULL or valid for a write.
+ */
+chatxfer_result chatxfer_engine_poll_event(struct chatxfer_engine *engine, struct chatxfer_event *out, bool *out_got);
+
+/*
+ Sets `*out` to whether no transfer is queued, sending or paused.
+
+ # Safety
+ `engine` as for `chatxfer_engine_add_upload`; `out` is NULL or valid
+ for a write.
+ */
+chatxfer_result chatxfer_engine_is_idle(struct chatxfer_engine *engine, bool *out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -45,7 +45,10 @@
 //                  pass each reply to OnUploadRsp(id, body) (or raw bytes to
 //                  HandleBytes), call HandleTimeout() after NextTimeoutMs(),
 //                  Connected()/ConnectionLost() on socket changes, and drain
-//                  PollEvents() after each call. One thread owns it.
+//                  PollEvents() after each call. One thread owns it. Its
+//                  downloads (AddDownloadFile/StartDownload) write the file
+//                  on that thread, inside HandleBytes/OnUploadRsp.
+//                  (The C API's chatxfer_engine is the same object.)
 //
 // Threading contract: events of a Client are delivered to the EventSink
 // (chatxfer_sink.h) on the library thread "chatxfer-events", one at a time
@@ -151,7 +154,8 @@ inline Status SendFile(Target& target, const std::string& path, const std::strin
 
 // Registers the download of chat message `message_id`'s file into
 // `dest_dir`, held until StartDownload.
-inline Status AddDownloadFile(Client& client, const std::string& name, std::int64_t message_id,
+template <class Target>
+inline Status AddDownloadFile(Target& client, const std::string& name, std::int64_t message_id,
                               std::int64_t uid, const std::string& token,
                               const std::string& dest_dir, const std::string& md5,
                               std::uint8_t priority) {
@@ -168,7 +172,8 @@ inline Status AddDownloadFile(Client& client, const std::string& name, std::int6
 
 // Registers the download of user `uid`'s avatar `avatar_name` (1033) into
 // `dest_dir`, held until StartDownload.
-inline Status AddAvatarDownload(Client& client, const std::string& name,
+template <class Target>
+inline Status AddAvatarDownload(Target& client, const std::string& name,
                                 const std::string& avatar_name, std::int64_t uid,
                                 const std::string& token, const std::string& dest_dir,
                                 const std::string& client_path) {

@@ -322,6 +322,15 @@ pub mod ffi {
         /// As `Client::AddTransFile`.
         #[cxx_name = "AddTransFile"]
         fn add_trans_file(self: &mut TransferEngine, spec: &UploadSpec) -> Status;
+        /// As `Client::AddDownloadFile`: held until `StartDownload`. The
+        /// file is written on the calling thread, inside `HandleBytes` /
+        /// `OnUploadRsp`, to `<name>.part` in `spec.dest_dir` (which must
+        /// exist), then renamed to a free name; `Saved` carries the path.
+        #[cxx_name = "AddDownloadFile"]
+        fn add_download_file(self: &mut TransferEngine, spec: &DownloadSpec) -> Status;
+        /// Starts a held download (= `Resume`).
+        #[cxx_name = "StartDownload"]
+        fn start_download(self: &mut TransferEngine, name: &str) -> Status;
         #[cxx_name = "BatchSend"]
         fn batch_send(self: &mut TransferEngine, name: &str) -> Status;
         #[cxx_name = "Pause"]
@@ -330,6 +339,10 @@ pub mod ffi {
         fn resume(self: &mut TransferEngine, name: &str) -> Status;
         #[cxx_name = "Cancel"]
         fn cancel(self: &mut TransferEngine, name: &str) -> Status;
+        /// As `Client::Retry`: starts a failed or cancelled transfer over
+        /// (`Resume` on a failed one does the same).
+        #[cxx_name = "Retry"]
+        fn retry(self: &mut TransferEngine, name: &str) -> Status;
         #[cxx_name = "GetStatus"]
         fn get_status(self: &TransferEngine, name: &str, out: &mut FileInfo) -> Status;
         /// The host's socket connected / closed.
@@ -340,7 +353,8 @@ pub mod ffi {
         /// Frames to write now (about `max_bytes` at most); empty if none.
         #[cxx_name = "PollTransmit"]
         fn poll_transmit(self: &mut TransferEngine, max_bytes: usize) -> Vec<u8>;
-        /// One reply frame (id 1038/1042/1044 and its JSON body).
+        /// One reply frame (id 1038/1042/1044, or 1046/1048/1034 of a
+        /// download, and its JSON body).
         #[cxx_name = "OnUploadRsp"]
         fn on_upload_rsp(self: &mut TransferEngine, id: u16, body: &[u8]) -> Status;
         /// Raw bytes read from the socket (split into frames here).
@@ -661,6 +675,14 @@ impl TransferEngine {
         status(boundary(|| self.0.add_file(&spec.into())))
     }
 
+    fn add_download_file(&mut self, spec: &DownloadSpec) -> Status {
+        status(boundary(|| self.0.add_download(&spec.into())))
+    }
+
+    fn start_download(&mut self, name: &str) -> Status {
+        status(boundary(|| self.0.start_download(name)))
+    }
+
     fn batch_send(&mut self, name: &str) -> Status {
         status(boundary(|| self.0.resume(name)))
     }
@@ -675,6 +697,10 @@ impl TransferEngine {
 
     fn cancel(&mut self, name: &str) -> Status {
         status(boundary(|| self.0.cancel(name)))
+    }
+
+    fn retry(&mut self, name: &str) -> Status {
+        status(boundary(|| self.0.retry(name)))
     }
 
     fn get_status(&self, name: &str, out: &mut FileInfo) -> Status {

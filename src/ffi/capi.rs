@@ -30,7 +30,8 @@ use super::{
 pub use super::{chatxfer_event_kind, chatxfer_log_level, chatxfer_result, chatxfer_state};
 
 /// An event; every string is NUL-terminated and valid only during the
-/// callback (`name` is "" for connection events, never NULL).
+/// callback (`name` is "" for connection events, never NULL). From
+/// `chatxfer_engine_poll_event`: until the next call of it.
 #[repr(C)]
 #[derive(Debug)]
 pub struct chatxfer_event {
@@ -809,4 +810,459 @@ pub unsafe extern "C" fn chatxfer_last_error(buf: *mut c_char, len: usize) -> us
         msg.len()
     })
     .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------
+// The sans-IO engine (`chatxfer_engine_*`): the host owns the socket and the
+// timer, as today's `FileTcpMgr` does; the library owns no thread.
+
+/// The sans-IO engine for a host that keeps its own socket and timer
+/// (C++ `chatxfer::TransferEngine`). Opaque; from `chatxfer_engine_new`,
+/// released by `chatxfer_engine_free`. Not thread-safe: one thread at a
+/// time calls it (the GUI thread, typically). The host's loop: write what
+/// `chatxfer_engine_poll_transmit` gives, pass every byte read to
+/// `chatxfer_engine_handle_bytes`, arm one timer from
+/// `chatxfer_engine_next_timeout_ms` and call
+/// `chatxfer_engine_handle_timeout` when it fires, and drain
+/// `chatxfer_engine_poll_event` after each call.
+pub struct chatxfer_engine {
+    inner: super::SansIo,
+    /// Bytes produced by the engine that did not fit the caller's buffer:
+    /// they go first on the next `poll_transmit`, so the stream written is
+    /// whole frames in order. Dropped when the connection changes (a cut
+    /// frame must not start the next connection).
+    pending: Vec<u8>,
+    pending_at: usize,
+    /// Events taken from the engine, not yet handed out.
+    events: std::collections::VecDeque<FlatEvent>,
+    /// The strings of the event last handed out: valid until the next call
+    /// of `chatxfer_engine_poll_event` (or `_free`).
+    event_strings: Option<[CString; 4]>,
+}
+
+/// # Safety
+/// `e` is NULL or a live pointer from `chatxfer_engine_new`, used by one
+/// thread at a time.
+unsafe fn engine_arg<'a>(e: *mut chatxfer_engine) -> FfiResult<&'a mut chatxfer_engine> {
+    e.as_mut()
+        .ok_or_else(|| FfiError::new(Code::NullParameter, "engine is NULL"))
+}
+
+/// Creates a sans-IO engine. `server_appends`: true for the deployed
+/// ResourceServer (appends chunks), false for the reference server
+/// (`chatxfer serve`, positional); it decides how a lost connection
+/// resumes. On success `*out` is the new engine.
+///
+/// # Safety
+/// `out` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_new(
+    server_appends: bool,
+    out: *mut *mut chatxfer_engine,
+) -> chatxfer_result {
+    result(boundary(|| {
+        if out.is_null() {
+            return Err(FfiError::new(Code::NullParameter, "out is NULL"));
+        }
+        *out = Box::into_raw(Box::new(chatxfer_engine {
+            inner: super::SansIo::new(server_appends),
+            pending: Vec::new(),
+            pending_at: 0,
+            events: Default::default(),
+            event_strings: None,
+        }));
+        Ok(())
+    }))
+}
+
+/// Releases an engine (and the strings of its last event). NULL is allowed.
+///
+/// # Safety
+/// `engine` is NULL or from `chatxfer_engine_new` and not freed before.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_free(engine: *mut chatxfer_engine) {
+    if !engine.is_null() {
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| drop(Box::from_raw(engine))));
+    }
+}
+
+/// Registers an upload, as `chatxfer_client_add_upload` (an empty md5 is
+/// computed here, on the calling thread).
+///
+/// # Safety
+/// `engine` as for `chatxfer_engine_free`, not freed; `spec` is NULL or
+/// points to a spec whose strings are NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_add_upload(
+    engine: *mut chatxfer_engine,
+    spec: *const chatxfer_upload_spec,
+) -> chatxfer_result {
+    result(boundary(|| {
+        let e = engine_arg(engine)?;
+        e.inner.add_file(&UploadArgs::from_c(spec_arg(spec)?)?)
+    }))
+}
+
+/// Registers a download, held (PAUSED) until
+/// `chatxfer_engine_start_download`. `spec->dest_dir` must be an existing
+/// directory (else CHATXFER_RESULT_INVALID_ARGUMENT); the file is written
+/// there on the calling thread, inside `chatxfer_engine_handle_bytes`, to a
+/// new `<name>.part` and renamed to a free name at the end (never
+/// replacing a file); the SAVED event carries the path.
+///
+/// # Safety
+/// As for `chatxfer_engine_add_upload`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_add_download(
+    engine: *mut chatxfer_engine,
+    spec: *const chatxfer_download_spec,
+) -> chatxfer_result {
+    result(boundary(|| {
+        let e = engine_arg(engine)?;
+        e.inner
+            .add_download(&DownloadArgs::from_c(spec_arg(spec)?)?)
+    }))
+}
+
+/// Runs `f` on the engine and the checked name.
+unsafe fn with_engine_name(
+    engine: *mut chatxfer_engine,
+    name: *const c_char,
+    f: impl FnOnce(&mut super::SansIo, &str) -> FfiResult,
+) -> chatxfer_result {
+    result(boundary(|| {
+        let e = engine_arg(engine)?;
+        f(&mut e.inner, str_arg(name, "name")?)
+    }))
+}
+
+/// `BatchSend`: starts a held upload, or continues a paused transfer.
+///
+/// # Safety
+/// `engine` as for `chatxfer_engine_add_upload`; `name` is NULL or a
+/// NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_batch_send(
+    engine: *mut chatxfer_engine,
+    name: *const c_char,
+) -> chatxfer_result {
+    with_engine_name(engine, name, |e, n| e.resume(n))
+}
+
+/// Starts a held download (the same as `chatxfer_engine_resume`). Events:
+/// PROGRESS..., SAVED (`path`), COMPLETED, or FAILED.
+///
+/// # Safety
+/// As for `chatxfer_engine_batch_send`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_start_download(
+    engine: *mut chatxfer_engine,
+    name: *const c_char,
+) -> chatxfer_result {
+    with_engine_name(engine, name, |e, n| e.start_download(n))
+}
+
+/// Stops sending new requests of `name`; those in flight still complete.
+///
+/// # Safety
+/// As for `chatxfer_engine_batch_send`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_pause(
+    engine: *mut chatxfer_engine,
+    name: *const c_char,
+) -> chatxfer_result {
+    with_engine_name(engine, name, |e, n| e.pause(n))
+}
+
+/// Continues a paused or held transfer; a failed one starts over, as
+/// with `chatxfer_engine_retry`.
+///
+/// # Safety
+/// As for `chatxfer_engine_batch_send`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_resume(
+    engine: *mut chatxfer_engine,
+    name: *const c_char,
+) -> chatxfer_result {
+    with_engine_name(engine, name, |e, n| e.resume(n))
+}
+
+/// Abandons a transfer (a download's partial file is removed).
+///
+/// # Safety
+/// As for `chatxfer_engine_batch_send`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_cancel(
+    engine: *mut chatxfer_engine,
+    name: *const c_char,
+) -> chatxfer_result {
+    with_engine_name(engine, name, |e, n| e.cancel(n))
+}
+
+/// Starts a failed or cancelled transfer over under the same name (an
+/// upload from its file, a download into the same directory);
+/// `chatxfer_engine_resume` on a failed transfer does the same.
+///
+/// # Safety
+/// As for `chatxfer_engine_batch_send`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_retry(
+    engine: *mut chatxfer_engine,
+    name: *const c_char,
+) -> chatxfer_result {
+    with_engine_name(engine, name, |e, n| e.retry(n))
+}
+
+/// Writes a snapshot of `name` to `*out` (only on success).
+///
+/// # Safety
+/// As for `chatxfer_engine_batch_send`; `out` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_status(
+    engine: *mut chatxfer_engine,
+    name: *const c_char,
+    out: *mut chatxfer_file_status,
+) -> chatxfer_result {
+    with_engine_name(engine, name, |e, n| {
+        if out.is_null() {
+            return Err(FfiError::new(Code::NullParameter, "out is NULL"));
+        }
+        *out = file_status(e.status(n)?);
+        Ok(())
+    })
+}
+
+fn file_status(s: crate::engine::FileStatus) -> chatxfer_file_status {
+    let mut md5 = [0 as c_char; 33];
+    for (d, b) in md5.iter_mut().zip(s.md5.bytes().take(32)) {
+        *d = b as c_char;
+    }
+    chatxfer_file_status {
+        state: s.state.into(),
+        acked: s.acked,
+        total: s.total,
+        md5,
+    }
+}
+
+/// The host's socket is connected: transfers (re)start on it. Bytes of the
+/// previous connection not yet taken by `chatxfer_engine_poll_transmit`
+/// are dropped.
+///
+/// # Safety
+/// `engine` as for `chatxfer_engine_add_upload`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_connected(
+    engine: *mut chatxfer_engine,
+) -> chatxfer_result {
+    result(boundary(|| {
+        let e = engine_arg(engine)?;
+        e.drop_pending();
+        e.inner.connected();
+        Ok(())
+    }))
+}
+
+/// The host's socket closed (or the host closed it, e.g. after
+/// CHATXFER_RESULT_BAD_FRAME); requests in flight are re-sent after the
+/// next `chatxfer_engine_connected`, as the server kind allows.
+///
+/// # Safety
+/// `engine` as for `chatxfer_engine_add_upload`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_connection_lost(
+    engine: *mut chatxfer_engine,
+) -> chatxfer_result {
+    result(boundary(|| {
+        let e = engine_arg(engine)?;
+        e.drop_pending();
+        e.inner.connection_lost();
+        Ok(())
+    }))
+}
+
+impl chatxfer_engine {
+    fn drop_pending(&mut self) {
+        self.pending.clear();
+        self.pending_at = 0;
+    }
+}
+
+/// Copies up to `cap` bytes to write to the socket into `buf` and sets
+/// `*out_len` to their number (0: nothing to send now). The bytes are a
+/// stream of whole frames cut only by `cap`: the rest comes first on the
+/// next call, so call again until 0 before waiting on the socket. Write
+/// every byte given, in order.
+///
+/// # Safety
+/// `engine` as for `chatxfer_engine_add_upload`; `buf` is NULL or valid for
+/// `cap` bytes of writes; `out_len` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_poll_transmit(
+    engine: *mut chatxfer_engine,
+    buf: *mut u8,
+    cap: usize,
+    out_len: *mut usize,
+) -> chatxfer_result {
+    result(boundary(|| {
+        let e = engine_arg(engine)?;
+        if buf.is_null() || out_len.is_null() {
+            return Err(FfiError::new(Code::NullParameter, "buf or out_len is NULL"));
+        }
+        let out = std::slice::from_raw_parts_mut(buf, cap);
+        let mut n = 0;
+        while n < cap {
+            if e.pending_at == e.pending.len() {
+                // At least the room left, so one call fills the buffer.
+                e.pending = e.inner.poll_transmit(cap - n);
+                e.pending_at = 0;
+                if e.pending.is_empty() {
+                    break;
+                }
+            }
+            let take = (cap - n).min(e.pending.len() - e.pending_at);
+            out[n..n + take].copy_from_slice(&e.pending[e.pending_at..e.pending_at + take]);
+            e.pending_at += take;
+            n += take;
+        }
+        *out_len = n;
+        Ok(())
+    }))
+}
+
+/// Bytes read from the socket (`len` of them at `data`); frames are split
+/// here and may straddle calls. CHATXFER_RESULT_BAD_FRAME for a malformed
+/// header: the host should close the socket and call
+/// `chatxfer_engine_connection_lost`.
+///
+/// # Safety
+/// `engine` as for `chatxfer_engine_add_upload`; `data` is NULL or valid
+/// for `len` bytes of reads.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_handle_bytes(
+    engine: *mut chatxfer_engine,
+    data: *const u8,
+    len: usize,
+) -> chatxfer_result {
+    result(boundary(|| {
+        let e = engine_arg(engine)?;
+        if data.is_null() {
+            return Err(FfiError::new(Code::NullParameter, "data is NULL"));
+        }
+        e.inner.handle_bytes(std::slice::from_raw_parts(data, len))
+    }))
+}
+
+/// Sets `*out_ms` to the milliseconds until `chatxfer_engine_handle_timeout`
+/// is due (0: now), or -1 when no timer is needed. Ask again after every
+/// call that changes the engine.
+///
+/// # Safety
+/// `engine` as for `chatxfer_engine_add_upload`; `out_ms` is NULL or valid
+/// for a write.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_next_timeout_ms(
+    engine: *mut chatxfer_engine,
+    out_ms: *mut i64,
+) -> chatxfer_result {
+    result(boundary(|| {
+        let e = engine_arg(engine)?;
+        if out_ms.is_null() {
+            return Err(FfiError::new(Code::NullParameter, "out_ms is NULL"));
+        }
+        *out_ms = e.inner.next_timeout_ms();
+        Ok(())
+    }))
+}
+
+/// The host's timer fired (early calls are harmless).
+///
+/// # Safety
+/// `engine` as for `chatxfer_engine_add_upload`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_handle_timeout(
+    engine: *mut chatxfer_engine,
+) -> chatxfer_result {
+    result(boundary(|| {
+        engine_arg(engine)?.inner.handle_timeout();
+        Ok(())
+    }))
+}
+
+/// Takes the next event: on success `*out_got` says whether there was one,
+/// and if so `*out` is it. Its strings stay valid until the next call of
+/// this function on the same engine (or `chatxfer_engine_free`); copy what
+/// you keep. Disconnected/Connected events do not occur here (the host
+/// owns the connection).
+///
+/// # Safety
+/// `engine` as for `chatxfer_engine_add_upload`; `out` and `out_got` are
+/// NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_poll_event(
+    engine: *mut chatxfer_engine,
+    out: *mut chatxfer_event,
+    out_got: *mut bool,
+) -> chatxfer_result {
+    result(boundary(|| {
+        let e = engine_arg(engine)?;
+        if out.is_null() || out_got.is_null() {
+            return Err(FfiError::new(Code::NullParameter, "out or out_got is NULL"));
+        }
+        // The previous event's strings end here, as documented.
+        e.event_strings = None;
+        if e.events.is_empty() {
+            e.events
+                .extend(e.inner.poll_events().iter().map(FlatEvent::from_event));
+        }
+        let Some(f) = e.events.pop_front() else {
+            *out_got = false;
+            return Ok(());
+        };
+        let strings = [
+            c_string(&f.name),
+            c_string(&f.md5),
+            c_string(&f.message),
+            c_string(&f.path),
+        ];
+        *out = chatxfer_event {
+            kind: f.kind,
+            name: strings[0].as_ptr(),
+            state: f.xfer_state(),
+            acked: f.acked,
+            total: f.total,
+            rate: f.rate,
+            md5: strings[1].as_ptr(),
+            code: f.code,
+            message: strings[2].as_ptr(),
+            path: strings[3].as_ptr(),
+            retry_in_ms: f.retry_in_ms,
+            attempt: f.attempt,
+        };
+        // Moving the CStrings moves their pointers' owners, not the heap
+        // bytes the pointers point at.
+        e.event_strings = Some(strings);
+        *out_got = true;
+        Ok(())
+    }))
+}
+
+/// Sets `*out` to whether no transfer is queued, sending or paused.
+///
+/// # Safety
+/// `engine` as for `chatxfer_engine_add_upload`; `out` is NULL or valid
+/// for a write.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_is_idle(
+    engine: *mut chatxfer_engine,
+    out: *mut bool,
+) -> chatxfer_result {
+    result(boundary(|| {
+        let e = engine_arg(engine)?;
+        if out.is_null() {
+            return Err(FfiError::new(Code::NullParameter, "out is NULL"));
+        }
+        *out = e.inner.is_idle();
+        Ok(())
+    }))
 }

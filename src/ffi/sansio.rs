@@ -4,17 +4,26 @@
 //! [`SansIo::handle_frame`] (or raw bytes to [`SansIo::handle_bytes`]),
 //! arms one timer from [`SansIo::next_timeout_ms`], and drains
 //! [`SansIo::poll_events`] after each call. No threads, no runtime.
+//!
+//! Downloads write through the runtime's [`FileSink`]: bytes go to a new
+//! `<name>.part` (created exclusively, so a planted file or symlink is never
+//! written through), renamed to a free name when complete; the `Saved`
+//! event carries the final path. File IO happens on the caller's thread,
+//! inside `handle_bytes`/`handle_frame`.
 
 use std::time::Instant;
 
-use super::{Code, FfiError, FfiResult, UploadArgs};
-use crate::engine::{Engine, EngineConfig, Event, FileStatus, ServerStorage};
+use super::{Code, DownloadArgs, FfiError, FfiResult, UploadArgs};
+use crate::engine::{Engine, EngineConfig, Event, FileState, FileStatus, ServerStorage};
 use crate::protocol::{FrameDecoder, MsgId};
-use crate::runtime::files::FileSource;
+use crate::runtime::files::{FileSink, FileSource};
 
 pub struct SansIo {
     engine: Engine,
     decoder: FrameDecoder,
+    /// Each download's directory, for a retry (the engine keeps the spec
+    /// but not the sink's place).
+    dest_dirs: std::collections::HashMap<String, std::path::PathBuf>,
 }
 
 impl SansIo {
@@ -34,6 +43,7 @@ impl SansIo {
         SansIo {
             engine: Engine::new(config),
             decoder: FrameDecoder::new(limit),
+            dest_dirs: Default::default(),
         }
     }
 
@@ -48,11 +58,78 @@ impl SansIo {
         Ok(())
     }
 
+    /// `AddDownloadFile`: registered held (Paused, nothing asked of the
+    /// server) until [`SansIo::start_download`]; saved into `dest_dir` under
+    /// the server's file name, or a free variant of it.
+    pub fn add_download(&mut self, args: &DownloadArgs) -> FfiResult {
+        args.check()?;
+        let dir = std::path::Path::new(&args.dest_dir);
+        // Checked here so the mistake shows at the call, not as a Local
+        // failure after the first reply.
+        if !dir.is_dir() {
+            return Err(FfiError::new(
+                Code::InvalidArgument,
+                format!("destination {:?} is not a directory", args.dest_dir),
+            ));
+        }
+        self.add_download_spec(args.spec(), dir.to_path_buf())
+    }
+
+    fn add_download_spec(
+        &mut self,
+        spec: crate::engine::DownloadSpec,
+        dir: std::path::PathBuf,
+    ) -> FfiResult {
+        let name = spec.name.clone();
+        let sink = FileSink::new(&dir, None);
+        self.engine
+            .add_download(spec, Box::new(sink), Instant::now())?;
+        self.dest_dirs.insert(name, dir);
+        Ok(())
+    }
+
+    /// Starts a failed or cancelled transfer over under the same name, as
+    /// `runtime::Client::retry` does: an upload reopens its file (from seq
+    /// 1), a download asks the server again into the same directory.
+    pub fn retry(&mut self, name: &str) -> FfiResult {
+        let state = self.status(name)?.state;
+        if !matches!(state, FileState::Failed | FileState::Cancelled) {
+            return Err(crate::engine::Error::WrongState {
+                name: name.into(),
+                action: "retry",
+                state,
+            }
+            .into());
+        }
+        if let Some(mut spec) = self.engine.upload_spec(name) {
+            spec.hold = false;
+            let source = FileSource::open(&spec.path)?;
+            self.engine
+                .add_file(spec, Box::new(source), Instant::now())?;
+            return Ok(());
+        }
+        let unknown = || FfiError::new(Code::UnknownName, format!("no transfer named {name:?}"));
+        let mut spec = self.engine.download_spec(name).ok_or_else(unknown)?;
+        spec.hold = false;
+        let dir = self.dest_dirs.get(name).cloned().ok_or_else(unknown)?;
+        self.add_download_spec(spec, dir)
+    }
+
+    /// `StartDownload`: the same as [`SansIo::resume`].
+    pub fn start_download(&mut self, name: &str) -> FfiResult {
+        self.resume(name)
+    }
+
     pub fn pause(&mut self, name: &str) -> FfiResult {
         Ok(self.engine.pause(name, Instant::now())?)
     }
 
+    /// Also `BatchSend`/`StartDownload`. On a failed transfer (the chat
+    /// bubble's retry click) it is [`SansIo::retry`], as on the `Client`.
     pub fn resume(&mut self, name: &str) -> FfiResult {
+        if self.engine.file_status(name).map(|s| s.state) == Some(FileState::Failed) {
+            return self.retry(name);
+        }
         Ok(self.engine.resume(name, Instant::now())?)
     }
 
@@ -72,6 +149,9 @@ impl SansIo {
     }
 
     pub fn connection_lost(&mut self) {
+        // A partial frame of the dead connection (or the malformed header
+        // that made the host close it) must not be read as the next one's.
+        self.decoder = FrameDecoder::new(self.engine.config().max_body_len);
         self.engine.connection_lost(Instant::now());
     }
 

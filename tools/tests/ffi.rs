@@ -253,3 +253,543 @@ fn client_downloads_a_held_file_back_by_message_id() {
     t.shutdown(Some(Duration::from_secs(5))).unwrap();
     drop(server);
 }
+
+/// Drives `e` over `sock` until `done` says so for an event, with a bounded
+/// deadline; every event seen is returned. The host loop of a `FileTcpMgr`.
+fn drive_until(
+    e: &mut SansIo,
+    sock: &mut std::net::TcpStream,
+    done: impl FnMut(&chatxfer::engine::Event) -> bool,
+) -> Vec<chatxfer::engine::Event> {
+    drive_events(e, sock, done, false)
+}
+
+/// [`drive_until`], with Failed events allowed when `failures_expected`.
+fn drive_events(
+    e: &mut SansIo,
+    sock: &mut std::net::TcpStream,
+    mut done: impl FnMut(&chatxfer::engine::Event) -> bool,
+    failures_expected: bool,
+) -> Vec<chatxfer::engine::Event> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        let out = e.poll_transmit(256 * 1024);
+        sock.write_all(&out).unwrap();
+        match sock.read(&mut buf) {
+            Ok(0) => panic!("server closed: {seen:?}"),
+            Ok(n) => e.handle_bytes(&buf[..n]).unwrap(),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(err) => panic!("read: {err}"),
+        }
+        if e.next_timeout_ms() == 0 {
+            e.handle_timeout();
+        }
+        for ev in e.poll_events() {
+            if let chatxfer::engine::Event::Failed { .. } = ev {
+                assert!(failures_expected, "failed: {ev:?}");
+            }
+            let stop = done(&ev);
+            seen.push(ev);
+            if stop {
+                return seen;
+            }
+        }
+    }
+    panic!("no final event within 30 s: {seen:?}");
+}
+
+/// Downloads on the sans-IO engine: uploaded, then downloaded back by
+/// message id through the same host-owned socket, held until
+/// `start_download`, saved under a free name next to an existing file of
+/// the same name (never over it), byte-identical.
+#[test]
+fn sans_io_engine_downloads_through_a_socket_the_host_owns() {
+    use chatxfer::engine::Event;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let server = rt
+        .block_on(chatxfer_tools::server::start(
+            "127.0.0.1:0",
+            chatxfer_tools::server::ServerConfig::new(store.path()),
+        ))
+        .unwrap();
+    // Several chunks, and not a multiple of the chunk size.
+    let file = temp_file(1_000_003);
+    let want = std::fs::read(file.path()).unwrap();
+    let mut sock = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let mut e = SansIo::new(false);
+    e.connected();
+    e.add_file(&UploadArgs {
+        path: file.path().display().to_string(),
+        name: "pic.bin".into(),
+        uid: 7,
+        sender: 7,
+        receiver: 8,
+        message_id: 42,
+        md5: String::new(),
+        priority: 0,
+        hold: false,
+        token: String::new(),
+        avatar: false,
+    })
+    .unwrap();
+    drive_until(
+        &mut e,
+        &mut sock,
+        |ev| matches!(ev, Event::Completed { name, .. } if name == "pic.bin"),
+    );
+
+    // A file of the server's name is already there: it must survive.
+    std::fs::write(dest.path().join("pic.bin"), b"mine").unwrap();
+    let dl = DownloadArgs {
+        name: "d".into(),
+        message_id: 42,
+        uid: 8,
+        token: String::new(),
+        dest_dir: dest.path().to_str().unwrap().into(),
+        md5: chatxfer::engine::md5_of(&want),
+        priority: 0,
+        avatar: None,
+        known: None,
+    };
+    let missing = DownloadArgs {
+        dest_dir: dest.path().join("nope").to_str().unwrap().into(),
+        ..dl.clone()
+    };
+    assert_eq!(
+        e.add_download(&missing).unwrap_err().code,
+        Code::InvalidArgument
+    );
+    e.add_download(&dl).unwrap();
+    assert_eq!(e.add_download(&dl).unwrap_err().code, Code::DuplicateName);
+    assert_eq!(e.status("d").unwrap().state, FileState::Paused);
+    // Held: nothing goes to the server.
+    assert!(e.poll_transmit(1 << 20).is_empty(), "held: nothing to send");
+    assert_eq!(
+        e.start_download("nope").unwrap_err().code,
+        Code::UnknownName
+    );
+    e.start_download("d").unwrap();
+    let seen = drive_until(
+        &mut e,
+        &mut sock,
+        |ev| matches!(ev, Event::Completed { name, .. } if name == "d"),
+    );
+    let saved: Vec<_> = seen
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::Saved { name, path } if name == "d" => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(saved.len(), 1, "one Saved before Completed: {seen:?}");
+    assert_ne!(
+        saved[0],
+        dest.path().join("pic.bin"),
+        "not over the existing file"
+    );
+    assert_eq!(saved[0].parent(), Some(dest.path()));
+    assert_eq!(std::fs::read(&saved[0]).unwrap(), want);
+    assert_eq!(std::fs::read(dest.path().join("pic.bin")).unwrap(), b"mine");
+    let parts: Vec<_> = std::fs::read_dir(dest.path())
+        .unwrap()
+        .map(|d| d.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".part"))
+        .collect();
+    assert!(parts.is_empty(), "no partial file left: {parts:?}");
+    let st = e.status("d").unwrap();
+    assert_eq!(st.state, FileState::Completed);
+    assert_eq!(st.total, want.len() as u64);
+    assert!(e.is_idle());
+    rt.block_on(server.shutdown());
+}
+
+/// What [`c_drive`] saw of one event: kind, name and path, copied while the
+/// engine's strings were valid.
+type CEvent = (EventKind, String, String);
+
+/// Drives the C ABI's engine over `sock` with a `cap`-byte transmit buffer
+/// until transfer `name` completes (panics on its failure or after 30 s).
+///
+/// # Safety
+/// `e` is a live engine from `chatxfer_engine_new`.
+unsafe fn c_drive(
+    e: *mut capi::chatxfer_engine,
+    sock: &mut std::net::TcpStream,
+    name: &str,
+    cap: usize,
+) -> Vec<CEvent> {
+    use std::ffi::CStr;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut out = vec![0u8; cap];
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        loop {
+            let mut n = 0usize;
+            assert_eq!(
+                capi::chatxfer_engine_poll_transmit(e, out.as_mut_ptr(), cap, &mut n),
+                Code::Ok
+            );
+            assert!(n <= cap);
+            if n == 0 {
+                break;
+            }
+            sock.write_all(&out[..n]).unwrap();
+        }
+        match sock.read(&mut buf) {
+            Ok(0) => panic!("server closed: {seen:?}"),
+            Ok(n) => assert_eq!(
+                capi::chatxfer_engine_handle_bytes(e, buf.as_ptr(), n),
+                Code::Ok
+            ),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(err) => panic!("read: {err}"),
+        }
+        let mut ms = -2i64;
+        assert_eq!(capi::chatxfer_engine_next_timeout_ms(e, &mut ms), Code::Ok);
+        assert!(ms >= -1);
+        if ms == 0 {
+            assert_eq!(capi::chatxfer_engine_handle_timeout(e), Code::Ok);
+        }
+        loop {
+            let mut ev = std::mem::MaybeUninit::<capi::chatxfer_event>::uninit();
+            let mut got = false;
+            assert_eq!(
+                capi::chatxfer_engine_poll_event(e, ev.as_mut_ptr(), &mut got),
+                Code::Ok
+            );
+            if !got {
+                break;
+            }
+            let ev = ev.assume_init();
+            let s = |p| CStr::from_ptr(p).to_str().unwrap().to_owned();
+            let seen_one = (ev.kind, s(ev.name), s(ev.path));
+            assert_ne!(
+                ev.kind,
+                EventKind::Failed,
+                "{seen_one:?}: {}",
+                s(ev.message)
+            );
+            let done = seen_one.0 == EventKind::Completed && seen_one.1 == name;
+            seen.push(seen_one);
+            if done {
+                return seen;
+            }
+        }
+    }
+    panic!("{name}: no Completed within 30 s: {seen:?}");
+}
+
+fn connect(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    sock
+}
+
+/// The C ABI's engine from Rust, with a transmit buffer far smaller than a
+/// frame: the bytes handed out must still be whole frames in order. A
+/// connection cut in the middle of a frame, then a new one: the cut frame's
+/// rest must not open the new connection (the server would read garbage),
+/// and the upload completes byte-identically; then the file comes back
+/// through `chatxfer_engine_add_download`/`_start_download`.
+#[test]
+fn c_engine_cuts_frames_to_any_buffer_and_drops_a_cut_frame_on_reconnect() {
+    use std::ffi::CString;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let server = rt
+        .block_on(chatxfer_tools::server::start(
+            "127.0.0.1:0",
+            chatxfer_tools::server::ServerConfig::new(store.path()),
+        ))
+        .unwrap();
+    let file = temp_file(200_003);
+    let want = std::fs::read(file.path()).unwrap();
+    let path = CString::new(file.path().to_str().unwrap()).unwrap();
+    let dest_c = CString::new(dest.path().to_str().unwrap()).unwrap();
+    unsafe {
+        let mut e: *mut capi::chatxfer_engine = std::ptr::null_mut();
+        assert_eq!(capi::chatxfer_engine_new(false, &mut e), Code::Ok);
+        assert!(!e.is_null());
+        let spec = capi::chatxfer_upload_spec {
+            path: path.as_ptr(),
+            name: c"cut.bin".as_ptr(),
+            uid: 7,
+            sender: 7,
+            receiver: 8,
+            message_id: 9,
+            md5: std::ptr::null(),
+            priority: 0,
+            hold: false,
+            token: std::ptr::null(),
+            avatar: false,
+        };
+        assert_eq!(capi::chatxfer_engine_add_upload(e, &spec), Code::Ok);
+
+        // First connection: 100 bytes of the first frame, then it drops.
+        let mut first = connect(server.local_addr());
+        assert_eq!(capi::chatxfer_engine_connected(e), Code::Ok);
+        let mut head = [0u8; 100];
+        let mut n = 0usize;
+        assert_eq!(
+            capi::chatxfer_engine_poll_transmit(e, head.as_mut_ptr(), head.len(), &mut n),
+            Code::Ok
+        );
+        assert_eq!(n, head.len(), "a chunk frame is longer than 100 bytes");
+        first.write_all(&head).unwrap();
+        drop(first);
+        assert_eq!(capi::chatxfer_engine_connection_lost(e), Code::Ok);
+
+        let mut second = connect(server.local_addr());
+        assert_eq!(capi::chatxfer_engine_connected(e), Code::Ok);
+        c_drive(e, &mut second, "cut.bin", 7);
+        let stored = std::fs::read(store.path().join("7").join("cut.bin")).unwrap();
+        assert!(stored == want, "the stored copy differs");
+
+        let dl = capi::chatxfer_download_spec {
+            name: c"back".as_ptr(),
+            message_id: 9,
+            uid: 8,
+            token: c"".as_ptr(),
+            dest_dir: dest_c.as_ptr(),
+            md5: std::ptr::null(),
+            priority: 0,
+            avatar_name: std::ptr::null(),
+            avatar_client_path: std::ptr::null(),
+            avatar_req_type: std::ptr::null(),
+            known_name: std::ptr::null(),
+            known_size: 0,
+            known_sender: 0,
+        };
+        assert_eq!(capi::chatxfer_engine_add_download(e, &dl), Code::Ok);
+        assert_eq!(
+            capi::chatxfer_engine_add_download(e, &dl),
+            Code::DuplicateName
+        );
+        assert_eq!(
+            capi::chatxfer_engine_start_download(e, c"back".as_ptr()),
+            Code::Ok
+        );
+        let seen = c_drive(e, &mut second, "back", 1000);
+        let saved: Vec<_> = seen
+            .iter()
+            .filter(|(k, n, _)| *k == EventKind::Saved && n == "back")
+            .map(|(_, _, p)| p.clone())
+            .collect();
+        assert_eq!(saved, [dest.path().join("cut.bin").to_str().unwrap()]);
+        assert!(
+            std::fs::read(&saved[0]).unwrap() == want,
+            "the downloaded copy differs"
+        );
+        let mut st = std::mem::MaybeUninit::<capi::chatxfer_file_status>::uninit();
+        assert_eq!(
+            capi::chatxfer_engine_status(e, c"back".as_ptr(), st.as_mut_ptr()),
+            Code::Ok
+        );
+        let st = st.assume_init();
+        assert_eq!(st.state, XferState::Completed);
+        assert_eq!(st.total, want.len() as u64);
+        capi::chatxfer_engine_free(e);
+    }
+    rt.block_on(server.shutdown());
+}
+
+/// A sans-IO download whose connection drops part-way: after
+/// `connection_lost` and a new socket, it continues into the same partial
+/// file and ends byte-identical, saved once, with no partial file left.
+#[test]
+fn sans_io_download_survives_a_connection_cut() {
+    use chatxfer::engine::Event;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let server = rt
+        .block_on(chatxfer_tools::server::start(
+            "127.0.0.1:0",
+            chatxfer_tools::server::ServerConfig::new(store.path()),
+        ))
+        .unwrap();
+    let file = temp_file(3_000_001);
+    let want = std::fs::read(file.path()).unwrap();
+    let mut e = SansIo::new(false);
+    let mut sock = connect(server.local_addr());
+    e.connected();
+    e.add_file(&UploadArgs {
+        path: file.path().display().to_string(),
+        name: "big.bin".into(),
+        uid: 7,
+        sender: 7,
+        receiver: 8,
+        message_id: 11,
+        md5: String::new(),
+        priority: 0,
+        hold: false,
+        token: String::new(),
+        avatar: false,
+    })
+    .unwrap();
+    drive_until(
+        &mut e,
+        &mut sock,
+        |ev| matches!(ev, Event::Completed { name, .. } if name == "big.bin"),
+    );
+    e.add_download(&DownloadArgs {
+        name: "d".into(),
+        message_id: 11,
+        uid: 8,
+        token: String::new(),
+        dest_dir: dest.path().to_str().unwrap().into(),
+        md5: chatxfer::engine::md5_of(&want),
+        priority: 0,
+        avatar: None,
+        known: None,
+    })
+    .unwrap();
+    e.start_download("d").unwrap();
+    drive_until(
+        &mut e,
+        &mut sock,
+        |ev| matches!(ev, Event::Progress { name, .. } if name == "d"),
+    );
+    let at_cut = e.status("d").unwrap();
+    assert!(
+        at_cut.acked > 0 && at_cut.acked < want.len() as u64,
+        "cut part-way: {at_cut:?}"
+    );
+    drop(sock);
+    e.connection_lost();
+    let mut sock = connect(server.local_addr());
+    e.connected();
+    let seen = drive_until(
+        &mut e,
+        &mut sock,
+        |ev| matches!(ev, Event::Completed { name, .. } if name == "d"),
+    );
+    let saved: Vec<_> = seen
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::Saved { name, path } if name == "d" => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(saved, [dest.path().join("big.bin")]);
+    assert!(
+        std::fs::read(&saved[0]).unwrap() == want,
+        "the copy differs"
+    );
+    let names: Vec<_> = std::fs::read_dir(dest.path())
+        .unwrap()
+        .map(|d| d.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["big.bin"], "nothing but the file");
+    rt.block_on(server.shutdown());
+}
+
+/// Retry on the sans-IO engine, as on the `Client`: a cancelled upload and
+/// a cancelled download start over under their names and complete
+/// byte-identically; a failed download (wrong md5) is started over by
+/// `resume` (the bubble's click) and fails again, as it must, with a second
+/// Failed event; a transfer in progress or done is not retried.
+#[test]
+fn sans_io_engine_retries_cancelled_and_failed_transfers() {
+    use chatxfer::engine::Event;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let server = rt
+        .block_on(chatxfer_tools::server::start(
+            "127.0.0.1:0",
+            chatxfer_tools::server::ServerConfig::new(store.path()),
+        ))
+        .unwrap();
+    let file = temp_file(500_001);
+    let want = std::fs::read(file.path()).unwrap();
+    let mut e = SansIo::new(false);
+    let mut sock = connect(server.local_addr());
+    e.connected();
+    e.add_file(&UploadArgs {
+        path: file.path().display().to_string(),
+        name: "r.bin".into(),
+        uid: 7,
+        sender: 7,
+        receiver: 8,
+        message_id: 12,
+        md5: String::new(),
+        priority: 0,
+        hold: true,
+        token: String::new(),
+        avatar: false,
+    })
+    .unwrap();
+    assert_eq!(e.retry("r.bin").unwrap_err().code, Code::WrongState);
+    e.cancel("r.bin").unwrap();
+    assert_eq!(e.retry("nope").unwrap_err().code, Code::UnknownName);
+    e.retry("r.bin").unwrap();
+    drive_until(
+        &mut e,
+        &mut sock,
+        |ev| matches!(ev, Event::Completed { name, .. } if name == "r.bin"),
+    );
+    assert!(std::fs::read(store.path().join("7").join("r.bin")).unwrap() == want);
+    assert_eq!(e.retry("r.bin").unwrap_err().code, Code::WrongState);
+
+    let dl = DownloadArgs {
+        name: "d".into(),
+        message_id: 12,
+        uid: 8,
+        token: String::new(),
+        dest_dir: dest.path().to_str().unwrap().into(),
+        md5: String::new(),
+        priority: 0,
+        avatar: None,
+        known: None,
+    };
+    e.add_download(&dl).unwrap();
+    e.cancel("d").unwrap();
+    e.retry("d").unwrap();
+    drive_until(
+        &mut e,
+        &mut sock,
+        |ev| matches!(ev, Event::Completed { name, .. } if name == "d"),
+    );
+    assert!(std::fs::read(dest.path().join("r.bin")).unwrap() == want);
+
+    // The wrong md5: fails at the end; resume starts it over.
+    e.add_download(&DownloadArgs {
+        name: "bad".into(),
+        md5: "0".repeat(32),
+        ..dl.clone()
+    })
+    .unwrap();
+    e.start_download("bad").unwrap();
+    let fails = |ev: &Event| matches!(ev, Event::Failed { name, .. } if name == "bad");
+    drive_events(&mut e, &mut sock, fails, true);
+    assert_eq!(e.status("bad").unwrap().state, FileState::Failed);
+    e.resume("bad").unwrap();
+    assert_eq!(e.status("bad").unwrap().state, FileState::Sending);
+    drive_events(&mut e, &mut sock, fails, true);
+    assert_eq!(e.status("bad").unwrap().state, FileState::Failed);
+    // Neither failed attempt left anything but the good copy.
+    let names: Vec<_> = std::fs::read_dir(dest.path())
+        .unwrap()
+        .map(|d| d.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["r.bin"]);
+    rt.block_on(server.shutdown());
+}
