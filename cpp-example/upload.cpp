@@ -1,6 +1,7 @@
 // upload: the C++ API end to end.
 //
 //   upload [--server HOST:PORT] [--chatxfer PATH] [--uid N] [--pause-first]
+//          [--appending] [--state-dir DIR [--resume]] [--rate-limit B/S]
 //          [--sans-io [--download-to DIR]] FILE...
 //
 // Uploads every FILE at once, printing a progress line per file as events
@@ -13,7 +14,10 @@
 // TransferEngine over a socket this program owns (poll loop) instead of the
 // library's own connection; with --download-to it then downloads each file
 // back (by its message id) into DIR through the same engine and socket and
-// prints "NAME: saved PATH".
+// prints "NAME: saved PATH". --state-dir DIR keeps journals of unfinished
+// transfers; a later run with --resume (FILE optional) continues what a
+// killed run left. --appending: the server appends (`serve --appending`, as
+// the deployed one). --rate-limit caps the upload rate (bytes/s).
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -224,7 +228,8 @@ class LogPrinter : public chatxfer::LogSink {
 int Usage() {
   std::fprintf(stderr,
                "usage: upload [--server HOST:PORT] [--chatxfer PATH] [--uid N] "
-               "[--pause-first] [--sans-io [--download-to DIR]] FILE...\n");
+               "[--pause-first] [--appending] [--state-dir DIR [--resume]] [--rate-limit B/S] "
+               "[--sans-io [--download-to DIR]] FILE...\n");
   return 2;
 }
 
@@ -233,22 +238,48 @@ int Usage() {
 using Done = std::map<std::string, std::string>;  // name -> md5
 
 // The networked Client: the library owns the socket and its threads.
+// What the command line asks of the networked client.
+struct ClientFlags {
+  bool pause_first = false;
+  bool appending = false;       // the server appends (`serve --appending`, the deployed one)
+  std::string state_dir;        // journals of unfinished uploads and downloads
+  bool resume = false;          // continue what an earlier (killed) run left
+  std::uint64_t rate_limit = 0;  // upload bytes/s
+};
+
 static int RunClient(const std::string& host, std::uint16_t port,
-                     const std::vector<std::string>& files, std::int64_t uid, bool pause_first,
-                     Done& done) {
+                     const std::vector<std::string>& files, std::int64_t uid,
+                     const ClientFlags& flags, Done& done) {
+  const bool pause_first = flags.pause_first;
   int exit_code = 0;
   auto inbox = std::make_shared<Inbox>();
-  // `chatxfer serve` writes chunks at their offset; the deployed server
-  // appends (the default). A phone app might also set rate_limit here.
+  // `chatxfer serve` writes chunks at their offset unless --appending; the
+  // deployed server appends (the default).
   chatxfer::ClientOptions options = chatxfer::DefaultOptions();
-  options.server_appends = false;
+  options.server_appends = flags.appending;
   options.give_up_after_ms = 120000;
+  options.state_dir = flags.state_dir;
+  options.rate_limit = flags.rate_limit;
+  options.token = "tok";  // lets an appending server be asked what it holds
   auto client = chatxfer::NewClientWith(std::make_unique<Sink>(inbox), options);
   if (client->Connect(host, port) != chatxfer::Status::Ok) {
     std::fprintf(stderr, "upload: connect: %s\n", std::string(chatxfer::LastError()).c_str());
     return 1;
   }
   std::map<std::string, std::string> pending;  // name -> path
+  if (flags.resume) {
+    // What a killed earlier run left: resumed, each from where it was.
+    for (const auto& r : client->ListResumable()) {
+      std::string name(r.name), path(r.path);
+      std::printf("%s: resumable %s, %llu of %llu bytes done\n", name.c_str(),
+                  r.download ? "download" : "upload", static_cast<unsigned long long>(r.done),
+                  static_cast<unsigned long long>(r.total));
+      auto st = client->ResumeOffered(name);
+      std::printf("%s: resume -> %s\n", name.c_str(), std::string(chatxfer::StatusName(st)).c_str());
+      if (st == chatxfer::Status::Ok) pending[name] = path;
+      else exit_code = 1;
+    }
+  }
   std::int64_t message_id = 1;
   for (const auto& path : files) {
     std::string name = BaseName(path);
@@ -275,7 +306,7 @@ static int RunClient(const std::string& host, std::uint16_t port,
     pending[name] = path;
   }
 
-  std::string first = BaseName(files[0]);
+  std::string first = files.empty() ? std::string() : BaseName(files[0]);
   bool paused_once = false;
   auto resume_at = std::chrono::steady_clock::time_point::max();
   auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(5);
@@ -476,7 +507,8 @@ static int RunSansIo(const std::string& host, std::uint16_t port,
 int main(int argc, char** argv) {
   std::string server_arg, exe = CHATXFER_COMMAND_PATH;
   std::int64_t uid = 1001;
-  bool pause_first = false, sans_io = false;
+  bool sans_io = false;
+  ClientFlags flags;
   std::string download_to;
   std::vector<std::string> files;
   for (int i = 1; i < argc; ++i) {
@@ -484,7 +516,11 @@ int main(int argc, char** argv) {
     if (a == "--server" && i + 1 < argc) server_arg = argv[++i];
     else if (a == "--chatxfer" && i + 1 < argc) exe = argv[++i];
     else if (a == "--uid" && i + 1 < argc) uid = std::atoll(argv[++i]);
-    else if (a == "--pause-first") pause_first = true;
+    else if (a == "--pause-first") flags.pause_first = true;
+    else if (a == "--appending") flags.appending = true;
+    else if (a == "--state-dir" && i + 1 < argc) flags.state_dir = argv[++i];
+    else if (a == "--resume") flags.resume = true;
+    else if (a == "--rate-limit" && i + 1 < argc) flags.rate_limit = std::strtoull(argv[++i], nullptr, 10);
     else if (a == "--sans-io") sans_io = true;
     else if (a == "--download-to" && i + 1 < argc) download_to = argv[++i];
     else if (a.rfind("--", 0) == 0) return Usage();
@@ -495,7 +531,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "upload: SetLogSink: %s\n", std::string(chatxfer::LastError()).c_str());
     return 1;
   }
-  if (files.empty()) return Usage();
+  if (files.empty() && !flags.resume) return Usage();
 
   Server server;
   std::string addr = server_arg;
@@ -516,7 +552,7 @@ int main(int argc, char** argv) {
   Done done;
   if (!download_to.empty() && !sans_io) return Usage();
   int exit_code = sans_io ? RunSansIo(host, port, files, uid, done, download_to)
-                          : RunClient(host, port, files, uid, pause_first, done);
+                          : RunClient(host, port, files, uid, flags, done);
 
   // The embedded server: check what it stored.
   if (!server.dir.empty()) {

@@ -517,6 +517,33 @@ typedef struct chatxfer_download_spec {
 } chatxfer_download_spec;
 
 /*
+ A transfer an earlier process left unfinished (strings valid during
+ the callback only).
+ */
+typedef struct chatxfer_resumable {
+  const char *name;
+  /*
+   Upload: the source file. Download: the destination directory.
+   */
+  const char *path;
+  /*
+   Upload: bytes the server acknowledged. Download: 0 (it starts over).
+   */
+  uint64_t done;
+  /*
+   Upload: the file's size. Download: the size if known, else 0.
+   */
+  uint64_t total;
+  bool download;
+} chatxfer_resumable;
+
+/*
+ Receives one entry of `chatxfer_client_list_resumable`, on the calling
+ thread.
+ */
+typedef void (*chatxfer_resumable_callback)(void *user_data, const struct chatxfer_resumable *entry);
+
+/*
  A snapshot of one transfer.
  */
 typedef struct chatxfer_file_status {
@@ -648,6 +675,36 @@ chatxfer_result chatxfer_client_resume(const struct chatxfer_client *client, con
  As for `chatxfer_client_batch_send`.
  */
 chatxfer_result chatxfer_client_retry(const struct chatxfer_client *client, const char *name);
+
+/*
+ With `chatxfer_options.state_dir`: calls `callback` once per transfer an
+ earlier process left unfinished (found when this client connected), then
+ returns. Resume (`chatxfer_client_resume_offered`) or discard
+ (`chatxfer_client_discard_offered`) each.
+
+ # Safety
+ As for `chatxfer_client_connect`; `callback` is NULL or valid.
+ */
+chatxfer_result chatxfer_client_list_resumable(const struct chatxfer_client *client, chatxfer_resumable_callback callback, void *user_data);
+
+/*
+ Continues a transfer `chatxfer_client_list_resumable` listed: an upload
+ from what the server acknowledged (its source must be unchanged), a
+ download from the start.
+
+ # Safety
+ As for `chatxfer_client_batch_send`.
+ */
+chatxfer_result chatxfer_client_resume_offered(const struct chatxfer_client *client, const char *name);
+
+/*
+ Forgets a transfer `chatxfer_client_list_resumable` listed (its journal,
+ and a download's partial file).
+
+ # Safety
+ As for `chatxfer_client_batch_send`.
+ */
+chatxfer_result chatxfer_client_discard_offered(const struct chatxfer_client *client, const char *name);
 
 /*
  Abandons an upload.

@@ -130,6 +130,20 @@ pub mod ffi {
         attempt: u32,
     }
 
+    /// A transfer an earlier process left unfinished (`ListResumable`).
+    #[derive(Debug, Clone)]
+    struct Resumable {
+        name: String,
+        /// Upload: the source file. Download: the destination directory.
+        path: String,
+        /// Upload: bytes the server acknowledged. Download: 0 (it starts
+        /// over; the partial file a killed process left is not trusted).
+        done: u64,
+        /// Upload: the file's size. Download: the size if known, else 0.
+        total: u64,
+        download: bool,
+    }
+
     /// A snapshot of one transfer.
     #[derive(Debug)]
     struct FileInfo {
@@ -290,6 +304,20 @@ pub mod ffi {
         /// `Resume` on a failed transfer does the same.
         #[cxx_name = "Retry"]
         fn retry(self: &Client, name: &str) -> Status;
+        /// With `ClientOptions::state_dir`: the transfers an earlier process
+        /// left unfinished, found when this client connected (empty before
+        /// `Connect`). Resume or discard each.
+        #[cxx_name = "ListResumable"]
+        fn list_resumable(self: &Client) -> Vec<Resumable>;
+        /// Continues one of `ListResumable()`: an upload from what the
+        /// server acknowledged (its source must be unchanged), a download
+        /// from the start.
+        #[cxx_name = "ResumeOffered"]
+        fn resume_offered(self: &Client, name: &str) -> Status;
+        /// Forgets one of `ListResumable()` (its journal, and a download's
+        /// partial file).
+        #[cxx_name = "DiscardOffered"]
+        fn discard_offered(self: &Client, name: &str) -> Status;
         /// Writes `out` only on `Status::Ok`.
         #[cxx_name = "GetStatus"]
         fn get_status(self: &Client, name: &str, out: &mut FileInfo) -> Status;
@@ -633,6 +661,28 @@ impl Client {
 
     fn retry(&self, name: &str) -> Status {
         status(boundary(|| self.0.retry(name)))
+    }
+
+    fn list_resumable(&self) -> Vec<ffi::Resumable> {
+        boundary(|| self.0.resumable())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| ffi::Resumable {
+                name: r.name,
+                path: r.path,
+                done: r.done,
+                total: r.total,
+                download: r.download,
+            })
+            .collect()
+    }
+
+    fn resume_offered(&self, name: &str) -> Status {
+        status(boundary(|| self.0.resume_offered(name)))
+    }
+
+    fn discard_offered(&self, name: &str) -> Status {
+        status(boundary(|| self.0.discard_offered(name)))
     }
 
     fn get_status(&self, name: &str, out: &mut FileInfo) -> Status {

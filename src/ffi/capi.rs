@@ -586,6 +586,85 @@ pub unsafe extern "C" fn chatxfer_client_retry(
     with_name(client, name, |t, n| t.retry(n))
 }
 
+/// A transfer an earlier process left unfinished (strings valid during
+/// the callback only).
+#[repr(C)]
+#[derive(Debug)]
+pub struct chatxfer_resumable {
+    pub name: *const c_char,
+    /// Upload: the source file. Download: the destination directory.
+    pub path: *const c_char,
+    /// Upload: bytes the server acknowledged. Download: 0 (it starts over).
+    pub done: u64,
+    /// Upload: the file's size. Download: the size if known, else 0.
+    pub total: u64,
+    pub download: bool,
+}
+
+/// Receives one entry of `chatxfer_client_list_resumable`, on the calling
+/// thread.
+pub type chatxfer_resumable_callback =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, entry: *const chatxfer_resumable)>;
+
+/// With `chatxfer_options.state_dir`: calls `callback` once per transfer an
+/// earlier process left unfinished (found when this client connected), then
+/// returns. Resume (`chatxfer_client_resume_offered`) or discard
+/// (`chatxfer_client_discard_offered`) each.
+///
+/// # Safety
+/// As for `chatxfer_client_connect`; `callback` is NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_list_resumable(
+    client: *const chatxfer_client,
+    callback: chatxfer_resumable_callback,
+    user_data: *mut c_void,
+) -> chatxfer_result {
+    result(boundary(|| {
+        let c = client_arg(client)?;
+        let cb = callback.ok_or_else(|| FfiError::new(Code::NullParameter, "callback is NULL"))?;
+        for r in c.inner.resumable()? {
+            let (name, path) = (c_string(&r.name), c_string(&r.path));
+            let entry = chatxfer_resumable {
+                name: name.as_ptr(),
+                path: path.as_ptr(),
+                done: r.done,
+                total: r.total,
+                download: r.download,
+            };
+            // SAFETY: the app gave a valid callback; `entry` outlives it.
+            cb(user_data, &entry);
+        }
+        Ok(())
+    }))
+}
+
+/// Continues a transfer `chatxfer_client_list_resumable` listed: an upload
+/// from what the server acknowledged (its source must be unchanged), a
+/// download from the start.
+///
+/// # Safety
+/// As for `chatxfer_client_batch_send`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_resume_offered(
+    client: *const chatxfer_client,
+    name: *const c_char,
+) -> chatxfer_result {
+    with_name(client, name, |t, n| t.resume_offered(n))
+}
+
+/// Forgets a transfer `chatxfer_client_list_resumable` listed (its journal,
+/// and a download's partial file).
+///
+/// # Safety
+/// As for `chatxfer_client_batch_send`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_discard_offered(
+    client: *const chatxfer_client,
+    name: *const c_char,
+) -> chatxfer_result {
+    with_name(client, name, |t, n| t.discard_offered(n))
+}
+
 /// Abandons an upload.
 ///
 /// # Safety

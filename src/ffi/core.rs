@@ -166,6 +166,46 @@ impl Client {
         Ok(client.resume(name)?)
     }
 
+    /// Transfers an earlier process left unfinished (found in the state
+    /// directory when this client connected): uploads, then downloads.
+    pub fn resumable(&self) -> FfiResult<Vec<super::Resumable>> {
+        let client = self.client()?;
+        let mut all: Vec<super::Resumable> = client
+            .offered()
+            .into_iter()
+            .map(|e| super::Resumable {
+                done: (e.acked_prefix as u64 * e.chunk_size as u64).min(e.size),
+                total: e.size,
+                path: e.path.display().to_string(),
+                name: e.name,
+                download: false,
+            })
+            .collect();
+        all.extend(
+            client
+                .offered_downloads()
+                .into_iter()
+                .map(|d| super::Resumable {
+                    done: 0,
+                    total: d.known.as_ref().map_or(0, |k| k.1),
+                    path: d.dest_dir.display().to_string(),
+                    name: d.name,
+                    download: true,
+                }),
+        );
+        Ok(all)
+    }
+
+    /// Continues a transfer an earlier process left unfinished.
+    pub fn resume_offered(&self, name: &str) -> FfiResult {
+        Ok(self.client()?.resume_offered(name)?)
+    }
+
+    /// Forgets a transfer an earlier process left unfinished.
+    pub fn discard_offered(&self, name: &str) -> FfiResult {
+        Ok(self.client()?.discard_offered(name)?)
+    }
+
     /// Starts a failed or cancelled transfer over (see `runtime::Client::retry`).
     pub fn retry(&self, name: &str) -> FfiResult {
         Ok(self.client()?.retry(name)?)

@@ -413,11 +413,19 @@ impl FlatEvent {
                 ..FlatEvent::new(EventKind::Disconnected, "")
             },
             ClientEvent::ResumeOffered {
-                name, acked, total, ..
+                name,
+                acked,
+                total,
+                download,
+                ..
             } => FlatEvent {
                 acked: *acked,
                 total: *total,
-                message: "an unfinished upload can be resumed".into(),
+                message: if *download {
+                    "an unfinished download can be resumed (from the start)".into()
+                } else {
+                    "an unfinished upload can be resumed".into()
+                },
                 ..FlatEvent::new(EventKind::Warning, name)
             },
             ClientEvent::JournalIgnored { path, reason } => FlatEvent {
@@ -426,6 +434,20 @@ impl FlatEvent {
             },
         }
     }
+}
+
+/// A transfer an earlier process left unfinished, as both foreign layers
+/// list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumable {
+    pub name: String,
+    /// Upload: the source file. Download: the destination directory.
+    pub path: String,
+    /// Upload: bytes the server acknowledged. Download: 0 (it starts over).
+    pub done: u64,
+    /// Upload: the file's size. Download: the size if known, else 0.
+    pub total: u64,
+    pub download: bool,
 }
 
 /// An upload as both foreign layers describe it (C++ `UploadSpec`, C

@@ -56,13 +56,17 @@ pub enum ClientEvent {
     /// A transfer's state, progress, completion or failure, or a connection
     /// problem the engine detected.
     Transfer(Event),
-    /// An upload an earlier process left unfinished was found in the state
-    /// directory; [`Client::resume_offered`] continues it.
+    /// A transfer an earlier process left unfinished was found in the state
+    /// directory; [`Client::resume_offered`] continues it,
+    /// [`Client::discard_offered`] forgets it. For an upload `path` is the
+    /// source and `acked` what the server acknowledged; for a download
+    /// (`download`) `path` is the destination directory and it starts over.
     ResumeOffered {
         name: String,
         path: PathBuf,
         acked: u64,
         total: u64,
+        download: bool,
     },
     /// A journal in the state directory was corrupt or of another version;
     /// it is left alone and not resumed.
@@ -174,6 +178,10 @@ struct JournalState {
     templates: HashMap<String, JournalEntry>,
     /// Journals found at start and not yet resumed.
     offers: HashMap<String, JournalEntry>,
+    /// Unfinished downloads' journals, with their partial file once known.
+    downloads: HashMap<String, (journal::DownloadJournal, super::files::PartSlot)>,
+    /// Download journals found at start and not yet resumed.
+    download_offers: HashMap<String, journal::DownloadJournal>,
 }
 
 impl Shared {
@@ -232,8 +240,12 @@ impl Shared {
                 Event::StateChanged { name, state } if state.is_terminal() => {
                     if let Some(dir) = &journal.dir {
                         journal::remove(dir, name);
+                        if journal.downloads.contains_key(name) {
+                            journal::remove_download(dir, name);
+                        }
                     }
                     journal.templates.remove(name);
+                    journal.downloads.remove(name);
                 }
                 Event::Progress { .. } => journal.dirty = true,
                 Event::ConnectionStalled { waited } => {
@@ -246,6 +258,9 @@ impl Shared {
             }
             let _ = self.events.send(ClientEvent::Transfer(e));
         }
+        // A download's partial file is journaled as soon as it exists, so a
+        // killed process leaves nothing unaccounted for.
+        journal.note_new_parts();
         let due = journal
             .last_write
             .is_none_or(|t| t.elapsed() >= journal.interval);
@@ -259,6 +274,20 @@ impl Shared {
 }
 
 impl JournalState {
+    fn note_new_parts(&mut self) {
+        let Some(dir) = self.dir.clone() else { return };
+        for (name, (entry, part)) in &mut self.downloads {
+            let part = lock(part).clone();
+            if part.is_none() || entry.part == part {
+                continue;
+            }
+            entry.part = part;
+            if let Err(e) = journal::write_download(&dir, entry) {
+                tracing::warn!(name, dir = %dir.display(), "cannot write download journal: {e}");
+            }
+        }
+    }
+
     /// Writes the journal of every unfinished upload; `exact` only when
     /// nothing is in flight (a drained, graceful shutdown).
     fn write_all(&mut self, engine: &Engine, exact: bool) {
@@ -281,6 +310,7 @@ impl JournalState {
                 tracing::warn!(name, dir = %dir.display(), "cannot write upload journal: {e}");
             }
         }
+        self.note_new_parts();
     }
 }
 
@@ -335,8 +365,26 @@ impl Client {
                     path: entry.path.clone(),
                     acked,
                     total: entry.size,
+                    download: false,
                 });
                 journal_state.offers.insert(entry.name.clone(), entry);
+            }
+            let (found, bad) = journal::scan_downloads(dir);
+            for (path, reason) in bad {
+                tracing::warn!(path = %path.display(), %reason, "ignoring download journal");
+                let _ = tx.send(ClientEvent::JournalIgnored { path, reason });
+            }
+            for entry in found {
+                let _ = tx.send(ClientEvent::ResumeOffered {
+                    name: entry.name.clone(),
+                    path: entry.dest_dir.clone(),
+                    acked: 0,
+                    total: entry.known.as_ref().map_or(0, |k| k.1),
+                    download: true,
+                });
+                journal_state
+                    .download_offers
+                    .insert(entry.name.clone(), entry);
             }
         }
         let shared = Arc::new(Shared {
@@ -546,10 +594,39 @@ impl Client {
         self.refuse_hashing_name(&spec.name)?;
         let dest_dir = dest_dir.into();
         let name = spec.name.clone();
-        let sink =
-            FileSink::new(dest_dir.clone(), file_name.clone()).existing(self.shared.existing_files);
+        let part: super::files::PartSlot = Arc::default();
+        let sink = FileSink::new(dest_dir.clone(), file_name.clone())
+            .existing(self.shared.existing_files)
+            .report_part(part.clone());
+        let entry = journal::DownloadJournal {
+            version: journal::JOURNAL_VERSION,
+            name: spec.name.clone(),
+            message_id: spec.message_id,
+            uid: spec.uid,
+            token: spec.token.clone(),
+            md5: spec.md5.clone(),
+            priority: spec.priority,
+            avatar: spec
+                .avatar
+                .as_ref()
+                .map(|a| (a.name.clone(), a.client_path.clone(), a.req_type.clone())),
+            known: spec
+                .known
+                .as_ref()
+                .map(|k| (k.server_name.clone(), k.size, k.sender_id, k.receiver_id)),
+            dest_dir: std::path::absolute(&dest_dir).unwrap_or_else(|_| dest_dir.clone()),
+            file_name: file_name.clone(),
+            part: None,
+        };
         self.with_engine(|e, now| e.add_download(spec, Box::new(sink), now).map(|_| ()))?;
-        lock(&self.shared.destinations).insert(name, (dest_dir, file_name));
+        lock(&self.shared.destinations).insert(name.clone(), (dest_dir, file_name));
+        let mut j = lock(&self.shared.journal);
+        if let Some(dir) = j.dir.clone() {
+            if let Err(e) = journal::write_download(&dir, &entry) {
+                tracing::warn!(%name, dir = %dir.display(), "cannot write download journal: {e}");
+            }
+            j.downloads.insert(name, (entry, part));
+        }
         Ok(())
     }
 
@@ -590,6 +667,35 @@ impl Client {
         self.add_download(spec, dir, file_name)
     }
 
+    /// Downloads found unfinished in the state directory at start.
+    pub fn offered_downloads(&self) -> Vec<journal::DownloadJournal> {
+        let j = lock(&self.shared.journal);
+        let mut v: Vec<_> = j.download_offers.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Forgets a transfer an earlier process left unfinished: its journal
+    /// goes, and a download's partial file too.
+    pub fn discard_offered(&self, name: &str) -> Result<()> {
+        let mut j = lock(&self.shared.journal);
+        let dir = j.dir.clone();
+        let upload = j.offers.remove(name);
+        let download = j.download_offers.remove(name);
+        drop(j);
+        let (Some(dir), true) = (dir, upload.is_some() || download.is_some()) else {
+            return Err(crate::engine::Error::UnknownName { name: name.into() }.into());
+        };
+        if upload.is_some() {
+            journal::remove(&dir, name);
+        }
+        if let Some(d) = download {
+            journal::remove_stale_part(&d);
+            journal::remove_download(&dir, name);
+        }
+        Ok(())
+    }
+
     /// Uploads found unfinished in the state directory at start.
     pub fn offered(&self) -> Vec<JournalEntry> {
         let j = lock(&self.shared.journal);
@@ -602,6 +708,10 @@ impl Client {
     /// its source is unchanged (same size and modification time); if it
     /// changed, the upload fails with a clear error and its journal is removed.
     pub fn resume_offered(&self, name: &str) -> Result<()> {
+        let download = lock(&self.shared.journal).download_offers.remove(name);
+        if let Some(d) = download {
+            return self.resume_offered_download(d);
+        }
         let (entry, dir) = {
             let mut j = lock(&self.shared.journal);
             (j.offers.remove(name), j.dir.clone())
@@ -680,6 +790,41 @@ impl Client {
         })?;
         self.remember(template);
         Ok(())
+    }
+
+    /// A download an earlier process left unfinished starts over (its old
+    /// partial file removed, see the journal module).
+    fn resume_offered_download(&self, d: journal::DownloadJournal) -> Result<()> {
+        journal::remove_stale_part(&d);
+        tracing::info!(name = %d.name, "resuming download from journal (from the start)");
+        let spec = DownloadSpec {
+            name: d.name.clone(),
+            message_id: d.message_id,
+            uid: d.uid,
+            token: d.token.clone(),
+            md5: d.md5.clone(),
+            priority: d.priority,
+            hold: false,
+            avatar: d.avatar.clone().map(|(name, client_path, req_type)| {
+                crate::engine::AvatarRef {
+                    name,
+                    client_path,
+                    req_type,
+                }
+            }),
+            known: d
+                .known
+                .clone()
+                .map(
+                    |(server_name, size, sender_id, receiver_id)| crate::engine::KnownFile {
+                        server_name,
+                        size,
+                        sender_id,
+                        receiver_id,
+                    },
+                ),
+        };
+        self.add_download(spec, d.dest_dir.clone(), d.file_name.clone())
     }
 
     fn template(&self, spec: &FileSpec, source: &FileSource) -> JournalEntry {

@@ -143,7 +143,12 @@ pub struct FileSink {
     existing: ExistingFile,
     /// The open partial file, its path, and the file name wanted.
     open: Option<(File, PathBuf, String)>,
+    /// Where to tell the partial file's path once created (a journal).
+    report_part: Option<PartSlot>,
 }
+
+/// A download's partial file path, once its sink created it.
+pub type PartSlot = std::sync::Arc<std::sync::Mutex<Option<PathBuf>>>;
 
 impl FileSink {
     pub fn new(dir: impl Into<PathBuf>, name: Option<String>) -> FileSink {
@@ -152,7 +157,14 @@ impl FileSink {
             name,
             existing: ExistingFile::default(),
             open: None,
+            report_part: None,
         }
+    }
+
+    /// Tells `slot` the partial file's path when it is created.
+    pub fn report_part(mut self, slot: PartSlot) -> FileSink {
+        self.report_part = Some(slot);
+        self
     }
 
     /// What to do when the name is taken (default: pick a free name).
@@ -264,6 +276,9 @@ impl ChunkSink for FileSink {
         if let Err(e) = file.set_len(size) {
             let _ = std::fs::remove_file(&part);
             return Err(e);
+        }
+        if let Some(slot) = &self.report_part {
+            *crate::sync::lock(slot) = Some(part.clone());
         }
         self.open = Some((file, part, name));
         Ok(())

@@ -18,6 +18,12 @@
 //! (re-sending to an appending server after lost acknowledgements would
 //! duplicate bytes). A resumed upload's journal is rewritten as inexact
 //! before its first chunk goes out.
+//!
+//! Downloads have journals too (`<name>.download.json`): what the download
+//! was registered with, where it goes, and its partial file once known. A
+//! resumed download starts over (a partial file left by a killed process
+//! is not trusted: its bytes were never verified), after removing that
+//! partial file if it is still a plain file in the destination.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -55,6 +61,122 @@ pub struct JournalEntry {
     pub acked_beyond: Vec<u32>,
     /// Written after every in-flight chunk was answered (graceful shutdown).
     pub exact: bool,
+}
+
+const DOWNLOAD_SUFFIX: &str = ".download.json";
+
+/// An unfinished download, as a restart needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadJournal {
+    pub version: u32,
+    pub name: String,
+    pub message_id: i64,
+    pub uid: i64,
+    /// The login token (the journal is readable by its owner only).
+    pub token: String,
+    pub md5: Option<String>,
+    pub priority: u8,
+    /// Avatar (name, client path, request type).
+    pub avatar: Option<(String, String, String)>,
+    /// From the 1039 notify: (server name, size, sender, receiver).
+    pub known: Option<(String, u64, i64, i64)>,
+    pub dest_dir: PathBuf,
+    pub file_name: Option<String>,
+    /// The partial file, once created.
+    pub part: Option<PathBuf>,
+}
+
+fn download_path_for(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}{DOWNLOAD_SUFFIX}"))
+}
+
+/// Writes `entry` atomically, readable by its owner only.
+pub fn write_download(dir: &Path, entry: &DownloadJournal) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(entry).map_err(std::io::Error::other)?;
+    write_atomically(dir, &download_path_for(dir, &entry.name), &bytes)
+}
+
+pub fn remove_download(dir: &Path, name: &str) {
+    let _ = std::fs::remove_file(download_path_for(dir, name));
+}
+
+/// Every download journal in `dir`, and `(path, reason)` for bad ones.
+pub fn scan_downloads(dir: &Path) -> (Vec<DownloadJournal>, Vec<(PathBuf, String)>) {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return (ok, bad);
+    };
+    for item in read.flatten() {
+        let path = item.path();
+        let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(name) = file.strip_suffix(DOWNLOAD_SUFFIX) else {
+            continue;
+        };
+        if file.starts_with('.') {
+            continue;
+        }
+        let loaded = std::fs::read(&path)
+            .map_err(|e| format!("unreadable: {e}"))
+            .and_then(|b| {
+                serde_json::from_slice::<DownloadJournal>(&b).map_err(|e| format!("corrupt: {e}"))
+            })
+            .and_then(|e| {
+                if e.version != JOURNAL_VERSION {
+                    Err(format!(
+                        "journal version {}, this library reads {JOURNAL_VERSION}",
+                        e.version
+                    ))
+                } else if e.name != name {
+                    Err(format!(
+                        "names {:?}, but the file is named {name:?}",
+                        e.name
+                    ))
+                } else {
+                    Ok(e)
+                }
+            });
+        match loaded {
+            Ok(e) => ok.push(e),
+            Err(reason) => bad.push((path, reason)),
+        }
+    }
+    ok.sort_by(|a, b| a.name.cmp(&b.name));
+    (ok, bad)
+}
+
+/// Removes a journaled partial file if it is still what a download left:
+/// a plain file (no link followed) directly in the destination, named
+/// `*.part`. Anything else is left alone.
+pub fn remove_stale_part(entry: &DownloadJournal) {
+    let Some(part) = &entry.part else { return };
+    let in_dest = part.parent() == Some(entry.dest_dir.as_path());
+    let is_part = part.extension().is_some_and(|e| e == "part");
+    let plain = std::fs::symlink_metadata(part).is_ok_and(|m| m.file_type().is_file());
+    if in_dest && is_part && plain {
+        let _ = std::fs::remove_file(part);
+    }
+}
+
+fn write_atomically(dir: &Path, final_path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let file = final_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("journal");
+    let tmp = dir.join(format!(".{file}.tmp"));
+    {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut f = options.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+    }
+    std::fs::rename(&tmp, final_path)
 }
 
 pub fn mtime_of(t: Option<SystemTime>) -> Option<(u64, u32)> {

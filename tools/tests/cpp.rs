@@ -291,10 +291,16 @@ struct Serve {
 
 impl Serve {
     fn start() -> Serve {
+        Serve::start_with(&[])
+    }
+
+    /// `chatxfer serve` with more options (e.g. `--appending`).
+    fn start_with(extra: &[&str]) -> Serve {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_chatxfer"))
             .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
             .arg(dir.path())
+            .args(extra)
             .stderr(Stdio::piped())
             .spawn()
             .expect("chatxfer serve starts");
@@ -841,4 +847,88 @@ fn c_sans_io_engine_uploads_and_downloads_over_its_own_socket() {
     // The library printed nothing by itself (and AddressSanitizer, which
     // the program is built with, reported nothing).
     assert!(out.stderr.is_empty(), "{}", show(&out));
+}
+
+/// The C++ client killed mid-upload (SIGKILL: no shutdown, no drain) and
+/// started again with `--resume` continues from its journal and the stored
+/// file is byte-identical — against the positional reference server and
+/// against it in the deployed server's appending mode, where nothing may be
+/// appended twice.
+#[test]
+fn cpp_client_killed_mid_upload_resumes_after_a_restart() {
+    let dir = built();
+    for appending in [false, true] {
+        let server = Serve::start_with(if appending { &["--appending"] } else { &[] });
+        let work = tempfile::tempdir().unwrap();
+        let state = work.path().join("state");
+        let src = work.path().join("trip.mp4");
+        write_file(&src, 24_000_000, 21);
+        let mut args = vec![
+            "--server".to_string(),
+            server.addr.clone(),
+            "--state-dir".into(),
+            state.display().to_string(),
+            // Slow enough to be killed half-way on any machine.
+            "--rate-limit".into(),
+            "4000000".into(),
+        ];
+        if appending {
+            args.push("--appending".into());
+        }
+        let mut first = Command::new(dir.join("upload"))
+            .args(&args)
+            .arg(&src)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Killed once its journal records acknowledged chunks.
+        let journal = state.join("trip.mp4.journal.json");
+        let deadline = Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let acked = std::fs::read_to_string(&journal)
+                .ok()
+                .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+                .and_then(|v| v["acked_prefix"].as_u64())
+                .unwrap_or(0);
+            if acked >= 20 {
+                break;
+            }
+            assert!(
+                first.try_wait().unwrap().is_none(),
+                "the first run ended before it could be killed"
+            );
+            assert!(Instant::now() < deadline, "no journal progress");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        first.kill().unwrap();
+        first.wait().unwrap();
+
+        let mut resume = args.clone();
+        resume.truncate(4); // --server, --state-dir: no rate limit now
+        if appending {
+            resume.push("--appending".into());
+        }
+        resume.push("--resume".into());
+        let out = Command::new(dir.join("upload"))
+            .args(&resume)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "resume failed:\n{}", show(&out));
+        assert!(
+            stdout.contains("trip.mp4: resumable upload"),
+            "nothing offered:\n{stdout}"
+        );
+        assert!(stdout.contains("trip.mp4: completed"), "{stdout}");
+        let stored = std::fs::read(server.dir.path().join("1001").join("trip.mp4")).unwrap();
+        assert!(
+            stored == std::fs::read(&src).unwrap(),
+            "stored copy differs (appending: {appending})"
+        );
+        assert!(
+            !journal.exists(),
+            "the journal of a completed upload was kept"
+        );
+    }
 }

@@ -38,6 +38,11 @@ pub struct Args {
     /// Error replies carry only `error`, like the deployed server.
     #[arg(long)]
     deployed_errors: bool,
+    /// Store like the deployed server: seq 1 truncates, every other chunk
+    /// is appended (out-of-order or repeated chunks counted as violations).
+    /// For testing clients against it; the default writes positionally.
+    #[arg(long)]
+    appending: bool,
     /// Login tokens, one `UID TOKEN` per line (`#` comments): seq 1 of an
     /// upload (1041, 1031) and of a download (1047, 1033) must carry the
     /// uid's token (1011 no token for the uid, 1010 another token).
@@ -87,6 +92,9 @@ impl Args {
     pub fn config(&self) -> AnyResult<ServerConfig> {
         let mut cfg = ServerConfig::new(&self.dir);
         cfg.named_errors = !self.deployed_errors;
+        if self.appending {
+            cfg.storage = chatxfer_tools::server::Storage::AppendStrict;
+        }
         cfg.max_file_size = self.max_file_size;
         cfg.limits = Limits {
             max_connections: self.max_connections,
