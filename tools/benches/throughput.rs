@@ -4,6 +4,7 @@
 //! cargo bench --bench throughput                 # every scenario
 //! cargo bench --bench throughput -- wan40 memory # some of them
 //! cargo bench --bench throughput -- deployed-model # the deployed server's timing (issue 16)
+//! cargo bench --bench throughput -- rate_cap       # the upload rate cap against its target (issue 14)
 //! CHATXFER_BENCH_SCALE=0.05 CHATXFER_BENCH_RUNS=1 cargo bench --bench throughput
 //! ```
 //!
@@ -586,9 +587,21 @@ fn client_upload(
     files: &[(PathBuf, String, String)],
     peer: Option<u32>,
 ) -> Run {
+    client_upload_capped(addr, window, files, peer, None)
+}
+
+/// [`client_upload`] with an upload rate cap (bytes/s on the wire).
+fn client_upload_capped(
+    addr: &str,
+    window: WindowPolicy,
+    files: &[(PathBuf, String, String)],
+    peer: Option<u32>,
+    rate_limit: Option<u64>,
+) -> Run {
     let mut cfg = ClientConfig::new(addr);
     cfg.engine.server_storage = ServerStorage::Positional;
     cfg.engine.window = window;
+    cfg.engine.rate_limit = rate_limit;
     let (client, mut events) = Client::start(cfg).expect("client");
     loop {
         match events.blocking_recv().expect("events") {
@@ -852,6 +865,49 @@ fn loopback(o: &Opts, inputs: &mut Inputs, rows: &mut Vec<Row>) {
             link_mb_s: None,
         });
     }
+}
+
+/// The upload rate cap (`EngineConfig::rate_limit`, the options'
+/// `rate_limit`) on loopback: the wire rate against the cap, whose target
+/// is within 10 %.
+fn rate_cap(o: &Opts, inputs: &mut Inputs, rows: &mut Vec<Row>) {
+    const CAP: u64 = 8_000_000;
+    let bytes = o.bytes(48 * MIB);
+    let (path, md5) = inputs.file("capped", bytes);
+    let store = store_dir();
+    let server = start_server(store.path(), None);
+    let mut runs = Vec::new();
+    for r in 0..o.runs {
+        let name = run_name("rate_cap", "adaptive", r);
+        let run = client_upload_capped(
+            &server.addr,
+            WindowPolicy::adaptive(),
+            &[(path.clone(), md5.clone(), name)],
+            Some(server.pid()),
+            Some(CAP),
+        );
+        eprintln!(
+            "rate_cap: run {r}: {:.2} MB/s on the wire against a cap of {:.2} MB/s ({:.3}x)",
+            run.wire_bytes as f64 / run.secs / 1e6,
+            CAP as f64 / 1e6,
+            run.wire_bytes as f64 / run.secs / CAP as f64
+        );
+        runs.push(run);
+        clean_store(store.path());
+    }
+    rows.push(Row {
+        scenario: "rate_cap",
+        window: "adaptive".into(),
+        files: 1,
+        bytes,
+        runs,
+        note: format!(
+            "upload capped at {} MB/s on the wire (target: wire MB/s within 10 %)",
+            CAP as f64 / 1e6
+        ),
+        peak_rss: false,
+        link_mb_s: None,
+    });
 }
 
 /// Windows of the `deployed-model` rows.
@@ -1208,9 +1264,10 @@ fn main() {
     );
     let mut rows = Vec::new();
     type Scenario = fn(&Opts, &mut Inputs, &mut Vec<Row>);
-    let plan: [(&str, Scenario); 7] = [
+    let plan: [(&str, Scenario); 8] = [
         ("limit", limit),
         ("loopback", loopback),
+        ("rate_cap", rate_cap),
         ("deployed-model", deployed_model),
         ("wan40", |o, i, r| wan(o, i, r, "wan40", "40ms", "200mbit")),
         ("wan100", |o, i, r| {

@@ -42,6 +42,9 @@ pub struct Args {
     /// Give a transfer up after this long without progress (0s: never).
     #[arg(long, default_value = "60s", value_parser = chatxfer_tools::linkemu::parse_duration)]
     give_up_after: std::time::Duration,
+    /// Cap the upload at this many bytes per second on the wire (0: none).
+    #[arg(long, default_value_t = 0)]
+    rate_limit: u64,
 
     /// Raw bytes per chunk.
     #[arg(long, default_value_t = chatxfer::protocol::DEFAULT_CHUNK_SIZE)]
@@ -83,6 +86,7 @@ impl Args {
             receiver: 2,
             window: WindowPolicy::adaptive(),
             give_up_after: std::time::Duration::from_secs(60),
+            rate_limit: 0,
             chunk: chatxfer::protocol::DEFAULT_CHUNK_SIZE,
             state_dir: None,
             resume: false,
@@ -207,6 +211,7 @@ fn client_config(a: &Args, embedded: Option<&Embedded>) -> ClientConfig {
     config.engine.window = a.window;
     config.engine.give_up_after = (!a.give_up_after.is_zero()).then_some(a.give_up_after);
     config.engine.chunk_size = a.chunk;
+    config.engine.rate_limit = (a.rate_limit > 0).then_some(a.rate_limit);
     config.engine.server_storage = storage;
     config.state_dir = a.state_dir.clone();
     config
