@@ -299,6 +299,16 @@ impl Engine {
         }
     }
 
+    /// Whether `name` may be started over (a retry): only a failed or
+    /// cancelled transfer may.
+    pub fn check_retryable(&self, name: &str) -> Result<()> {
+        let id = self.lookup(name)?;
+        match self.state(id) {
+            FileState::Failed | FileState::Cancelled => Ok(()),
+            state => Err(wrong_state(name, "retry", state)),
+        }
+    }
+
     /// What upload `name` was registered with (to retry it).
     pub fn upload_spec(&self, name: &str) -> Option<FileSpec> {
         match &self.transfers.get(self.names.get(name)?)?.dir {

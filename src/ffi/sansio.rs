@@ -92,15 +92,7 @@ impl SansIo {
     /// `runtime::Client::retry` does: an upload reopens its file (from seq
     /// 1), a download asks the server again into the same directory.
     pub fn retry(&mut self, name: &str) -> FfiResult {
-        let state = self.status(name)?.state;
-        if !matches!(state, FileState::Failed | FileState::Cancelled) {
-            return Err(crate::engine::Error::WrongState {
-                name: name.into(),
-                action: "retry",
-                state,
-            }
-            .into());
-        }
+        self.engine.check_retryable(name)?;
         if let Some(mut spec) = self.engine.upload_spec(name) {
             spec.hold = false;
             let source = FileSource::open(&spec.path)?;

@@ -462,18 +462,7 @@ impl Client {
             hashing.insert(spec.name.clone(), entry);
         }
         tracing::debug!(name = %spec.name, size, "hashing before the upload");
-        let state = if spec.hold {
-            FileState::Paused
-        } else {
-            FileState::Queued
-        };
-        let _ = self
-            .shared
-            .events
-            .send(ClientEvent::Transfer(Event::StateChanged {
-                name: spec.name.clone(),
-                state,
-            }));
+        self.report_hashing_state(&spec.name, spec.hold);
         let client = self.clone();
         self.shared.rt.spawn_blocking(move || {
             let md5 = hash_unless_cancelled(&mut source, &cancel);
@@ -635,22 +624,11 @@ impl Client {
     /// its md5 as given or computed then), a download asks the server again
     /// into the same directory (a partial file was removed when it ended).
     pub fn retry(&self, name: &str) -> Result<()> {
-        let (state, upload, download) = {
+        let (upload, download) = {
             let e = self.shared.engine();
-            let state = e
-                .file_status(name)
-                .map(|s| s.state)
-                .ok_or_else(|| crate::engine::Error::UnknownName { name: name.into() })?;
-            (state, e.upload_spec(name), e.download_spec(name))
+            e.check_retryable(name)?;
+            (e.upload_spec(name), e.download_spec(name))
         };
-        if !matches!(state, FileState::Failed | FileState::Cancelled) {
-            return Err(crate::engine::Error::WrongState {
-                name: name.into(),
-                action: "retry",
-                state,
-            }
-            .into());
-        }
         tracing::info!(name, "retrying transfer");
         if let Some(mut spec) = upload {
             spec.hold = false;
@@ -891,20 +869,25 @@ impl Client {
         };
         if h.hold != hold {
             h.hold = hold;
-            let state = if hold {
-                FileState::Paused
-            } else {
-                FileState::Queued
-            };
-            let _ = self
-                .shared
-                .events
-                .send(ClientEvent::Transfer(Event::StateChanged {
-                    name: name.into(),
-                    state,
-                }));
+            self.report_hashing_state(name, hold);
         }
         true
+    }
+
+    /// An upload still being hashed is `Paused` (held) or `Queued`.
+    fn report_hashing_state(&self, name: &str, hold: bool) {
+        let state = if hold {
+            FileState::Paused
+        } else {
+            FileState::Queued
+        };
+        let _ = self
+            .shared
+            .events
+            .send(ClientEvent::Transfer(Event::StateChanged {
+                name: name.into(),
+                state,
+            }));
     }
 
     pub fn status(&self, name: &str) -> Option<FileStatus> {

@@ -104,20 +104,8 @@ pub fn remove_download(dir: &Path, name: &str) {
 pub fn scan_downloads(dir: &Path) -> (Vec<DownloadJournal>, Vec<(PathBuf, String)>) {
     let mut ok = Vec::new();
     let mut bad = Vec::new();
-    let Ok(read) = std::fs::read_dir(dir) else {
-        return (ok, bad);
-    };
-    for item in read.flatten() {
-        let path = item.path();
-        let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        let Some(name) = file.strip_suffix(DOWNLOAD_SUFFIX) else {
-            continue;
-        };
-        if file.starts_with('.') {
-            continue;
-        }
+    for (path, name) in journal_files(dir, DOWNLOAD_SUFFIX) {
+        let name = name.as_str();
         let loaded = std::fs::read(&path)
             .map_err(|e| format!("unreadable: {e}"))
             .and_then(|b| {
@@ -218,17 +206,7 @@ pub fn remove(dir: &Path, name: &str) {
 pub fn scan(dir: &Path) -> (Vec<JournalEntry>, Vec<(PathBuf, String)>) {
     let mut ok = Vec::new();
     let mut bad = Vec::new();
-    let Ok(read) = std::fs::read_dir(dir) else {
-        return (ok, bad);
-    };
-    for item in read.flatten() {
-        let path = item.path();
-        let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        if file.starts_with('.') || !file.ends_with(SUFFIX) {
-            continue;
-        }
+    for (path, _) in journal_files(dir, SUFFIX) {
         match load(&path) {
             Ok(e) => ok.push(e),
             Err(reason) => bad.push((path, reason)),
@@ -236,6 +214,25 @@ pub fn scan(dir: &Path) -> (Vec<JournalEntry>, Vec<(PathBuf, String)>) {
     }
     ok.sort_by(|a, b| a.name.cmp(&b.name));
     (ok, bad)
+}
+
+/// The journal files of one kind in `dir` (named `<name><suffix>`; hidden
+/// ones are temporary), with the name each file's name gives.
+fn journal_files(dir: &Path, suffix: &str) -> Vec<(PathBuf, String)> {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    read.flatten()
+        .filter_map(|item| {
+            let path = item.path();
+            let file = path.file_name()?.to_str()?;
+            if file.starts_with('.') {
+                return None;
+            }
+            let name = file.strip_suffix(suffix)?.to_string();
+            Some((path, name))
+        })
+        .collect()
 }
 
 fn load(path: &Path) -> Result<JournalEntry, String> {
