@@ -478,35 +478,19 @@ impl Conn {
         if let Some(code) = self.shared.injected(name) {
             return Some(self.error(code, Some(name), Some(seq)));
         }
-        if seq == 1 {
-            // With a token table (`serve --tokens`), only the uid's owner
-            // may start (or truncate) its upload. Later chunks carry no
-            // token in the deployed client; they cannot publish foreign
-            // bytes (the md5 check) nor truncate.
-            if let Err(code) = self.shared.check_token(req.uid, req.token.as_deref()) {
-                tracing::info!(uid = req.uid, name, %code, "upload refused: token");
-                return Some(self.error(code, Some(name), Some(seq)));
-            }
-        }
-        if let Some(problem) = name_problem(name) {
-            tracing::debug!(name, problem, "refused file name");
-            return Some(self.error(ErrorCode::CreateDirFailed, Some(name), Some(seq)));
-        }
-        if req.uid < 0 {
-            return Some(self.error(ErrorCode::UidInvalid, Some(name), Some(seq)));
-        }
-        let Ok(data) = base64::engine::general_purpose::STANDARD.decode(req.data.as_bytes()) else {
-            return Some(self.error(ErrorCode::ErrorJson, Some(name), Some(seq)));
-        };
-        let chunk = Chunk {
+        let chunk = match self.checked_chunk(ChunkReq {
             uid: req.uid,
-            name: name.to_owned(),
-            md5: req.md5.to_string(),
+            token: req.token.as_deref(),
+            name,
             seq,
+            md5: &req.md5,
+            data: &req.data,
             trans_size: req.trans_size.0,
             total_size: req.total_size.0,
             last: req.last,
-            data,
+        }) {
+            Ok(chunk) => chunk,
+            Err(reply) => return Some(reply),
         };
         let message = (
             req.message_id,
@@ -590,30 +574,19 @@ impl Conn {
             // Read with asInt on the deployed server: above i32::MAX it throws.
             return Some(self.error(ErrorCode::ErrorJson, Some(name), Some(seq)));
         }
-        if seq == 1 {
-            if let Err(code) = self.shared.check_token(req.uid, req.token.as_deref()) {
-                return Some(self.error(code, Some(name), Some(seq)));
-            }
-        }
-        if let Some(problem) = name_problem(name) {
-            tracing::debug!(name, problem, "refused avatar name");
-            return Some(self.error(ErrorCode::CreateDirFailed, Some(name), Some(seq)));
-        }
-        if req.uid < 0 {
-            return Some(self.error(ErrorCode::UidInvalid, Some(name), Some(seq)));
-        }
-        let Ok(data) = base64::engine::general_purpose::STANDARD.decode(req.data.as_bytes()) else {
-            return Some(self.error(ErrorCode::ErrorJson, Some(name), Some(seq)));
-        };
-        let chunk = Chunk {
+        let chunk = match self.checked_chunk(ChunkReq {
             uid: req.uid,
-            name: name.to_owned(),
-            md5: req.md5.clone(),
+            token: req.token.as_deref(),
+            name,
             seq,
+            md5: &req.md5,
+            data: &req.data,
             trans_size: req.trans_size,
             total_size: req.total_size,
             last: req.last,
-            data,
+        }) {
+            Ok(chunk) => chunk,
+            Err(reply) => return Some(reply),
         };
         let v = serde_json::json!({
             "error": 0, "total_size": req.total_size, "seq": seq, "name": name,
@@ -638,6 +611,42 @@ impl Conn {
                 None
             }
         }
+    }
+
+    /// The checks every upload chunk (chat file or avatar) passes before
+    /// it is stored: the uid's token on seq 1, a plain file name, a uid,
+    /// base64 data. With a token table (`serve --tokens`) only the uid's
+    /// owner may start (or truncate) its upload; later chunks carry no token
+    /// in the deployed client, and cannot publish foreign bytes (the md5
+    /// check) nor truncate.
+    fn checked_chunk(&self, r: ChunkReq<'_>) -> Result<Chunk, (ErrorCode, Vec<u8>)> {
+        let refuse = |code| self.error(code, Some(r.name), Some(r.seq));
+        if r.seq == 1 {
+            if let Err(code) = self.shared.check_token(r.uid, r.token) {
+                tracing::info!(uid = r.uid, name = r.name, %code, "upload refused: token");
+                return Err(refuse(code));
+            }
+        }
+        if let Some(problem) = name_problem(r.name) {
+            tracing::debug!(name = r.name, problem, "refused file name");
+            return Err(refuse(ErrorCode::CreateDirFailed));
+        }
+        if r.uid < 0 {
+            return Err(refuse(ErrorCode::UidInvalid));
+        }
+        let Ok(data) = base64::engine::general_purpose::STANDARD.decode(r.data.as_bytes()) else {
+            return Err(refuse(ErrorCode::ErrorJson));
+        };
+        Ok(Chunk {
+            uid: r.uid,
+            name: r.name.to_owned(),
+            md5: r.md5.to_owned(),
+            seq: r.seq,
+            trans_size: r.trans_size,
+            total_size: r.total_size,
+            last: r.last,
+            data,
+        })
     }
 
     fn error(&self, code: ErrorCode, name: Option<&str>, seq: Option<u32>) -> (ErrorCode, Vec<u8>) {
@@ -827,4 +836,18 @@ async fn write_or_give_up(
             Err(_) => Err(io::ErrorKind::TimedOut.into()),
         },
     }
+}
+
+/// The fields of an upload chunk request (1041/1037/1043 or 1031) that
+/// [`Conn::checked_chunk`] checks.
+struct ChunkReq<'a> {
+    uid: i64,
+    token: Option<&'a str>,
+    name: &'a str,
+    seq: u32,
+    md5: &'a str,
+    data: &'a str,
+    trans_size: u64,
+    total_size: u64,
+    last: i64,
 }
