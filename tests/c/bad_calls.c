@@ -11,29 +11,7 @@
 #include <time.h>
 
 #include "chatxfer.h"
-
-static int passed, failed;
-
-static void expect(const char *what, chatxfer_result got, chatxfer_result want) {
-  if (got == want) {
-    passed++;
-  } else {
-    char msg[256];
-    chatxfer_last_error(msg, sizeof msg);
-    printf("FAIL %s: got %s, want %s (%s)\n", what, chatxfer_result_name(got),
-           chatxfer_result_name(want), msg);
-    failed++;
-  }
-}
-
-static void check(const char *what, int ok) {
-  if (ok) {
-    passed++;
-  } else {
-    printf("FAIL %s\n", what);
-    failed++;
-  }
-}
+#include "expect.h"
 
 /* Written by the library's event thread, read by main. */
 static atomic_int events;

@@ -25,29 +25,7 @@
 #include <unistd.h>
 
 #include "chatxfer.h"
-
-static int passed, failed;
-
-static void expect(const char *what, chatxfer_result got, chatxfer_result want) {
-  if (got == want) {
-    passed++;
-  } else {
-    char msg[256];
-    chatxfer_last_error(msg, sizeof msg);
-    printf("FAIL %s: got %s, want %s (%s)\n", what, chatxfer_result_name(got),
-           chatxfer_result_name(want), msg);
-    failed++;
-  }
-}
-
-static void check(const char *what, int ok) {
-  if (ok) {
-    passed++;
-  } else {
-    printf("FAIL %s\n", what);
-    failed++;
-  }
-}
+#include "expect.h"
 
 static double now_s(void) {
   struct timespec t;
