@@ -64,6 +64,8 @@ pub mod ffi {
         Disconnected = 5,
         Warning = 6,
         Saved = 7,
+        Md5Progress = 8,
+        Md5Ready = 9,
     }
 
     /// The level of a log line (and a log sink's filter).
@@ -109,7 +111,10 @@ pub mod ffi {
     /// (the server's error code or a `Failure`), `message`.
     /// Connected/Warning: `message`. Disconnected: `message`,
     /// `retry_in_ms`, `attempt`. Saved (downloads, just
-    /// before Completed): `path`. `name` is empty for connection events.
+    /// before Completed): `path`, and for an avatar `client_path` and
+    /// `req_type`. Md5Progress: `path`, `acked` of `total`. Md5Ready:
+    /// `path`, `md5`, or `code` 2001 and `message`. `name` is empty for
+    /// connection and md5 events.
     #[derive(Debug)]
     struct Event {
         kind: EventKind,
@@ -122,6 +127,10 @@ pub mod ffi {
         code: i64,
         message: String,
         path: String,
+        /// Saved of an avatar: its request's `client_path` ("" otherwise).
+        client_path: String,
+        /// Saved of an avatar: its request's `req_type` ("" otherwise).
+        req_type: String,
         /// Disconnected: milliseconds until the next attempt (-1: none, the
         /// client stopped; also -1 for other kinds).
         retry_in_ms: i64,
@@ -343,6 +352,12 @@ pub mod ffi {
         /// budgets do not run meanwhile.
         #[cxx_name = "Disconnect"]
         fn disconnect(self: &Client) -> Status;
+        /// Computes the md5 of the file at `path` on a library thread and
+        /// returns at once (for an app that needs it before it announces
+        /// the message): Md5Progress events, then one Md5Ready with the md5
+        /// or the read error. `Io` (or `NotAFile`) here if it cannot be opened.
+        #[cxx_name = "ComputeMd5"]
+        fn compute_md5(self: &Client, path: &str) -> Status;
 
         /// `server_appends`: true for the deployed ResourceServer.
         #[cxx_name = "NewTransferEngine"]
@@ -493,6 +508,8 @@ fn flat_to_event(f: FlatEvent) -> Event {
         code: f.code,
         message: f.message,
         path: f.path,
+        client_path: f.client_path,
+        req_type: f.req_type,
         retry_in_ms: f.retry_in_ms,
         attempt: f.attempt,
     }
@@ -709,6 +726,10 @@ impl Client {
 
     fn close(&self) -> Status {
         status(boundary(|| self.0.shutdown(None)))
+    }
+
+    fn compute_md5(&self, path: &str) -> Status {
+        status(self.0.compute_md5(path))
     }
 
     fn disconnect(&self) -> Status {

@@ -240,6 +240,12 @@ impl Client {
         Ok(self.client()?.disconnect()?)
     }
 
+    /// Hashes the file at `path` on a library thread (after `connect`, as
+    /// for uploads): `Md5Progress` events, then `Md5Ready`.
+    pub fn compute_md5(&self, path: &str) -> FfiResult {
+        Ok(self.client()?.compute_md5(std::path::Path::new(path))?)
+    }
+
     /// Closes the connection and releases the sink. With `drain`, first
     /// stops sending and waits (at most that long) for the replies to
     /// chunks in flight, so the journals of unfinished uploads are exact;

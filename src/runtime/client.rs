@@ -82,6 +82,19 @@ pub enum ClientEvent {
         retry_in: Option<Duration>,
         attempt: u32,
     },
+    /// [`Client::compute_md5`] has hashed `hashed` of `total` bytes of `path`
+    /// (at most about one event per percent).
+    Md5Progress {
+        path: PathBuf,
+        hashed: u64,
+        total: u64,
+    },
+    /// [`Client::compute_md5`] ended: the md5 (lowercase hex) of `path`, or
+    /// why it could not be read.
+    Md5Ready {
+        path: PathBuf,
+        md5: std::result::Result<String, String>,
+    },
 }
 
 /// Settings of a [`Client`].
@@ -875,6 +888,43 @@ impl Client {
     }
 
     /// An upload still being hashed is `Paused` (held) or `Queued`.
+    /// Computes the md5 of the file at `path` on a library thread, for an
+    /// app that needs it before it announces the message (the deployed
+    /// client sends it in 1035); reports [`ClientEvent::Md5Progress`] and one
+    /// [`ClientEvent::Md5Ready`]. Returns at once; a file that cannot be
+    /// opened is an error here, a read error later is in `Md5Ready`.
+    pub fn compute_md5(&self, path: &Path) -> Result<()> {
+        self.check_broken()?;
+        let mut source = FileSource::open(path)?;
+        let client = self.clone();
+        let path = path.to_path_buf();
+        self.shared.rt.spawn_blocking(move || {
+            let events = &client.shared.events;
+            let total = crate::engine::ChunkSource::len(&source);
+            let mut reported = 0u64;
+            let md5 = hash_source(&mut source, &mut |hashed| {
+                // About one event per percent: a GUI progress bar, not a flood.
+                if hashed == total || hashed - reported >= (total / 100).max(1 << 20) {
+                    reported = hashed;
+                    let _ = events.send(ClientEvent::Md5Progress {
+                        path: path.clone(),
+                        hashed,
+                        total,
+                    });
+                }
+                !is_shutdown(&client.shared)
+            });
+            let md5 = match md5 {
+                Ok(Some(md5)) => Ok(md5),
+                Ok(None) => Err("the client was closed".to_owned()),
+                Err(e) => Err(format!("reading {}: {e}", path.display())),
+            };
+            tracing::debug!(path = %path.display(), ?md5, "md5 computed");
+            let _ = events.send(ClientEvent::Md5Ready { path, md5 });
+        });
+        Ok(())
+    }
+
     fn report_hashing_state(&self, name: &str, hold: bool) {
         let state = if hold {
             FileState::Paused
@@ -1040,6 +1090,18 @@ fn hash_unless_cancelled(
     source: &mut FileSource,
     cancel: &std::sync::atomic::AtomicBool,
 ) -> std::io::Result<Option<String>> {
+    hash_source(source, &mut |_| {
+        !cancel.load(std::sync::atomic::Ordering::SeqCst)
+    })
+}
+
+/// The md5 of `source`, 1 MiB at a time; `go_on(bytes hashed so far)` is
+/// asked before each piece and after the last, and stops it (`None`) by
+/// returning false.
+fn hash_source(
+    source: &mut FileSource,
+    go_on: &mut dyn FnMut(u64) -> bool,
+) -> std::io::Result<Option<String>> {
     use crate::engine::ChunkSource;
     use md5::Digest;
     let len = source.len();
@@ -1047,13 +1109,16 @@ fn hash_unless_cancelled(
     let mut buf = vec![0u8; 1 << 20];
     let mut offset = 0u64;
     while offset < len {
-        if cancel.load(std::sync::atomic::Ordering::SeqCst) {
+        if !go_on(offset) {
             return Ok(None);
         }
         let n = (len - offset).min(buf.len() as u64) as usize;
         source.read_at(offset, &mut buf[..n])?;
         hasher.update(&buf[..n]);
         offset += n as u64;
+    }
+    if !go_on(len) {
+        return Ok(None);
     }
     Ok(Some(
         hasher

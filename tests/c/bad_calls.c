@@ -119,6 +119,11 @@ int main(void) {
   expect("connect after disconnect", chatxfer_client_connect(c, "127.0.0.1", 2), CHATXFER_RESULT_OK);
   expect("connect again", chatxfer_client_connect(c, "127.0.0.1", 1), CHATXFER_RESULT_ALREADY_CONNECTED);
   expect("disconnect(NULL)", chatxfer_client_disconnect(NULL), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("compute_md5(NULL)", chatxfer_client_compute_md5(NULL, "/tmp"), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("compute_md5(path=NULL)", chatxfer_client_compute_md5(c, NULL), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("compute_md5(path=bad utf8)", chatxfer_client_compute_md5(c, bad_utf8), CHATXFER_RESULT_INVALID_UTF8);
+  expect("compute_md5(missing)", chatxfer_client_compute_md5(c, "/nonexistent/chatxfer/a.bin"), CHATXFER_RESULT_IO);
+  expect("compute_md5(a directory)", chatxfer_client_compute_md5(c, "/tmp"), CHATXFER_RESULT_NOT_A_FILE);
 
   /* Bad names and paths. */
   expect("add_upload(spec=NULL)", chatxfer_client_add_upload(c, NULL), CHATXFER_RESULT_NULL_PARAMETER);
