@@ -697,6 +697,19 @@ chatxfer_result chatxfer_client_resume(const struct chatxfer_client *client, con
 chatxfer_result chatxfer_client_retry(const struct chatxfer_client *client, const char *name);
 
 /*
+ Gives a chat upload registered held with `message_id` 0 (at send time,
+ before the ChatServer's 1036 reply) the id of that reply; the upload
+ starts with `chatxfer_client_batch_send`, which refuses it until then
+ (`CHATXFER_RESULT_INVALID_ARGUMENT`). An id <= 0 or an avatar is refused
+ the same way; another id once a chunk has gone gives
+ `CHATXFER_RESULT_WRONG_STATE`.
+
+ # Safety
+ As for `chatxfer_client_batch_send`.
+ */
+chatxfer_result chatxfer_client_set_message_id(const struct chatxfer_client *client, const char *name, int64_t message_id);
+
+/*
  With `chatxfer_options.state_dir`: calls `callback` once per transfer an
  earlier process left unfinished (found when this client connected), then
  returns. Resume (`chatxfer_client_resume_offered`) or discard
@@ -733,6 +746,14 @@ chatxfer_result chatxfer_client_discard_offered(const struct chatxfer_client *cl
  As for `chatxfer_client_batch_send`.
  */
 chatxfer_result chatxfer_client_cancel(const struct chatxfer_client *client, const char *name);
+
+/*
+ As `chatxfer_client_set_message_id`, for the sans-IO engine.
+
+ # Safety
+ As for `chatxfer_engine_batch_send`.
+ */
+chatxfer_result chatxfer_engine_set_message_id(struct chatxfer_engine *engine, const char *name, int64_t message_id);
 
 /*
  Writes a snapshot of `name` to `*out` (only on success).

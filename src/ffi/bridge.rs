@@ -313,6 +313,14 @@ pub mod ffi {
         /// `Resume` on a failed transfer does the same.
         #[cxx_name = "Retry"]
         fn retry(self: &Client, name: &str) -> Status;
+        /// Gives a chat upload registered held with `message_id` 0 (at
+        /// send time, before the ChatServer's 1036 reply) that reply's id;
+        /// `BatchSend` refuses it until then (`InvalidArgument`). An id <= 0
+        /// or an avatar is refused the same way; another id once a chunk has
+        /// gone gives `WrongState`. chatxfer::BatchSend(client, name, id) does
+        /// both.
+        #[cxx_name = "SetMessageId"]
+        fn set_message_id(self: &Client, name: &str, message_id: i64) -> Status;
         /// With `ClientOptions::state_dir`: the transfers an earlier process
         /// left unfinished, found when this client connected (empty before
         /// `Connect`). Resume or discard each.
@@ -386,6 +394,9 @@ pub mod ffi {
         /// (`Resume` on a failed one does the same).
         #[cxx_name = "Retry"]
         fn retry(self: &mut TransferEngine, name: &str) -> Status;
+        /// As `Client::SetMessageId`.
+        #[cxx_name = "SetMessageId"]
+        fn set_message_id(self: &mut TransferEngine, name: &str, message_id: i64) -> Status;
         #[cxx_name = "GetStatus"]
         fn get_status(self: &TransferEngine, name: &str, out: &mut FileInfo) -> Status;
         /// The host's socket connected / closed.
@@ -680,6 +691,10 @@ impl Client {
         status(boundary(|| self.0.retry(name)))
     }
 
+    fn set_message_id(&self, name: &str, message_id: i64) -> Status {
+        status(boundary(|| self.0.set_message_id(name, message_id)))
+    }
+
     fn list_resumable(&self) -> Vec<ffi::Resumable> {
         boundary(|| self.0.resumable())
             .unwrap_or_default()
@@ -729,7 +744,7 @@ impl Client {
     }
 
     fn compute_md5(&self, path: &str) -> Status {
-        status(self.0.compute_md5(path))
+        status(boundary(|| self.0.compute_md5(path)))
     }
 
     fn disconnect(&self) -> Status {
@@ -772,6 +787,10 @@ impl TransferEngine {
 
     fn retry(&mut self, name: &str) -> Status {
         status(boundary(|| self.0.retry(name)))
+    }
+
+    fn set_message_id(&mut self, name: &str, message_id: i64) -> Status {
+        status(boundary(|| self.0.set_message_id(name, message_id)))
     }
 
     fn get_status(&self, name: &str, out: &mut FileInfo) -> Status {

@@ -610,6 +610,24 @@ pub unsafe extern "C" fn chatxfer_client_retry(
     with_name(client, name, |t, n| t.retry(n))
 }
 
+/// Gives a chat upload registered held with `message_id` 0 (at send time,
+/// before the ChatServer's 1036 reply) the id of that reply; the upload
+/// starts with `chatxfer_client_batch_send`, which refuses it until then
+/// (`CHATXFER_RESULT_INVALID_ARGUMENT`). An id <= 0 or an avatar is refused
+/// the same way; another id once a chunk has gone gives
+/// `CHATXFER_RESULT_WRONG_STATE`.
+///
+/// # Safety
+/// As for `chatxfer_client_batch_send`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_set_message_id(
+    client: *const chatxfer_client,
+    name: *const c_char,
+    message_id: i64,
+) -> chatxfer_result {
+    with_name(client, name, |t, n| t.set_message_id(n, message_id))
+}
+
 /// A transfer an earlier process left unfinished (strings valid during
 /// the callback only).
 #[repr(C)]
@@ -699,6 +717,19 @@ pub unsafe extern "C" fn chatxfer_client_cancel(
     name: *const c_char,
 ) -> chatxfer_result {
     with_name(client, name, |t, n| t.cancel(n))
+}
+
+/// As `chatxfer_client_set_message_id`, for the sans-IO engine.
+///
+/// # Safety
+/// As for `chatxfer_engine_batch_send`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_set_message_id(
+    engine: *mut chatxfer_engine,
+    name: *const c_char,
+    message_id: i64,
+) -> chatxfer_result {
+    with_engine_name(engine, name, |e, n| e.set_message_id(n, message_id))
 }
 
 /// Writes a snapshot of `name` to `*out` (only on success).

@@ -211,6 +211,11 @@ impl Client {
         Ok(self.client()?.retry(name)?)
     }
 
+    /// The 1036 reply's id for a chat upload registered held without one.
+    pub fn set_message_id(&self, name: &str, message_id: i64) -> FfiResult {
+        Ok(self.client()?.set_message_id(name, message_id)?)
+    }
+
     pub fn cancel(&self, name: &str) -> FfiResult {
         Ok(self.client()?.cancel(name)?)
     }

@@ -178,6 +178,9 @@ struct Hashing {
     size: u64,
     /// Paused by the app meanwhile (or registered held).
     hold: bool,
+    /// The spec's, or one `set_message_id` gave meanwhile.
+    message_id: i64,
+    avatar: bool,
     cancel: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -470,6 +473,8 @@ impl Client {
             let entry = Hashing {
                 size,
                 hold: spec.hold,
+                message_id: spec.message_id,
+                avatar: spec.avatar,
                 cancel: cancel.clone(),
             };
             hashing.insert(spec.name.clone(), entry);
@@ -503,6 +508,7 @@ impl Client {
             Ok(Some(md5)) => {
                 spec.md5 = Some(md5);
                 spec.hold = entry.hold;
+                spec.message_id = entry.message_id;
                 let registered = self.register_upload(spec, source);
                 drop(hashing);
                 if let Err(e) = registered {
@@ -852,14 +858,14 @@ impl Client {
     }
 
     pub fn pause(&self, name: &str) -> Result<()> {
-        if self.set_hashing_hold(name, true) {
+        if self.set_hashing_hold(name, true)? {
             return Ok(());
         }
         self.with_engine(|e, now| e.pause(name, now))
     }
 
     pub fn resume(&self, name: &str) -> Result<()> {
-        if self.set_hashing_hold(name, false) {
+        if self.set_hashing_hold(name, false)? {
             return Ok(());
         }
         self.with_engine(|e, now| e.resume(name, now))
@@ -875,19 +881,54 @@ impl Client {
 
     /// Pauses or resumes an upload still being hashed; false if `name` is
     /// not one.
-    fn set_hashing_hold(&self, name: &str, hold: bool) -> bool {
+    /// Gives a chat upload registered at send time (held, message id 0) the
+    /// id of the ChatServer's 1036 reply; `resume` starts it then. See
+    /// [`Engine::set_message_id`](crate::engine::Engine::set_message_id).
+    pub fn set_message_id(&self, name: &str, message_id: i64) -> Result<()> {
+        {
+            let mut hashing = lock(&self.shared.hashing);
+            if let Some(h) = hashing.get_mut(name) {
+                if message_id <= 0 || h.avatar {
+                    return Err(crate::engine::Error::InvalidMessageId {
+                        name: name.into(),
+                        message_id,
+                    }
+                    .into());
+                }
+                h.message_id = message_id;
+                return Ok(());
+            }
+        }
+        self.with_engine(|e, _| e.set_message_id(name, message_id))?;
+        let mut j = lock(&self.shared.journal);
+        if let Some(t) = j.templates.get_mut(name) {
+            t.message_id = message_id;
+            j.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// `Ok(true)`: `name` is being hashed and now held (or not). A chat
+    /// upload still without its message id is not released.
+    fn set_hashing_hold(&self, name: &str, hold: bool) -> Result<bool> {
         let mut hashing = lock(&self.shared.hashing);
         let Some(h) = hashing.get_mut(name) else {
-            return false;
+            return Ok(false);
         };
+        if !hold && !h.avatar && h.message_id <= 0 {
+            return Err(crate::engine::Error::InvalidMessageId {
+                name: name.into(),
+                message_id: h.message_id,
+            }
+            .into());
+        }
         if h.hold != hold {
             h.hold = hold;
             self.report_hashing_state(name, hold);
         }
-        true
+        Ok(true)
     }
 
-    /// An upload still being hashed is `Paused` (held) or `Queued`.
     /// Computes the md5 of the file at `path` on a library thread, for an
     /// app that needs it before it announces the message (the deployed
     /// client sends it in 1035); reports [`ClientEvent::Md5Progress`] and one
@@ -925,6 +966,7 @@ impl Client {
         Ok(())
     }
 
+    /// An upload still being hashed is `Paused` (held) or `Queued`.
     fn report_hashing_state(&self, name: &str, hold: bool) {
         let state = if hold {
             FileState::Paused

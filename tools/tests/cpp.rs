@@ -932,3 +932,103 @@ fn cpp_client_killed_mid_upload_resumes_after_a_restart() {
         );
     }
 }
+
+/// The chat client's whole sequence through the C++ API
+/// (`cpp-example/client_flow.cpp`: the md5 before the announce, registered
+/// at send and started with the 1036 id, pause and resume, a failure
+/// retried, an avatar up and down routed by its request, a received picture
+/// from the 1039 notify, a logout mid-upload and a re-login to another
+/// server), against the reference server in both storage modes. This side
+/// plays the servers: at the program's "LOGOUT" the first one goes away and
+/// a second one on another port, over the same store, takes its place. Every
+/// stored and downloaded copy must be byte-identical to its source, and
+/// neither server may have seen a 1045.
+#[test]
+fn cpp_client_walks_the_chat_clients_whole_sequence() {
+    use chatxfer_tools::server::{self, ServerConfig, Storage};
+    use std::io::Write;
+    let dir = built();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for storage in [Storage::Positional, Storage::AppendStrict] {
+        let store = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let config = || {
+            let mut c = ServerConfig::new(store.path());
+            c.storage = storage;
+            c
+        };
+        let first = rt.block_on(server::start("127.0.0.1:0", config())).unwrap();
+        let mut cmd = Command::new(dir.join("client_flow"));
+        cmd.arg("127.0.0.1")
+            .arg(first.local_addr().port().to_string())
+            .arg(work.path());
+        if storage == Storage::AppendStrict {
+            cmd.arg("--appending");
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut out = Vec::new();
+        let mut first = Some(first);
+        let mut second = None;
+        let mut info_requests = 0;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            out.push(line.clone());
+            if line == "LOGOUT" {
+                // The old server is gone; the re-login names another one.
+                let old = first.take().expect("one logout");
+                info_requests += old.stats().message_info_requests;
+                rt.block_on(old.shutdown());
+                let new = rt.block_on(server::start("127.0.0.1:0", config())).unwrap();
+                writeln!(stdin, "PORT {}", new.local_addr().port()).unwrap();
+                stdin.flush().unwrap();
+                second = Some(new);
+            }
+        }
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        let out = out.join("\n");
+        assert!(
+            status.success() && out.ends_with("DONE"),
+            "client_flow ({storage:?}) failed:\n{out}\nstderr:\n{stderr}"
+        );
+        assert!(stderr.is_empty(), "the library wrote to stderr: {stderr}");
+        let second = second.expect("the program logged out");
+        info_requests += second.stats().message_info_requests;
+        assert_eq!(info_requests, 0, "a 1045 was sent ({storage:?})");
+        assert_eq!(second.violations(), 0, "appended twice ({storage:?})");
+        let src = |name: &str| std::fs::read(work.path().join("src").join(name)).unwrap();
+        for (uid, name) in [
+            (1001, "photo.jpg"),
+            (1001, "video.mp4"),
+            (1001, "doc.pdf"),
+            (1001, "movie.mp4"),
+            (2002, "beach.jpg"),
+        ] {
+            let stored = store.path().join(uid.to_string()).join(name);
+            assert!(
+                std::fs::read(&stored).ok() == Some(src(name)),
+                "{} differs from its source ({storage:?})",
+                stored.display()
+            );
+        }
+        for (download, source) in [("self-icon", "me.png"), ("beach-received", "beach.jpg")] {
+            let path = out
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("saved {download} ")))
+                .unwrap_or_else(|| panic!("no path for {download}:\n{out}"));
+            assert!(
+                std::fs::read(path).unwrap() == src(source),
+                "{download} differs from {source} ({storage:?})"
+            );
+        }
+        rt.block_on(second.shutdown());
+    }
+}
