@@ -1032,3 +1032,104 @@ fn cpp_client_walks_the_chat_clients_whole_sequence() {
         rt.block_on(second.shutdown());
     }
 }
+
+/// A download survives an app restart through C++: the example, downloading
+/// a 24 MB chat file over an emulated slow link with a state directory, is
+/// killed once its partial file holds megabytes; a new process lists the
+/// journaled download, resumes it (from the start: a killed process's
+/// partial file is not trusted) and saves a byte-identical copy, leaving no
+/// partial file or journal. Against the reference server in both storage
+/// modes (downloads read the same way from either).
+#[test]
+fn cpp_client_killed_mid_download_resumes_after_a_restart() {
+    use chatxfer_tools::linkemu::{LinkConfig, LinkEmulator};
+    use chatxfer_tools::server::{self, MessageInfo, ServerConfig, Storage};
+    let dir = built();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for storage in [Storage::Positional, Storage::AppendStrict] {
+        let store = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(store.path().join("2002")).unwrap();
+        let src = store.path().join("2002").join("film.mp4");
+        write_file(&src, 24_000_000, 33);
+        let mut config = ServerConfig::new(store.path());
+        config.storage = storage;
+        let srv = rt.block_on(server::start("127.0.0.1:0", config)).unwrap();
+        srv.register_message(31, MessageInfo::new(2002, 1001, "film.mp4"))
+            .unwrap();
+        // 32 Mbit/s: about 8 s for the whole file, so the kill lands mid-way.
+        let slow = rt
+            .block_on(LinkEmulator::start(
+                "127.0.0.1:0",
+                srv.local_addr(),
+                LinkConfig {
+                    rate_bits_per_sec: Some(32_000_000),
+                    ..LinkConfig::default()
+                },
+            ))
+            .unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let state = work.path().join("state");
+        let dl = work.path().join("dl");
+        std::fs::create_dir_all(&dl).unwrap();
+        let mut first = Command::new(dir.join("upload"))
+            .args(["--server", &slow.local_addr().to_string(), "--state-dir"])
+            .arg(&state)
+            .arg("--download-to")
+            .arg(&dl)
+            .args(["--fetch", "31"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let journal = state.join("msg-31.download.json");
+        let deadline = Instant::now() + std::time::Duration::from_secs(120);
+        let part = loop {
+            let part = std::fs::read_to_string(&journal)
+                .ok()
+                .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+                .and_then(|v| v["part"].as_str().map(PathBuf::from));
+            if let Some(p) = part.filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() >= 2 << 20))
+            {
+                break p;
+            }
+            assert!(
+                first.try_wait().unwrap().is_none(),
+                "the first run ended before it could be killed"
+            );
+            assert!(Instant::now() < deadline, "no partial download");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        first.kill().unwrap();
+        first.wait().unwrap();
+        assert!(part.exists(), "the killed run's partial file");
+
+        let out = Command::new(dir.join("upload"))
+            .args(["--server", &srv.local_addr().to_string(), "--state-dir"])
+            .arg(&state)
+            .arg("--resume")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "resume failed:\n{}", show(&out));
+        assert!(
+            stdout.contains("msg-31: resumable download"),
+            "nothing offered:\n{stdout}"
+        );
+        let saved = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("msg-31: saved "))
+            .unwrap_or_else(|| panic!("not saved:\n{stdout}"));
+        assert!(
+            std::fs::read(saved).unwrap() == std::fs::read(&src).unwrap(),
+            "the downloaded copy differs ({storage:?})"
+        );
+        assert_eq!(Path::new(saved).parent(), Some(dl.as_path()));
+        assert!(!part.exists(), "the stale partial file was left");
+        assert!(
+            !journal.exists(),
+            "the journal of a finished download was kept"
+        );
+        drop(slow);
+        rt.block_on(srv.shutdown());
+    }
+}
