@@ -1209,7 +1209,7 @@ async fn drive(shared: Arc<Shared>, config: ClientConfig) {
                     });
                     shared.forward_events(&mut e);
                 }
-                tracing::debug!(%server, "connected");
+                tracing::info!(%server, "connected to the resource server");
                 let (reason, made_progress) =
                     run_connection(&shared, stream, &config, &server).await;
                 {

@@ -366,6 +366,14 @@ fn cpp_upload_example_uploads_to_a_chatxfer_serve_process() {
         .any(|p| l.starts_with(p))),
         "{stdout}"
     );
+    // ...a connection line among them.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("log INFO chatxfer::runtime")
+                && l.contains("connected to the resource server")),
+        "no connection log line:\n{stdout}"
+    );
     for (name, _, _) in files {
         assert!(
             stdout.contains(&format!("{name}: completed, ")),
