@@ -11,7 +11,9 @@
 //!   downloads the files back), the same example under AddressSanitizer,
 //!   the C program of bad calls, the C program driving the C ABI's sans-IO
 //!   engine (`tests/c/engine.c`), and the header checks at the client's
-//!   standards (C++11, C99, warnings as errors);
+//!   standards (C++11, C99, warnings as errors); the chat client's whole
+//!   sequence (`client_flow.cpp`) against in-process servers; the example
+//!   killed mid-upload and mid-download, then resumed by a new process;
 //! * the Qt Widgets demo four ways, CMake package (`find_package`) and
 //!   qmake (`qmake/chatxfer.pri`), each with Qt 5 and Qt 6, and its
 //!   self-test offscreen (uploads, pause/resume, a download back, md5s,
