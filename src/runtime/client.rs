@@ -879,8 +879,6 @@ impl Client {
         self.with_engine(|e, now| e.cancel(name, now))
     }
 
-    /// Pauses or resumes an upload still being hashed; false if `name` is
-    /// not one.
     /// Gives a chat upload registered at send time (held, message id 0) the
     /// id of the ChatServer's 1036 reply; `resume` starts it then. See
     /// [`Engine::set_message_id`](crate::engine::Engine::set_message_id).
@@ -908,8 +906,8 @@ impl Client {
         Ok(())
     }
 
-    /// `Ok(true)`: `name` is being hashed and now held (or not). A chat
-    /// upload still without its message id is not released.
+    /// Pauses or resumes an upload still being hashed: `Ok(true)` if `name`
+    /// is one. A chat upload still without its message id is not released.
     fn set_hashing_hold(&self, name: &str, hold: bool) -> Result<bool> {
         let mut hashing = lock(&self.shared.hashing);
         let Some(h) = hashing.get_mut(name) else {
@@ -945,7 +943,10 @@ impl Client {
             let mut reported = 0u64;
             let md5 = hash_source(&mut source, &mut |hashed| {
                 // About one event per percent: a GUI progress bar, not a flood.
-                if hashed == total || hashed - reported >= (total / 100).max(1 << 20) {
+                // (An empty file has no progress to show: Md5Ready says it.)
+                if hashed > reported
+                    && (hashed == total || hashed - reported >= (total / 100).max(1 << 20))
+                {
                     reported = hashed;
                     let _ = events.send(ClientEvent::Md5Progress {
                         path: path.clone(),
