@@ -6,7 +6,8 @@
 //! all this needs, and SQLite's B-tree makes an insert cost O(log n) where
 //! the JSON file it replaces was rewritten whole (O(n)) on every upload.
 //! Its atomic commit (write-ahead log, `synchronous = FULL`: a commit is on
-//! disk before the upload's last reply goes out) is the most tested
+//! disk before the upload's last reply goes out; binds of uploads that
+//! complete close together share one commit) is the most tested
 //! crash-safety of any embedded store, the file can be inspected with the
 //! `sqlite3` shell, and `bundled` compiles SQLite from source with the C
 //! compiler the build already needs (no system library). `redb` (pure
@@ -23,11 +24,12 @@
 //! `.messages.json.migrated`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
+use super::group::GroupCommit;
 use super::lock;
 
 /// File name of the index inside the storage directory (a leading `.`, so
@@ -83,10 +85,9 @@ struct LegacyIndexFile {
 #[derive(Debug)]
 pub(crate) enum BindError {
     /// Bound to this other uploader already.
-    Taken {
-        owner: i64,
-    },
-    Db(rusqlite::Error),
+    Taken { owner: i64 },
+    /// The database failed (the statement's or the commit's error).
+    Db(String),
 }
 
 impl std::fmt::Display for BindError {
@@ -100,7 +101,9 @@ impl std::fmt::Display for BindError {
 
 pub(crate) struct MessageIndex {
     path: PathBuf,
-    db: Mutex<Connection>,
+    db: Arc<Mutex<Connection>>,
+    /// Binds of uploads that complete close together share one commit.
+    binds: GroupCommit<(i64, MessageInfo), Result<(), BindError>>,
 }
 
 fn io_err(path: &Path, what: &str, e: rusqlite::Error) -> std::io::Error {
@@ -132,17 +135,19 @@ impl MessageIndex {
              );",
         )
         .map_err(|e| io_err(&path, "cannot set up the message index", e))?;
-        let mut index = MessageIndex {
-            path,
-            db: Mutex::new(db),
-        };
+        let db = Arc::new(Mutex::new(db));
+        let batch_db = db.clone();
+        let binds = GroupCommit::start("chatxfer-index", move |jobs| {
+            bind_batch(&mut lock(&batch_db), &jobs)
+        })?;
+        let index = MessageIndex { path, db, binds };
         index.import_legacy(dir);
         Ok(index)
     }
 
     /// Imports `<dir>/.messages.json` (entries already in the database
     /// win), then renames it so it is imported once.
-    fn import_legacy(&mut self, dir: &Path) {
+    fn import_legacy(&self, dir: &Path) {
         let legacy = dir.join(LEGACY_INDEX_FILE);
         let bytes = match std::fs::read(&legacy) {
             Ok(b) => b,
@@ -160,7 +165,7 @@ impl MessageIndex {
             }
         };
         let n = file.messages.len();
-        let db = self.db.get_mut().unwrap_or_else(|p| p.into_inner());
+        let mut db = lock(&self.db);
         let imported = (|| {
             let tx = db.transaction()?;
             {
@@ -230,25 +235,12 @@ impl MessageIndex {
     }
 
     /// A completed upload binds `message_id` to `info` (blocking IO),
-    /// unless another uploader holds it.
+    /// unless another uploader holds it. Returns once the bind is
+    /// committed (with the binds of uploads that completed meanwhile).
     pub fn bind(&self, message_id: i64, info: &MessageInfo) -> Result<(), BindError> {
-        let mut db = lock(&self.db);
-        let tx = db
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(BindError::Db)?;
-        let owner: Option<i64> = tx
-            .query_row(
-                "SELECT sender_id FROM messages WHERE message_id = ?1",
-                [message_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(BindError::Db)?;
-        if let Some(owner) = owner.filter(|o| *o != info.sender_id) {
-            return Err(BindError::Taken { owner });
-        }
-        Self::upsert(&tx, message_id, info).map_err(BindError::Db)?;
-        tx.commit().map_err(BindError::Db)
+        self.binds
+            .submit((message_id, info.clone()))
+            .unwrap_or_else(|_| Err(BindError::Db("the index thread failed".into())))
     }
 
     /// Records `message_id -> info`, replacing any earlier entry.
@@ -257,7 +249,11 @@ impl MessageIndex {
         Self::upsert(&db, message_id, info).map_err(|e| io_err(&self.path, "cannot write", e))
     }
 
-    fn upsert(db: &Connection, message_id: i64, m: &MessageInfo) -> rusqlite::Result<()> {
+    pub(crate) fn upsert(
+        db: &Connection,
+        message_id: i64,
+        m: &MessageInfo,
+    ) -> rusqlite::Result<()> {
         db.prepare_cached(
             "INSERT INTO messages VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT(message_id) DO UPDATE SET thread_id = excluded.thread_id,
@@ -275,5 +271,70 @@ impl MessageIndex {
             m.status
         ])?;
         Ok(())
+    }
+}
+
+/// Binds a batch in one transaction (one commit, so one sync of the log),
+/// in order, so a later job sees an earlier one's bind. A job refused
+/// ([`BindError::Taken`]) or whose statement failed leaves the others be;
+/// a failed commit fails every job that would have been bound.
+fn bind_batch(db: &mut Connection, jobs: &[(i64, MessageInfo)]) -> Vec<Result<(), BindError>> {
+    let db_err = |e: rusqlite::Error| BindError::Db(e.to_string());
+    let tx = match db.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let e = format!("begin: {e}");
+            return jobs.iter().map(|_| Err(BindError::Db(e.clone()))).collect();
+        }
+    };
+    let mut results: Vec<Result<(), BindError>> = jobs
+        .iter()
+        .map(|(id, info)| {
+            let owner: Option<i64> = tx
+                .query_row(
+                    "SELECT sender_id FROM messages WHERE message_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?;
+            if let Some(owner) = owner.filter(|o| *o != info.sender_id) {
+                return Err(BindError::Taken { owner });
+            }
+            MessageIndex::upsert(&tx, *id, info).map_err(db_err)
+        })
+        .collect();
+    if let Err(e) = tx.commit() {
+        let e = e.to_string();
+        for r in results.iter_mut().filter(|r| r.is_ok()) {
+            *r = Err(BindError::Db(format!("commit: {e}")));
+        }
+    }
+    results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One batch, one commit: a later job sees an earlier one's bind, so a
+    /// second uid's upload of the same message id in the batch is refused.
+    #[test]
+    fn a_batch_binds_in_order_in_one_transaction() {
+        let tmp = tempfile::tempdir().unwrap();
+        let index = MessageIndex::open(tmp.path()).unwrap();
+        let jobs = [
+            (1, MessageInfo::new(10, 2, "a")),
+            (1, MessageInfo::new(11, 2, "b")),
+            (2, MessageInfo::new(11, 2, "c")),
+            (1, MessageInfo::new(10, 2, "a2")),
+        ];
+        let results = bind_batch(&mut lock(&index.db), &jobs);
+        assert!(results[0].is_ok(), "{results:?}");
+        assert!(matches!(results[1], Err(BindError::Taken { owner: 10 })));
+        assert!(results[2].is_ok() && results[3].is_ok(), "{results:?}");
+        assert_eq!(index.get(1).unwrap().name, "a2");
+        assert_eq!(index.owner(2), Some(11));
+        assert!(index.bind(2, &MessageInfo::new(10, 2, "d")).is_err());
     }
 }

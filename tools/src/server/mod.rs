@@ -76,9 +76,16 @@
 //!   (or a client restarting the same file): chunk 1 is rewritten and the
 //!   chunks already received are kept. Any other seq 1 starts afresh.
 //! * When every seq `1..=max_seq` is in, the md5 of the file is compared with
-//!   the announced one (the in-order prefix is hashed as it arrives; only
-//!   out-of-order parts are read back). A match is fsynced and renamed to
-//!   `<dir>/<uid>/<name>`; a mismatch deletes the `.part` and publishes nothing.
+//!   the announced one (the in-order prefix is hashed as it arrives, on the
+//!   file's own hashing thread for files of 8 chunks or more, see
+//!   `hashing`; only out-of-order parts are read back). A match is published
+//!   durably before its chunk is answered: its data synced, renamed to
+//!   `<dir>/<uid>/<name>`, the directory synced, and its message id
+//!   committed to the index; uploads that complete close together share
+//!   these syncs (a group commit, see `publish` and `group`). A failed sync
+//!   or rename answers [`ErrorCode::FileWritePermissionFailed`] (never
+//!   100 %) and drops the upload, so its client sends it again from seq 1.
+//!   A mismatch deletes the `.part` and publishes nothing.
 //! * A late chunk of a published upload (same md5, consistent sizes) is
 //!   acknowledged without a write while the record is in memory.
 //! * A record stays in memory while any open connection that used it is
@@ -187,7 +194,7 @@
 //! | seq 0, or above `max_seq` | 1017 |
 //! | seq ≠ 1 and no record of `(uid, name)` (in memory or on disk), or the record has another md5 | 1012 (as deployed; makes the engine restart from seq 1) |
 //! | `total_size` unlike the record's, `trans_size ≠ (seq-1)*chunk + len`, a chunk not exactly its expected length (longer than the chunk, say), `last` not 1 exactly on `max_seq`, seq 1 longer than `total_size` or empty with `total_size > 0`, more than `u32::MAX` chunks, `total_size` over [`ServerConfig::max_file_size`] | 1018 |
-//! | the `.part` file or its directory cannot be created, written or renamed | 1014 (directory), 1015 (file) |
+//! | the `.part` file or its directory cannot be created, written, synced or renamed | 1014 (directory), 1015 (file) |
 //! | a symlink (or a file where the uid directory belongs) in the way | [`LINK_REFUSED`] = 1026, new |
 //! | seq 1 of a new upload when the uid has [`Limits::max_unfinished_per_uid`] unfinished ones, or the server [`Limits::max_unfinished_total`] | [`TOO_MANY_UPLOADS`] = 1025, new |
 //! | seq 1 of a new upload whose `total_size` + [`Limits::min_free_space`] exceeds the free disk space | [`NO_SPACE`] = 1024, new |
@@ -226,7 +233,10 @@
 mod conn;
 mod download;
 mod fsdir;
+mod group;
+mod hashing;
 mod index;
+mod publish;
 mod store;
 
 use std::collections::HashMap;
@@ -698,7 +708,7 @@ pub async fn start(listen: &str, config: ServerConfig) -> std::io::Result<Server
     // Opening the index and scanning for unfinished uploads read the disk.
     let (index, store) = tokio::task::spawn_blocking(move || {
         let index = MessageIndex::open(&dir)?;
-        let store = Store::new(dir, store_root, storage, store_limits, store_counters);
+        let store = Store::new(dir, store_root, storage, store_limits, store_counters)?;
         Ok::<_, std::io::Error>((index, store))
     })
     .await

@@ -29,6 +29,9 @@ use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
 use super::fsdir::{is_link_refusal, Dir, Root};
+use super::group::GroupCommit;
+use super::hashing::{HashThreads, PrefixHash};
+use super::publish::{publish_batch, Disk, Publish, PublishError, RealDisk};
 use super::{
     lock, CompletedFile, Counters, Storage, LINK_REFUSED, MD5_MISMATCH, NO_SPACE, TOO_MANY_UPLOADS,
 };
@@ -39,6 +42,14 @@ pub use chatxfer::protocol::name::{name_problem, MAX_NAME_LEN};
 
 /// How many completed files [`super::ServerHandle::completed`] remembers.
 const COMPLETED_KEPT: usize = 1024;
+
+/// The reply when a verified upload could not be made durable under its
+/// name (sync or rename failed): never a 100 %.
+const PUBLISH_FAILED: ErrorCode = ErrorCode::FileWritePermissionFailed;
+
+/// Hashing threads per server (see [`super::hashing`]): a few large uploads
+/// at a time get one; on a machine of a few cores more would only compete.
+const HASH_THREADS: usize = 4;
 
 const STATE_VERSION: u32 = 1;
 
@@ -172,15 +183,24 @@ struct Upload {
     /// The open `.part`, or `None` when the descriptor cap closed it (it is
     /// reopened on demand; see [`OpenParts`]).
     file: Option<File>,
-    /// md5 of the file's first `hashed` bytes, advanced while chunks arrive
-    /// in order, so an in-order upload is never read back.
-    hasher: Md5,
-    hashed: u64,
+    /// md5 of the file's in-order prefix, so an in-order upload is never
+    /// read back.
+    prefix: PrefixHash,
     /// A state file on disk describes this record exactly.
     persisted: bool,
     started: Instant,
     /// Bytes written since this process took the record (for the log line).
     written: u64,
+}
+
+/// Why [`Store::finalize`] did not publish, and what becomes of the record.
+enum Failure {
+    /// md5 mismatch: the record turns [`Rec::Failed`].
+    Mismatch,
+    /// The record goes (the client restarts from seq 1); the reply's code.
+    Dropped(ErrorCode),
+    /// The record stays, so a re-sent chunk retries; the reply's code.
+    Kept(ErrorCode),
 }
 
 /// What remains of a finished positional upload, to answer late duplicates.
@@ -343,6 +363,9 @@ pub struct Store {
     completed: Mutex<VecDeque<CompletedFile>>,
     open_parts: Mutex<OpenParts>,
     unfinished: Mutex<Unfinished>,
+    /// Makes verified uploads durable under their names, in batches.
+    publisher: GroupCommit<Publish, Result<(), PublishError>>,
+    hash_threads: HashThreads,
 }
 
 fn md5_eq(a: &str, b: &str) -> bool {
@@ -381,7 +404,21 @@ impl Store {
         mode: Storage,
         limits: StoreLimits,
         counters: Arc<Counters>,
-    ) -> Store {
+    ) -> io::Result<Store> {
+        Store::with_disk(root_path, root, mode, limits, counters, RealDisk)
+    }
+
+    /// [`Store::new`] publishing through `disk` (tests record its calls).
+    fn with_disk(
+        root_path: PathBuf,
+        root: Arc<Root>,
+        mode: Storage,
+        limits: StoreLimits,
+        counters: Arc<Counters>,
+        disk: impl Disk + Send + Sync + 'static,
+    ) -> io::Result<Store> {
+        let publisher =
+            GroupCommit::start("chatxfer-publish", move |jobs| publish_batch(&disk, jobs))?;
         let store = Store {
             root_path,
             root,
@@ -392,11 +429,13 @@ impl Store {
             completed: Mutex::new(VecDeque::new()),
             open_parts: Mutex::new(OpenParts::default()),
             unfinished: Mutex::new(Unfinished::default()),
+            publisher,
+            hash_threads: HashThreads::new(HASH_THREADS),
         };
         if mode == Storage::Positional {
             store.scan_unfinished();
         }
-        store
+        Ok(store)
     }
 
     pub fn key(&self, uid: i64, name: &str) -> Key {
@@ -557,14 +596,18 @@ impl Store {
                 slot.rec = Rec::Done(summary);
                 Ok(true)
             }
-            Err(code) => {
-                if code == MD5_MISMATCH {
-                    lock(&self.unfinished).remove(c.uid, &c.name);
-                    slot.rec = Rec::Failed(summary);
-                }
-                // Other failures keep the record: a re-sent chunk retries the publish.
+            Err(Failure::Mismatch) => {
+                lock(&self.unfinished).remove(c.uid, &c.name);
+                slot.rec = Rec::Failed(summary);
+                Err(MD5_MISMATCH)
+            }
+            Err(Failure::Dropped(code)) => {
+                lock(&self.unfinished).remove(c.uid, &c.name);
+                slot.rec = Rec::None;
                 Err(code)
             }
+            // A re-sent chunk retries the publish.
+            Err(Failure::Kept(code)) => Err(code),
         }
     }
 
@@ -688,8 +731,7 @@ impl Store {
             md5: c.md5.to_ascii_lowercase(),
             received: Ranges::default(),
             file: Some(file),
-            hasher: Md5::new(),
-            hashed: 0,
+            prefix: PrefixHash::for_file(geo.max_seq, &self.hash_threads),
             persisted: false,
             started: Instant::now(),
             written: 0,
@@ -730,14 +772,12 @@ impl Store {
             ErrorCode::FileWritePermissionFailed
         })?;
         let len = c.data.len() as u64;
-        if offset == u.hashed {
-            u.hasher.update(&c.data);
-            u.hashed += len;
-        } else if offset < u.hashed {
+        if offset == u.prefix.hashed() {
+            u.prefix.update(&c.data);
+        } else if offset < u.prefix.hashed() {
             // Bytes already hashed were rewritten (and may differ): hash the
             // whole file again at the end.
-            u.hasher = Md5::new();
-            u.hashed = 0;
+            u.prefix = PrefixHash::inline();
         }
         u.received.insert(c.seq);
         u.written += len;
@@ -750,15 +790,15 @@ impl Store {
 
     /// Every chunk is in: verify the md5, then make the file durable and
     /// visible under its name in one rename.
-    fn finalize(&self, u: &mut Upload) -> Result<(), ErrorCode> {
+    fn finalize(&self, u: &mut Upload) -> Result<(), Failure> {
         let secs = u.started.elapsed().as_secs_f64();
         let md5 = self.file_md5(u).map_err(|e| {
             tracing::warn!(name = %u.name, error = %e, "cannot read back the upload for its md5");
-            ErrorCode::FileReadFailed
+            Failure::Kept(ErrorCode::FileReadFailed)
         })?;
         let dir = self.dir(u.uid, false).map_err(|e| {
             tracing::warn!(uid = u.uid, error = %e, "cannot open the upload directory");
-            open_error(&e, ErrorCode::CreateDirFailed)
+            Failure::Kept(open_error(&e, ErrorCode::CreateDirFailed))
         })?;
         let part = part_name(&u.name);
         if !md5_eq(&md5, &u.md5) {
@@ -769,19 +809,49 @@ impl Store {
             self.counters.files_failed.fetch_add(1, Ordering::Relaxed);
             tracing::info!(uid = u.uid, name = %u.name, bytes = u.geo.total, secs, md5 = %md5,
                 expected = %u.md5, "upload failed: md5 mismatch, not published");
-            return Err(MD5_MISMATCH);
+            return Err(Failure::Mismatch);
         }
-        let name = u.name.clone();
-        self.part(u)
-            .and_then(File::sync_all)
-            .and_then(|()| dir.rename(&part, &name))
-            .map_err(|e| {
-                tracing::warn!(name = %name, error = %e, "cannot publish upload");
-                ErrorCode::FileWritePermissionFailed
-            })?;
-        u.file = None;
-        if let Err(e) = dir.sync() {
-            tracing::warn!(uid = u.uid, error = %e, "cannot sync directory");
+        let (uid, name) = (u.uid, u.name.clone());
+        self.part(u).map_err(|e| {
+            tracing::warn!(uid, name = %name, error = %e, "cannot reopen the upload file");
+            Failure::Kept(open_error(&e, ErrorCode::FileWritePermissionFailed))
+        })?;
+        let file = u
+            .file
+            .take()
+            .ok_or(Failure::Kept(ErrorCode::FileWritePermissionFailed))?;
+        // Durable under its name (data, rename, directory) when this
+        // returns Ok, together with the files that completed meanwhile.
+        let published = self.publisher.submit(Publish {
+            uid,
+            dir,
+            file,
+            part,
+            name,
+        });
+        match published {
+            Ok(Ok(())) => {}
+            failed => {
+                let renamed = matches!(&failed, Ok(Err(e)) if e.renamed());
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "the publishing thread failed".to_owned(),
+                };
+                tracing::warn!(uid, name = %u.name, error, "cannot publish upload");
+                // A failed sync is not retried (after an fsync error the
+                // kernel may report the next one clean without the data on
+                // disk): the upload is dropped, and its client, answered
+                // 1012 from now on, sends the file again from seq 1.
+                if !renamed {
+                    if let Err(e) = self
+                        .dir(uid, false)
+                        .and_then(|d| d.remove(&part_name(&u.name)))
+                    {
+                        tracing::warn!(uid, name = %u.name, error = %e, "cannot remove an unpublished upload");
+                    }
+                }
+                return Err(Failure::Dropped(PUBLISH_FAILED));
+            }
         }
         self.counters
             .files_completed
@@ -802,8 +872,14 @@ impl Store {
     /// The md5 of the whole file: the in-order prefix from memory, the rest
     /// read back.
     fn file_md5(&self, u: &mut Upload) -> io::Result<String> {
-        let mut hasher = u.hasher.clone();
-        let (hashed, total) = (u.hashed, u.geo.total);
+        let prefix = std::mem::replace(&mut u.prefix, PrefixHash::inline());
+        let mut hashed = prefix.hashed();
+        let mut hasher = prefix.finish().unwrap_or_else(|| {
+            tracing::warn!(name = %u.name, "md5 of the received prefix lost; hashing the file from disk");
+            hashed = 0;
+            Md5::new()
+        });
+        let total = u.geo.total;
         let file = self.part(u)?;
         let mut offset = hashed;
         let mut buf = vec![0u8; (256 * 1024).min((total - hashed) as usize)];
@@ -898,8 +974,7 @@ impl Store {
             md5: s.md5,
             received,
             file: Some(file),
-            hasher: Md5::new(),
-            hashed: 0,
+            prefix: PrefixHash::inline(),
             persisted: true,
             started: Instant::now(),
             written: 0,
@@ -1190,5 +1265,145 @@ mod tests {
         for good in ["a.png", "3f2a-1.mp4", "名字.txt", &"n".repeat(200)] {
             assert!(name_problem(good).is_none(), "{good:?}");
         }
+    }
+
+    use super::super::publish::testing::Recorder;
+    use std::path::Path;
+
+    fn store_with(disk: Recorder, dir: &Path) -> Store {
+        let root = Arc::new(Root::open(dir).unwrap());
+        let limits = StoreLimits {
+            max_file_size: 1 << 30,
+            max_open_parts: 64,
+            max_unfinished_per_uid: 64,
+            max_unfinished_total: 1024,
+            upload_expiry: Duration::from_secs(3600),
+            min_free_space: 0,
+        };
+        let counters = Arc::new(Counters::default());
+        Store::with_disk(
+            dir.to_path_buf(),
+            root,
+            Storage::Positional,
+            limits,
+            counters,
+            disk,
+        )
+        .unwrap()
+    }
+
+    /// The chunks of `data` uploaded as `name` by uid 7, declaring `md5`.
+    fn chunks(name: &str, data: &[u8], chunk: usize, md5: &str) -> Vec<Chunk> {
+        let n = data.len().div_ceil(chunk);
+        data.chunks(chunk)
+            .enumerate()
+            .map(|(i, part)| Chunk {
+                uid: 7,
+                name: name.to_owned(),
+                md5: md5.to_owned(),
+                seq: i as u32 + 1,
+                trans_size: (i * chunk + part.len()) as u64,
+                total_size: data.len() as u64,
+                last: i64::from(i + 1 == n),
+                data: part.to_vec(),
+            })
+            .collect()
+    }
+
+    fn md5_hex(data: &[u8]) -> String {
+        hex(&Md5::digest(data))
+    }
+
+    /// The 100 % (the put that completes the file; the lane replies right
+    /// after it) comes only after the data sync, the rename and the
+    /// directory sync, in that order.
+    #[test]
+    fn completion_is_reported_only_after_sync_rename_and_directory_sync() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rec = Recorder::default();
+        let store = store_with(rec.clone(), tmp.path());
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        for c in chunks("f", &data, 4096, &md5_hex(&data)) {
+            let put = store.put(&c, true);
+            assert_eq!(put.result, Ok(()), "seq {}", c.seq);
+            rec.push(format!("reply {} completed={}", c.seq, put.completed));
+        }
+        let log = rec.log();
+        let at = |s: &str| {
+            log.iter()
+                .position(|l| l == s)
+                .unwrap_or_else(|| panic!("{s} in {log:?}"))
+        };
+        assert!(
+            at("reply 2 completed=false") < at("sync .f.part"),
+            "{log:?}"
+        );
+        assert!(at("sync .f.part") < at("rename .f.part f"), "{log:?}");
+        assert!(at("rename .f.part f") < at("sync dir"), "{log:?}");
+        assert!(at("sync dir") < at("reply 3 completed=true"), "{log:?}");
+        assert_eq!(std::fs::read(tmp.path().join("7").join("f")).unwrap(), data);
+    }
+
+    /// A sync that fails answers the completing chunk with an error, never
+    /// 100 %, and drops the upload: a re-sent chunk gets 1012, so the
+    /// client sends the file again from seq 1 (which then publishes it).
+    #[test]
+    fn a_failed_sync_answers_an_error_and_the_upload_starts_again() {
+        for rec in [
+            Recorder {
+                fail_sync_of: Some(".f.part".into()),
+                ..Recorder::default()
+            },
+            Recorder {
+                fail_dir_sync: true,
+                ..Recorder::default()
+            },
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let store = store_with(rec.clone(), tmp.path());
+            let data = vec![5u8; 9000];
+            let cs = chunks("f", &data, 4096, &md5_hex(&data));
+            assert_eq!(store.put(&cs[0], true).result, Ok(()));
+            assert_eq!(store.put(&cs[1], true).result, Ok(()));
+            let last = store.put(&cs[2], true);
+            assert_eq!(last.result, Err(PUBLISH_FAILED), "{:?}", rec.log());
+            assert!(!last.completed);
+            assert_eq!(
+                store.put(&cs[2], true).result,
+                Err(ErrorCode::FileNotExists)
+            );
+            assert!(!tmp.path().join("7").join(".f.part").exists());
+            assert_eq!(store.unfinished(), 0);
+        }
+    }
+
+    /// md5 stays exact with the hashing thread, chunks out of order and
+    /// rewritten included, and a wrong declared md5 is still caught.
+    #[test]
+    fn md5_is_exact_with_the_hashing_thread_and_out_of_order_chunks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store_with(Recorder::default(), tmp.path());
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        assert!(data.len().div_ceil(4096) >= super::super::hashing::THREAD_MIN_CHUNKS as usize);
+        let mut cs = chunks("g", &data, 4096, &md5_hex(&data));
+        cs.swap(5, 6);
+        let last = cs.len() - 1;
+        for c in &cs[..last] {
+            assert_eq!(store.put(c, true).result, Ok(()));
+        }
+        assert_eq!(store.put(&cs[3], true).result, Ok(()), "a rewrite");
+        let put = store.put(&cs[last], true);
+        assert_eq!(put.result, Ok(()));
+        assert!(put.completed);
+        assert_eq!(std::fs::read(tmp.path().join("7").join("g")).unwrap(), data);
+
+        let wrong = chunks("h", &data, 4096, &md5_hex(b"something else"));
+        for c in &wrong[..wrong.len() - 1] {
+            assert_eq!(store.put(c, true).result, Ok(()));
+        }
+        assert_eq!(
+            store.put(&wrong[wrong.len() - 1], true).result,
+            Err(MD5_MISMATCH)
+        );
     }
 }

@@ -1,0 +1,339 @@
+//! Publishing verified uploads durably, a batch at a time (run by a
+//! [`super::group::GroupCommit`] thread): every file's data is synced, then
+//! each is renamed from its `.part` to its name, then each uid directory
+//! that got a rename is synced once. Only then does a job succeed, and only
+//! then does the lane reply 100 %.
+//!
+//! Why this order and this shape: a rename must not reach the disk before
+//! the data it names (else a crash could leave a published name over
+//! missing bytes), and the reply must not go before the rename is durable.
+//! Writeback of every file in the batch is started before the first one is
+//! waited for, so on a journalling file system the first file's sync
+//! commits the others' metadata too and their syncs find little left to do;
+//! the directory sync is paid once per uid and batch instead of per file.
+//!
+//! Invariant: a job's result is `Ok` only if its file's data sync, its
+//! rename and its directory's sync all succeeded, in that order. A failure
+//! fails just the jobs it covers: a file's sync or rename error that file,
+//! a directory's sync error every file renamed into it in the batch.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+
+use super::fsdir::Dir;
+
+/// Threads that sync one batch's files at once.
+const MAX_SYNC_THREADS: usize = 16;
+
+/// One verified upload to make durable under its name.
+pub(crate) struct Publish {
+    pub uid: i64,
+    /// The uid directory holding both names.
+    pub dir: Dir,
+    /// The open `.part` (its writes are complete).
+    pub file: File,
+    pub part: String,
+    pub name: String,
+}
+
+/// The step that failed, with its error.
+#[derive(Debug)]
+pub(crate) enum PublishError {
+    SyncFile(io::Error),
+    Rename(io::Error),
+    SyncDir(io::Error),
+}
+
+impl std::fmt::Display for PublishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublishError::SyncFile(e) => write!(f, "cannot sync the file's data: {e}"),
+            PublishError::Rename(e) => write!(f, "cannot rename the file into place: {e}"),
+            PublishError::SyncDir(e) => write!(f, "cannot sync the directory: {e}"),
+        }
+    }
+}
+
+impl PublishError {
+    /// True once the file is under its name (it may not be durable there).
+    pub fn renamed(&self) -> bool {
+        matches!(self, PublishError::SyncDir(_))
+    }
+}
+
+/// The file system operations of a batch, apart so a test can record their
+/// order and inject failures.
+pub(crate) trait Disk {
+    /// Starts writing `file`'s dirty data back without waiting (a hint).
+    fn start_writeback(&self, file: &File);
+    fn sync_file(&self, file: &File) -> io::Result<()>;
+    fn rename(&self, dir: &Dir, from: &str, to: &str) -> io::Result<()>;
+    fn sync_dir(&self, dir: &Dir) -> io::Result<()>;
+}
+
+/// The real file system.
+pub(crate) struct RealDisk;
+
+impl Disk for RealDisk {
+    fn start_writeback(&self, file: &File) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid open descriptor; SYNC_FILE_RANGE_WRITE only
+            // queues writeback of the whole file (offset 0, length 0 = to
+            // the end) and touches no memory of ours.
+            let r = unsafe {
+                libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+            };
+            if r != 0 {
+                // Only a hint: the sync that follows is what counts.
+                tracing::debug!(error = %io::Error::last_os_error(), "sync_file_range failed");
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = file;
+    }
+
+    fn sync_file(&self, file: &File) -> io::Result<()> {
+        // Data and the size (what reading the file back needs); the file's
+        // name is made durable by the directory sync.
+        file.sync_data()
+    }
+
+    fn rename(&self, dir: &Dir, from: &str, to: &str) -> io::Result<()> {
+        dir.rename(from, to)
+    }
+
+    fn sync_dir(&self, dir: &Dir) -> io::Result<()> {
+        dir.sync()
+    }
+}
+
+/// Syncs the jobs' files, several at once: each sync ends with a cache
+/// flush of the device, and flushes issued together are merged by the
+/// block layer, where one after the other each waits for its own (on this
+/// machine's journal-less ext4, syncing a batch's files in turn made
+/// grouping slower than the lanes' own parallel syncs).
+fn sync_files(disk: &(impl Disk + Sync), jobs: &[Publish]) -> Vec<Result<(), PublishError>> {
+    let sync = |j: &Publish| disk.sync_file(&j.file).map_err(PublishError::SyncFile);
+    if jobs.len() < 2 {
+        return jobs.iter().map(sync).collect();
+    }
+    let per_thread = jobs.len().div_ceil(MAX_SYNC_THREADS);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = jobs
+            .chunks(per_thread)
+            .map(|part| {
+                let t = s.spawn(move || part.iter().map(sync).collect::<Vec<_>>());
+                (part.len(), t)
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|(n, t)| {
+                t.join().unwrap_or_else(|_| {
+                    // A panic in a sync (a bug): these files are not durable.
+                    (0..n)
+                        .map(|_| Err(PublishError::SyncFile(io::Error::other("sync panicked"))))
+                        .collect()
+                })
+            })
+            .collect()
+    })
+}
+
+/// Publishes `jobs` (see the module doc); one result per job, in order.
+pub(crate) fn publish_batch(
+    disk: &(impl Disk + Sync),
+    jobs: Vec<Publish>,
+) -> Vec<Result<(), PublishError>> {
+    for j in &jobs {
+        disk.start_writeback(&j.file);
+    }
+    let mut results = sync_files(disk, &jobs);
+    for (j, r) in jobs.iter().zip(results.iter_mut()) {
+        if r.is_ok() {
+            *r = disk
+                .rename(&j.dir, &j.part, &j.name)
+                .map_err(PublishError::Rename);
+        }
+    }
+    // One sync per directory that got a rename, through the first of its
+    // jobs' handles (all name the same directory).
+    let mut dirs: HashMap<i64, usize> = HashMap::new();
+    for (i, (j, r)) in jobs.iter().zip(&results).enumerate() {
+        if r.is_ok() {
+            dirs.entry(j.uid).or_insert(i);
+        }
+    }
+    for (uid, first) in dirs {
+        if let Err(e) = disk.sync_dir(&jobs[first].dir) {
+            for (j, r) in jobs.iter().zip(results.iter_mut()) {
+                if j.uid == uid && r.is_ok() {
+                    *r = Err(PublishError::SyncDir(io::Error::new(
+                        e.kind(),
+                        format!("directory of uid {uid}: {e}"),
+                    )));
+                }
+            }
+        }
+    }
+    results
+}
+
+/// A [`Disk`] that records each operation (files by name) into a shared
+/// log and fails the ones it is told to, for the tests here and the
+/// store's.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default, Clone)]
+    pub(crate) struct Recorder {
+        pub log: Arc<Mutex<Vec<String>>>,
+        pub fail_sync_of: Option<String>,
+        pub fail_dir_sync: bool,
+    }
+
+    impl Recorder {
+        pub fn push(&self, s: impl Into<String>) {
+            self.log.lock().unwrap().push(s.into());
+        }
+
+        pub fn log(&self) -> Vec<String> {
+            self.log.lock().unwrap().clone()
+        }
+    }
+
+    /// The file name an open descriptor refers to (Linux: /proc/self/fd).
+    fn name_of(file: &File) -> String {
+        use std::os::fd::AsRawFd;
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
+        link.file_name().unwrap().to_string_lossy().into_owned()
+    }
+
+    impl Disk for Recorder {
+        fn start_writeback(&self, file: &File) {
+            self.push(format!("writeback {}", name_of(file)));
+        }
+        fn sync_file(&self, file: &File) -> io::Result<()> {
+            let name = name_of(file);
+            self.push(format!("sync {name}"));
+            if self.fail_sync_of.as_deref() == Some(name.as_str()) {
+                return Err(io::Error::other("injected EIO"));
+            }
+            RealDisk.sync_file(file)
+        }
+        fn rename(&self, dir: &Dir, from: &str, to: &str) -> io::Result<()> {
+            self.push(format!("rename {from} {to}"));
+            RealDisk.rename(dir, from, to)
+        }
+        fn sync_dir(&self, dir: &Dir) -> io::Result<()> {
+            self.push("sync dir");
+            if self.fail_dir_sync {
+                return Err(io::Error::other("injected EIO"));
+            }
+            RealDisk.sync_dir(dir)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fsdir::Root;
+    use super::testing::Recorder;
+    use super::*;
+    use std::io::Write;
+
+    fn jobs(root: &Root, names: &[&str]) -> Vec<Publish> {
+        names
+            .iter()
+            .map(|n| {
+                let dir = root.uid_dir(7, true).unwrap();
+                let part = format!(".{n}.part");
+                let mut file = dir.create_rw(&part).unwrap();
+                file.write_all(n.as_bytes()).unwrap();
+                Publish {
+                    uid: 7,
+                    dir,
+                    file,
+                    part,
+                    name: (*n).to_owned(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn data_is_synced_before_any_rename_and_the_directory_once_after() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let rec = Recorder::default();
+        let results = publish_batch(&rec, jobs(&root, &["a", "b", "c"]));
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let mut log = rec.log();
+        // The files are synced in parallel: in any order, but all before
+        // the first rename.
+        log[3..6].sort();
+        assert_eq!(
+            log,
+            [
+                "writeback .a.part",
+                "writeback .b.part",
+                "writeback .c.part",
+                "sync .a.part",
+                "sync .b.part",
+                "sync .c.part",
+                "rename .a.part a",
+                "rename .b.part b",
+                "rename .c.part c",
+                "sync dir",
+            ]
+        );
+        for n in ["a", "b", "c"] {
+            assert_eq!(
+                std::fs::read(tmp.path().join("7").join(n)).unwrap(),
+                n.as_bytes()
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_file_sync_fails_that_file_and_it_is_not_renamed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let rec = Recorder {
+            fail_sync_of: Some(".b.part".into()),
+            ..Recorder::default()
+        };
+        let results = publish_batch(&rec, jobs(&root, &["a", "b", "c"]));
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(matches!(results[1], Err(PublishError::SyncFile(_))));
+        let log = rec.log();
+        assert!(
+            !log.iter().any(|l| l.starts_with("rename .b.part")),
+            "{log:?}"
+        );
+        assert!(!tmp.path().join("7").join("b").exists());
+        assert_eq!(log.last().map(String::as_str), Some("sync dir"));
+    }
+
+    #[test]
+    fn a_failed_directory_sync_fails_every_file_of_the_batch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let rec = Recorder {
+            fail_dir_sync: true,
+            ..Recorder::default()
+        };
+        let results = publish_batch(&rec, jobs(&root, &["a", "b"]));
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Err(e @ PublishError::SyncDir(_)) if e.renamed())),
+            "{results:?}"
+        );
+    }
+}
