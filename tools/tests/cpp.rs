@@ -11,11 +11,14 @@
 //!   downloads the files back), the same example under AddressSanitizer,
 //!   the C program of bad calls, the C program driving the C ABI's sans-IO
 //!   engine (`tests/c/engine.c`), and the header checks at the client's
-//!   standards (C++11, C99, warnings as errors);
-//! * the Qt Widgets demo four ways, CMake package (`find_package`) and
-//!   qmake (`qmake/chatxfer.pri`), each with Qt 5 and Qt 6, and its
-//!   self-test offscreen (uploads, pause/resume, a download back, md5s,
-//!   screenshots under the build dir);
+//!   standards (C++11, C99, warnings as errors; the Qt adapter with Qt 5
+//!   as C++11, and one of its signals on the object's thread);
+//! * the Qt Widgets demo four ways, CMake package (`find_package`,
+//!   `chatxfer::qt`) and qmake (`qmake/chatxfer_qt.pri`), each with Qt 5
+//!   and Qt 6, and its self-test offscreen through the Qt adapter
+//!   (uploads, pause/resume, a download back that fails and is retried by
+//!   a click, md5s, every signal on the GUI thread, screenshots under the
+//!   build dir);
 //! * the profile/library choice for a release configuration (configure
 //!   only: a release build of the crate would take minutes).
 //!
@@ -774,6 +777,7 @@ fn headers_compile_as_cxx11_and_c99_and_link() {
     for (exe, ok) in [
         ("headers_cxx11", "c++11 headers: ok"),
         ("header_c99", "c99 header: ok"),
+        ("headers_qt_cxx11", "qt adapter c++11: ok"),
     ] {
         let out = Command::new(dir.join(exe)).output().unwrap();
         assert!(out.status.success(), "{exe} failed:\n{}", show(&out));
@@ -787,6 +791,7 @@ fn headers_compile_as_cxx11_and_c99_and_link() {
     for (flags, std) in [
         ("CMakeFiles/headers_cxx11.dir/flags.make", "-std=c++11"),
         ("CMakeFiles/header_c99.dir/flags.make", "-std=c99"),
+        ("CMakeFiles/headers_qt_cxx11.dir/flags.make", "-std=c++11"),
     ] {
         let text = std::fs::read_to_string(dir.join(flags)).unwrap();
         assert!(
@@ -794,6 +799,13 @@ fn headers_compile_as_cxx11_and_c99_and_link() {
             "{flags}: {text}"
         );
     }
+    // The adapter's moc output was part of that C++11 build, against Qt 5.
+    let mocs =
+        std::fs::read_to_string(dir.join("headers_qt_cxx11_autogen/mocs_compilation.cpp")).unwrap();
+    assert!(mocs.contains("moc_chatxfer_qt.cpp"), "{mocs}");
+    let out = Command::new(dir.join("headers_qt_cxx11")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("built with Qt 5."), "{stdout}");
 }
 
 #[test]
