@@ -509,6 +509,15 @@ fn qt_demo_selftest(how: QtBuild, major: u32) {
     // Five uploads with the source's md5, one download byte-identical.
     assert_eq!(stdout.matches(" identical").count(), 5, "{stdout}");
     assert_eq!(stdout.matches(" byte-identical").count(), 1, "{stdout}");
+    // Through the adapter's signals, all on the GUI thread; the download's
+    // failure (Failure::Local, 2004: a file where its folder should be)
+    // retried by a click.
+    assert!(
+        stdout.contains("download of sunset.png failed (code 2004)")
+            && stdout.contains("failed download shown and retried by a click: yes"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("; off the GUI thread: 0\n"), "{stdout}");
     eprintln!(
         "Qt self-test ({how:?}, Qt {major}) passed in {:.2} s; screenshot {}",
         t0.elapsed().as_secs_f64(),
