@@ -12,7 +12,8 @@
 //!   the C program of bad calls, the C program driving the C ABI's sans-IO
 //!   engine (`tests/c/engine.c`), and the header checks at the client's
 //!   standards (C++11, C99, warnings as errors; the Qt adapter with Qt 5
-//!   as C++11, and one of its signals on the object's thread);
+//!   as C++11, and one of its signals on the object's thread), and the Qt
+//!   adapter destroyed mid-upload under AddressSanitizer;
 //! * the Qt Widgets demo four ways, CMake package (`find_package`,
 //!   `chatxfer::qt`) and qmake (`qmake/chatxfer_qt.pri`), each with Qt 5
 //!   and Qt 6, and its self-test offscreen through the Qt adapter
@@ -477,6 +478,40 @@ fn cpp_upload_example_is_clean_under_address_sanitizer() {
         show(&out)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("all files uploaded"));
+}
+
+/// The Qt adapter destroyed while its client is mid-upload, round after
+/// round (deleteLater from its own progress slot; the last round in a
+/// worker thread, whose signals must arrive there), under AddressSanitizer:
+/// the library's sink racing the destructor must touch nothing freed.
+#[test]
+fn qt_adapter_destroyed_mid_upload_is_clean_under_address_sanitizer() {
+    let dir = built();
+    let server = Serve::start();
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("lifetime.bin");
+    // Large enough that every round is still sending when it is destroyed.
+    write_file(&file, 24_000_000, 11);
+    let (host, port) = server.addr.rsplit_once(':').expect("host:port");
+    let out = Command::new(dir.join("qt_lifetime"))
+        .args([host, port])
+        .arg(&file)
+        .env("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "qt_lifetime failed:\n{}", show(&out));
+    assert!(
+        stdout.contains(
+            "rounds 8, destroyed mid-upload 8, destroyed 8, signals on a wrong thread 0: ok"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("Sanitizer"),
+        "sanitizer report:\n{}",
+        show(&out)
+    );
 }
 
 /// Builds the demo, runs its self-test offscreen and checks what it says.
