@@ -2,7 +2,7 @@
 //
 //   upload [--server HOST:PORT] [--chatxfer PATH] [--uid N] [--pause-first]
 //          [--appending] [--state-dir DIR [--resume]] [--rate-limit B/S]
-//          [--sans-io [--download-to DIR]] FILE...
+//          [--sans-io [--download-to DIR]] [--download-to DIR --fetch MSGID]... FILE...
 //
 // Uploads every FILE at once, printing a progress line per file as events
 // arrive, and exits 0 only if every file completed. Without --server it
@@ -18,6 +18,9 @@
 // transfers; a later run with --resume (FILE optional) continues what a
 // killed run left. --appending: the server appends (`serve --appending`, as
 // the deployed one). --rate-limit caps the upload rate (bytes/s).
+// --fetch MSGID (with --download-to DIR, networked client): also downloads
+// chat message MSGID's file into DIR as transfer "msg-MSGID" (journaled
+// with --state-dir like the uploads; FILE is optional then).
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -59,7 +62,7 @@ namespace {
 // event thread; it only queues, the main thread does the printing and logic
 // (the same split a Qt app makes with a queued connection).
 struct Note {
-  enum Kind { Progress, State, Done, Failed, Conn };
+  enum Kind { Progress, State, Done, Failed, Conn, Saved };
   Note() = default;
   Note(Kind k, std::string n) : kind(k), name(std::move(n)) {}
   Kind kind = Progress;
@@ -112,6 +115,11 @@ class Sink : public chatxfer::EventSink {
                    std::uint64_t bytes) override {
     Note n{Note::Done, name};
     n.text = md5, n.total = bytes;
+    inbox_->Push(std::move(n));
+  }
+  void OnSaved(const std::string& name, const std::string& path) override {
+    Note n{Note::Saved, name};
+    n.text = path;
     inbox_->Push(std::move(n));
   }
   void OnFailed(const std::string& name, std::int64_t code, const std::string& message) override {
@@ -229,7 +237,7 @@ int Usage() {
   std::fprintf(stderr,
                "usage: upload [--server HOST:PORT] [--chatxfer PATH] [--uid N] "
                "[--pause-first] [--appending] [--state-dir DIR [--resume]] [--rate-limit B/S] "
-               "[--sans-io [--download-to DIR]] FILE...\n");
+               "[--sans-io [--download-to DIR]] [--download-to DIR --fetch MSGID]... FILE...\n");
   return 2;
 }
 
@@ -245,6 +253,8 @@ struct ClientFlags {
   std::string state_dir;        // journals of unfinished uploads and downloads
   bool resume = false;          // continue what an earlier (killed) run left
   std::uint64_t rate_limit = 0;  // upload bytes/s
+  std::string download_to;       // where --fetch downloads go
+  std::vector<std::int64_t> fetch;  // message ids to download
 };
 
 static int RunClient(const std::string& host, std::uint16_t port,
@@ -306,6 +316,20 @@ static int RunClient(const std::string& host, std::uint16_t port,
     pending[name] = path;
   }
 
+  for (std::int64_t id : flags.fetch) {
+    const std::string name = "msg-" + std::to_string(id);
+    auto st = chatxfer::AddDownloadFile(*client, name, id, uid, "tok", flags.download_to, "", 0);
+    if (st == chatxfer::Status::Ok) st = client->StartDownload(name);
+    if (st != chatxfer::Status::Ok) {
+      std::fprintf(stderr, "upload: download %s: %s (%s)\n", name.c_str(),
+                   std::string(chatxfer::LastError()).c_str(),
+                   std::string(chatxfer::StatusName(st)).c_str());
+      exit_code = 1;
+      continue;
+    }
+    pending[name] = flags.download_to;
+  }
+
   std::string first = files.empty() ? std::string() : BaseName(files[0]);
   bool paused_once = false;
   auto resume_at = std::chrono::steady_clock::time_point::max();
@@ -348,6 +372,9 @@ static int RunClient(const std::string& host, std::uint16_t port,
         break;
       case Note::Conn:
         std::printf("connection %s: %s\n", n.code ? "up" : "down", n.text.c_str());
+        break;
+      case Note::Saved:
+        std::printf("%s: saved %s\n", n.name.c_str(), n.text.c_str());
         break;
     }
     std::fflush(stdout);
@@ -523,6 +550,7 @@ int main(int argc, char** argv) {
     else if (a == "--rate-limit" && i + 1 < argc) flags.rate_limit = std::strtoull(argv[++i], nullptr, 10);
     else if (a == "--sans-io") sans_io = true;
     else if (a == "--download-to" && i + 1 < argc) download_to = argv[++i];
+    else if (a == "--fetch" && i + 1 < argc) flags.fetch.push_back(std::atoll(argv[++i]));
     else if (a.rfind("--", 0) == 0) return Usage();
     else files.push_back(a);
   }
@@ -531,7 +559,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "upload: SetLogSink: %s\n", std::string(chatxfer::LastError()).c_str());
     return 1;
   }
-  if (files.empty() && !flags.resume) return Usage();
+  if (files.empty() && !flags.resume && flags.fetch.empty()) return Usage();
+  if (!flags.fetch.empty() && (download_to.empty() || sans_io)) return Usage();
+  flags.download_to = download_to;
 
   Server server;
   std::string addr = server_arg;
@@ -550,7 +580,7 @@ int main(int argc, char** argv) {
   auto port = static_cast<std::uint16_t>(std::atoi(addr.c_str() + colon + 1));
 
   Done done;
-  if (!download_to.empty() && !sans_io) return Usage();
+  if (!download_to.empty() && !sans_io && flags.fetch.empty()) return Usage();
   int exit_code = sans_io ? RunSansIo(host, port, files, uid, done, download_to)
                           : RunClient(host, port, files, uid, flags, done);
 

@@ -152,8 +152,18 @@ enum chatxfer_event_kind
   CHATXFER_EVENT_KIND_WARNING = 6,
   /*
    A download was verified and renamed into place at `path`; Completed follows.
+   An avatar's also carries its request's `client_path` and `req_type`.
    */
   CHATXFER_EVENT_KIND_SAVED = 7,
+  /*
+   `ComputeMd5(path)` has hashed `acked` of `total` bytes of `path`.
+   */
+  CHATXFER_EVENT_KIND_MD5_PROGRESS = 8,
+  /*
+   `ComputeMd5(path)` ended: `md5` of `path`, or `code` 2001 (Source) and
+   `message` when the file could not be read.
+   */
+  CHATXFER_EVENT_KIND_MD5_READY = 9,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -414,6 +424,16 @@ typedef struct chatxfer_event {
    worked, growing while the server stays unreachable); 0 otherwise.
    */
   uint32_t attempt;
+  /*
+   Saved of an avatar: the `avatar_client_path` its request carried ("" for
+   other kinds and chat files); the app routes the picture by it.
+   */
+  const char *client_path;
+  /*
+   Saved of an avatar: the `avatar_req_type` its request carried ("" for
+   other kinds and chat files).
+   */
+  const char *req_type;
 } chatxfer_event;
 
 /*
@@ -677,6 +697,19 @@ chatxfer_result chatxfer_client_resume(const struct chatxfer_client *client, con
 chatxfer_result chatxfer_client_retry(const struct chatxfer_client *client, const char *name);
 
 /*
+ Gives a chat upload registered held with `message_id` 0 (at send time,
+ before the ChatServer's 1036 reply) the id of that reply; the upload
+ starts with `chatxfer_client_batch_send`, which refuses it until then
+ (`CHATXFER_RESULT_INVALID_ARGUMENT`). An id <= 0 or an avatar is refused
+ the same way; another id once a chunk has gone gives
+ `CHATXFER_RESULT_WRONG_STATE`.
+
+ # Safety
+ As for `chatxfer_client_batch_send`.
+ */
+chatxfer_result chatxfer_client_set_message_id(const struct chatxfer_client *client, const char *name, int64_t message_id);
+
+/*
  With `chatxfer_options.state_dir`: calls `callback` once per transfer an
  earlier process left unfinished (found when this client connected), then
  returns. Resume (`chatxfer_client_resume_offered`) or discard
@@ -715,6 +748,14 @@ chatxfer_result chatxfer_client_discard_offered(const struct chatxfer_client *cl
 chatxfer_result chatxfer_client_cancel(const struct chatxfer_client *client, const char *name);
 
 /*
+ As `chatxfer_client_set_message_id`, for the sans-IO engine.
+
+ # Safety
+ As for `chatxfer_engine_batch_send`.
+ */
+chatxfer_result chatxfer_engine_set_message_id(struct chatxfer_engine *engine, const char *name, int64_t message_id);
+
+/*
  Writes a snapshot of `name` to `*out` (only on success).
 
  # Safety
@@ -732,6 +773,19 @@ chatxfer_result chatxfer_client_status(const struct chatxfer_client *client, con
  As for `chatxfer_client_connect`.
  */
 chatxfer_result chatxfer_client_disconnect(const struct chatxfer_client *client);
+
+/*
+ Computes the md5 of the file at `path` on a library thread and returns at
+ once, for an app that needs it before it announces the message:
+ `CHATXFER_EVENT_KIND_MD5_PROGRESS` events (`path`, `acked` of `total`
+ bytes), then one `CHATXFER_EVENT_KIND_MD5_READY` (`path`, `md5`, or `code`
+ 2001 and `message`). After `chatxfer_client_connect`, as for uploads; a
+ file that cannot be opened is refused here.
+
+ # Safety
+ As for `chatxfer_client_connect`; `path` a NUL-terminated string.
+ */
+chatxfer_result chatxfer_client_compute_md5(const struct chatxfer_client *client, const char *path);
 
 /*
  Stops sending, waits at most `timeout_ms` for the replies to chunks in

@@ -23,6 +23,8 @@
 //   chatxfer::AddTransFile(*client, path, name, uid, sender, receiver, msg_id, md5, prio);
 //   ...ChatServer confirmed the message...
 //   client->BatchSend(name);          // starts (or resumes) the upload
+//   // or registered at send time with message_id 0, started in the 1036
+//   // handler with the id: chatxfer::BatchSend(*client, name, msg_id);
 //   client->Pause(name); client->Resume(name); client->Cancel(name);
 //   chatxfer::SendFile(*client, ...same arguments...);  // hold = false
 //   chatxfer::DownloadSpec dl{};      // or chatxfer::AddDownloadFile(*client, name,
@@ -150,6 +152,14 @@ inline Status SendFile(Target& target, const std::string& path, const std::strin
                        std::int64_t message_id, const std::string& md5, std::uint8_t priority) {
   return target.AddTransFile(MakeUploadSpec(path, name, uid, sender, receiver, message_id, md5,
                                             priority, /*hold=*/false));
+}
+
+// The 1036 handler of an upload registered at send time (held, message id
+// 0): gives it the ChatServer's message id and starts it.
+template <class Target>
+inline Status BatchSend(Target& target, const std::string& name, std::int64_t message_id) {
+  Status s = target.SetMessageId(name, message_id);
+  return s == Status::Ok ? target.BatchSend(name) : s;
 }
 
 // Registers the download of chat message `message_id`'s file into

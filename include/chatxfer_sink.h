@@ -50,6 +50,26 @@ class EventSink {
   virtual void OnSaved(const std::string& name, const std::string& path) {
     (void)name, (void)path;
   }
+  // An avatar download was saved at `path` (after OnSaved, before
+  // OnCompleted): `client_path` and `req_type` are what its request carried
+  // (AddAvatarDownload), so the app routes the picture as the client's
+  // 1034 handler does (its own icon or a friend's).
+  virtual void OnAvatarSaved(const std::string& name, const std::string& path,
+                             const std::string& client_path, const std::string& req_type) {
+    (void)name, (void)path, (void)client_path, (void)req_type;
+  }
+  // Client::ComputeMd5(path): `hashed` of `total` bytes so far (about one
+  // call per percent, and one at the end).
+  virtual void OnMd5Progress(const std::string& path, std::uint64_t hashed,
+                             std::uint64_t total) {
+    (void)path, (void)hashed, (void)total;
+  }
+  // Client::ComputeMd5(path) ended: `md5` (32 lowercase hex digits), or ""
+  // and `error` when the file could not be read.
+  virtual void OnMd5Ready(const std::string& path, const std::string& md5,
+                          const std::string& error) {
+    (void)path, (void)md5, (void)error;
+  }
   // Upload: stored and verified by the server. Download: saved and verified.
   virtual void OnCompleted(const std::string& name, const std::string& md5,
                            std::uint64_t bytes) {

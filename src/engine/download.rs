@@ -736,6 +736,7 @@ impl Engine {
         };
         d.sink = None;
         let bytes = d.bytes;
+        let avatar = d.spec.avatar.clone();
         let secs = started_at.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
         tracing::info!(%name, bytes, secs, %md5, path = %path.display(), "download complete");
         self.emit_progress(id, now);
@@ -743,6 +744,7 @@ impl Engine {
         self.events.push_back(Event::Saved {
             name: name.clone(),
             path,
+            avatar,
         });
         self.events.push_back(Event::Completed { name, md5, bytes });
         self.promote(now);

@@ -241,6 +241,14 @@ impl Engine {
             FileState::Queued | FileState::Sending => return Ok(()),
             state => return Err(wrong_state(name, "resume", state)),
         }
+        if let Some(u) = self.transfers.get(&id).and_then(|t| t.upload()) {
+            if !u.spec.avatar && u.spec.message_id <= 0 {
+                return Err(Error::InvalidMessageId {
+                    name: name.into(),
+                    message_id: u.spec.message_id,
+                });
+            }
+        }
         if let Some(t) = self.transfers.get_mut(&id) {
             t.common.last_progress = now; // the budget counts from the user's resume
             if let Some(u) = t.upload_mut() {
@@ -252,6 +260,33 @@ impl Engine {
         self.scheduler.enqueue(id);
         self.set_state(id, FileState::Queued);
         self.promote(now);
+        Ok(())
+    }
+
+    /// Gives a chat upload registered at send time (held, `message_id` 0) the
+    /// id of the ChatServer's 1036 reply; `resume` starts it then. Setting
+    /// the id it already has is a no-op; another id is refused once a chunk
+    /// has gone (the server files chunks under the id of the first).
+    pub fn set_message_id(&mut self, name: &str, message_id: i64) -> Result<()> {
+        let id = self.lookup(name)?;
+        let state = self.state(id);
+        let invalid = || Error::InvalidMessageId {
+            name: name.into(),
+            message_id,
+        };
+        let Some(u) = self.transfers.get_mut(&id).and_then(|t| t.upload_mut()) else {
+            return Err(invalid());
+        };
+        if u.spec.avatar || message_id <= 0 {
+            return Err(invalid());
+        }
+        if u.spec.message_id == message_id {
+            return Ok(());
+        }
+        if state.is_terminal() || u.next_seq > 1 {
+            return Err(wrong_state(name, "set the message id of", state));
+        }
+        u.spec.message_id = message_id;
         Ok(())
     }
 

@@ -720,6 +720,76 @@ fn add_file_rejects_bad_input_and_queues_nothing() {
     ));
 }
 
+/// The client registers an upload when the user presses send and learns
+/// its message id only from the ChatServer's 1036 reply: held with id 0 it
+/// waits, cannot start without the id, and its first 1041 carries the id
+/// given; the id cannot change once a chunk has gone.
+#[test]
+fn upload_registered_at_send_starts_with_the_id_given_later() {
+    let mut e = Engine::new(config(WindowPolicy::Fixed(5), ServerStorage::Positional));
+    let now = Instant::now();
+    e.connected(now);
+    let mut at_send = spec("pic.png");
+    at_send.message_id = 0;
+    // Not held: it would start without an id.
+    assert!(matches!(
+        e.add_file_hashing(
+            at_send.clone(),
+            Box::new(MemorySource::new(pattern(3 * CHUNK as usize, 2))),
+            now
+        ),
+        Err(Error::InvalidMessageId { message_id: 0, .. })
+    ));
+    at_send.hold = true;
+    e.add_file_hashing(
+        at_send,
+        Box::new(MemorySource::new(pattern(3 * CHUNK as usize, 2))),
+        now,
+    )
+    .unwrap();
+    assert!(matches!(
+        e.resume("pic.png", now),
+        Err(Error::InvalidMessageId { .. })
+    ));
+    assert_eq!(e.file_status("pic.png").unwrap().state, FileState::Paused);
+    assert!(drain(&mut e, now).is_empty());
+    for bad in [0, -5] {
+        assert!(matches!(
+            e.set_message_id("pic.png", bad),
+            Err(Error::InvalidMessageId { .. })
+        ));
+    }
+    assert!(matches!(
+        e.set_message_id("nope", 3),
+        Err(Error::UnknownName { .. })
+    ));
+    e.set_message_id("pic.png", 41).unwrap();
+    e.set_message_id("pic.png", 42).unwrap(); // not started: the last word counts
+    e.resume("pic.png", now).unwrap();
+    let frames = drain(&mut e, now);
+    assert!(!frames.is_empty());
+    assert!(
+        frames.iter().all(|(_, v)| v["message_id"] == 42),
+        "{frames:?}"
+    );
+    e.set_message_id("pic.png", 42).unwrap();
+    assert!(matches!(
+        e.set_message_id("pic.png", 43),
+        Err(Error::WrongState { .. })
+    ));
+    // An avatar has no message id to set.
+    let mut avatar = spec("me.png");
+    avatar.message_id = 0;
+    avatar.avatar = true;
+    avatar.hold = true;
+    e.add_file_hashing(avatar, Box::new(MemorySource::new(vec![1; 10])), now)
+        .unwrap();
+    assert!(matches!(
+        e.set_message_id("me.png", 5),
+        Err(Error::InvalidMessageId { .. })
+    ));
+}
+
 #[test]
 fn cancel_drops_queued_chunks_and_later_replies_are_harmless() {
     let mut e = Engine::new(config(WindowPolicy::Fixed(5), ServerStorage::Appending));

@@ -279,9 +279,12 @@ pub enum Event {
         bytes: u64,
     },
     /// A download was renamed into place at `path` (just before `Completed`).
+    /// An avatar's carries the request it answers, so the app can route the
+    /// picture by `client_path` and `req_type` as the deployed client does.
     Saved {
         name: String,
         path: std::path::PathBuf,
+        avatar: Option<super::download::AvatarRef>,
     },
     Failed {
         name: String,

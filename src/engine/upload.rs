@@ -368,7 +368,10 @@ pub(super) fn check_spec(
             reason,
         });
     }
-    if !spec.avatar && spec.message_id <= 0 {
+    // A held upload may wait for its id (0: the 1036 reply has not come);
+    // `Engine::set_message_id` gives it before `resume` may start it.
+    let id_pending = spec.hold && spec.message_id == 0;
+    if !spec.avatar && spec.message_id <= 0 && !id_pending {
         return Err(Error::InvalidMessageId {
             name: spec.name.clone(),
             message_id: spec.message_id,

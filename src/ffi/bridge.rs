@@ -64,6 +64,8 @@ pub mod ffi {
         Disconnected = 5,
         Warning = 6,
         Saved = 7,
+        Md5Progress = 8,
+        Md5Ready = 9,
     }
 
     /// The level of a log line (and a log sink's filter).
@@ -109,7 +111,10 @@ pub mod ffi {
     /// (the server's error code or a `Failure`), `message`.
     /// Connected/Warning: `message`. Disconnected: `message`,
     /// `retry_in_ms`, `attempt`. Saved (downloads, just
-    /// before Completed): `path`. `name` is empty for connection events.
+    /// before Completed): `path`, and for an avatar `client_path` and
+    /// `req_type`. Md5Progress: `path`, `acked` of `total`. Md5Ready:
+    /// `path`, `md5`, or `code` 2001 and `message`. `name` is empty for
+    /// connection and md5 events.
     #[derive(Debug)]
     struct Event {
         kind: EventKind,
@@ -122,6 +127,10 @@ pub mod ffi {
         code: i64,
         message: String,
         path: String,
+        /// Saved of an avatar: its request's `client_path` ("" otherwise).
+        client_path: String,
+        /// Saved of an avatar: its request's `req_type` ("" otherwise).
+        req_type: String,
         /// Disconnected: milliseconds until the next attempt (-1: none, the
         /// client stopped; also -1 for other kinds).
         retry_in_ms: i64,
@@ -304,6 +313,14 @@ pub mod ffi {
         /// `Resume` on a failed transfer does the same.
         #[cxx_name = "Retry"]
         fn retry(self: &Client, name: &str) -> Status;
+        /// Gives a chat upload registered held with `message_id` 0 (at
+        /// send time, before the ChatServer's 1036 reply) that reply's id;
+        /// `BatchSend` refuses it until then (`InvalidArgument`). An id <= 0
+        /// or an avatar is refused the same way; another id once a chunk has
+        /// gone gives `WrongState`. chatxfer::BatchSend(client, name, id) does
+        /// both.
+        #[cxx_name = "SetMessageId"]
+        fn set_message_id(self: &Client, name: &str, message_id: i64) -> Status;
         /// With `ClientOptions::state_dir`: the transfers an earlier process
         /// left unfinished, found when this client connected (empty before
         /// `Connect`). Resume or discard each.
@@ -343,6 +360,12 @@ pub mod ffi {
         /// budgets do not run meanwhile.
         #[cxx_name = "Disconnect"]
         fn disconnect(self: &Client) -> Status;
+        /// Computes the md5 of the file at `path` on a library thread and
+        /// returns at once (for an app that needs it before it announces
+        /// the message): Md5Progress events, then one Md5Ready with the md5
+        /// or the read error. `Io` (or `NotAFile`) here if it cannot be opened.
+        #[cxx_name = "ComputeMd5"]
+        fn compute_md5(self: &Client, path: &str) -> Status;
 
         /// `server_appends`: true for the deployed ResourceServer.
         #[cxx_name = "NewTransferEngine"]
@@ -371,6 +394,9 @@ pub mod ffi {
         /// (`Resume` on a failed one does the same).
         #[cxx_name = "Retry"]
         fn retry(self: &mut TransferEngine, name: &str) -> Status;
+        /// As `Client::SetMessageId`.
+        #[cxx_name = "SetMessageId"]
+        fn set_message_id(self: &mut TransferEngine, name: &str, message_id: i64) -> Status;
         #[cxx_name = "GetStatus"]
         fn get_status(self: &TransferEngine, name: &str, out: &mut FileInfo) -> Status;
         /// The host's socket connected / closed.
@@ -493,6 +519,8 @@ fn flat_to_event(f: FlatEvent) -> Event {
         code: f.code,
         message: f.message,
         path: f.path,
+        client_path: f.client_path,
+        req_type: f.req_type,
         retry_in_ms: f.retry_in_ms,
         attempt: f.attempt,
     }
@@ -663,6 +691,10 @@ impl Client {
         status(boundary(|| self.0.retry(name)))
     }
 
+    fn set_message_id(&self, name: &str, message_id: i64) -> Status {
+        status(boundary(|| self.0.set_message_id(name, message_id)))
+    }
+
     fn list_resumable(&self) -> Vec<ffi::Resumable> {
         boundary(|| self.0.resumable())
             .unwrap_or_default()
@@ -711,6 +743,10 @@ impl Client {
         status(boundary(|| self.0.shutdown(None)))
     }
 
+    fn compute_md5(&self, path: &str) -> Status {
+        status(boundary(|| self.0.compute_md5(path)))
+    }
+
     fn disconnect(&self) -> Status {
         status(boundary(|| self.0.disconnect()))
     }
@@ -751,6 +787,10 @@ impl TransferEngine {
 
     fn retry(&mut self, name: &str) -> Status {
         status(boundary(|| self.0.retry(name)))
+    }
+
+    fn set_message_id(&mut self, name: &str, message_id: i64) -> Status {
+        status(boundary(|| self.0.set_message_id(name, message_id)))
     }
 
     fn get_status(&self, name: &str, out: &mut FileInfo) -> Status {

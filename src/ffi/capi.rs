@@ -52,6 +52,12 @@ pub struct chatxfer_event {
     /// Disconnected: the number of that attempt (1 after a connection that
     /// worked, growing while the server stays unreachable); 0 otherwise.
     pub attempt: u32,
+    /// Saved of an avatar: the `avatar_client_path` its request carried ("" for
+    /// other kinds and chat files); the app routes the picture by it.
+    pub client_path: *const c_char,
+    /// Saved of an avatar: the `avatar_req_type` its request carried ("" for
+    /// other kinds and chat files).
+    pub req_type: *const c_char,
 }
 
 /// A client's settings (`chatxfer_client_new_with`; C++
@@ -286,6 +292,42 @@ unsafe fn client_arg<'a>(c: *const chatxfer_client) -> FfiResult<&'a chatxfer_cl
         .ok_or_else(|| FfiError::new(Code::NullParameter, "client is NULL"))
 }
 
+/// The strings a `chatxfer_event` points into, owned for as long as it is
+/// handed out.
+type EventStrings = [CString; 6];
+
+fn event_strings(f: &FlatEvent) -> EventStrings {
+    [
+        &f.name,
+        &f.md5,
+        &f.message,
+        &f.path,
+        &f.client_path,
+        &f.req_type,
+    ]
+    .map(|s| c_string(s))
+}
+
+/// `f` as C sees it; its strings point into `strings`.
+fn c_event(f: &FlatEvent, strings: &EventStrings) -> chatxfer_event {
+    chatxfer_event {
+        kind: f.kind,
+        name: strings[0].as_ptr(),
+        state: f.xfer_state(),
+        acked: f.acked,
+        total: f.total,
+        rate: f.rate,
+        md5: strings[1].as_ptr(),
+        code: f.code,
+        message: strings[2].as_ptr(),
+        path: strings[3].as_ptr(),
+        retry_in_ms: f.retry_in_ms,
+        attempt: f.attempt,
+        client_path: strings[4].as_ptr(),
+        req_type: strings[5].as_ptr(),
+    }
+}
+
 fn c_string(s: &str) -> CString {
     // Server texts could hold a NUL; the C side would cut there anyway.
     CString::new(s.replace('\0', " ")).unwrap_or_default()
@@ -348,26 +390,8 @@ unsafe fn new_client(
     let sink: EventSinkFn = match callback {
         Some(cb) => Box::new(move |e: &crate::runtime::ClientEvent| {
             let f = FlatEvent::from_client_event(e);
-            let (name, md5, message, path) = (
-                c_string(&f.name),
-                c_string(&f.md5),
-                c_string(&f.message),
-                c_string(&f.path),
-            );
-            let ev = chatxfer_event {
-                kind: f.kind,
-                name: name.as_ptr(),
-                state: f.xfer_state(),
-                acked: f.acked,
-                total: f.total,
-                rate: f.rate,
-                md5: md5.as_ptr(),
-                code: f.code,
-                message: message.as_ptr(),
-                path: path.as_ptr(),
-                retry_in_ms: f.retry_in_ms,
-                attempt: f.attempt,
-            };
+            let strings = event_strings(&f);
+            let ev = c_event(&f, &strings);
             // SAFETY: the app gave a valid callback; `ev` and its
             // strings outlive the call.
             unsafe { cb(user_data.get(), &ev) };
@@ -586,6 +610,24 @@ pub unsafe extern "C" fn chatxfer_client_retry(
     with_name(client, name, |t, n| t.retry(n))
 }
 
+/// Gives a chat upload registered held with `message_id` 0 (at send time,
+/// before the ChatServer's 1036 reply) the id of that reply; the upload
+/// starts with `chatxfer_client_batch_send`, which refuses it until then
+/// (`CHATXFER_RESULT_INVALID_ARGUMENT`). An id <= 0 or an avatar is refused
+/// the same way; another id once a chunk has gone gives
+/// `CHATXFER_RESULT_WRONG_STATE`.
+///
+/// # Safety
+/// As for `chatxfer_client_batch_send`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_set_message_id(
+    client: *const chatxfer_client,
+    name: *const c_char,
+    message_id: i64,
+) -> chatxfer_result {
+    with_name(client, name, |t, n| t.set_message_id(n, message_id))
+}
+
 /// A transfer an earlier process left unfinished (strings valid during
 /// the callback only).
 #[repr(C)]
@@ -677,6 +719,19 @@ pub unsafe extern "C" fn chatxfer_client_cancel(
     with_name(client, name, |t, n| t.cancel(n))
 }
 
+/// As `chatxfer_client_set_message_id`, for the sans-IO engine.
+///
+/// # Safety
+/// As for `chatxfer_engine_batch_send`.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_engine_set_message_id(
+    engine: *mut chatxfer_engine,
+    name: *const c_char,
+    message_id: i64,
+) -> chatxfer_result {
+    with_engine_name(engine, name, |e, n| e.set_message_id(n, message_id))
+}
+
 /// Writes a snapshot of `name` to `*out` (only on success).
 ///
 /// # Safety
@@ -718,6 +773,26 @@ pub unsafe extern "C" fn chatxfer_client_disconnect(
     client: *const chatxfer_client,
 ) -> chatxfer_result {
     result(boundary(|| client_arg(client)?.inner.disconnect()))
+}
+
+/// Computes the md5 of the file at `path` on a library thread and returns at
+/// once, for an app that needs it before it announces the message:
+/// `CHATXFER_EVENT_KIND_MD5_PROGRESS` events (`path`, `acked` of `total`
+/// bytes), then one `CHATXFER_EVENT_KIND_MD5_READY` (`path`, `md5`, or `code`
+/// 2001 and `message`). After `chatxfer_client_connect`, as for uploads; a
+/// file that cannot be opened is refused here.
+///
+/// # Safety
+/// As for `chatxfer_client_connect`; `path` a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn chatxfer_client_compute_md5(
+    client: *const chatxfer_client,
+    path: *const c_char,
+) -> chatxfer_result {
+    result(boundary(|| {
+        let c = client_arg(client)?;
+        c.inner.compute_md5(str_arg(path, "path")?)
+    }))
 }
 
 /// Stops sending, waits at most `timeout_ms` for the replies to chunks in
@@ -916,7 +991,7 @@ pub struct chatxfer_engine {
     events: std::collections::VecDeque<FlatEvent>,
     /// The strings of the event last handed out: valid until the next call
     /// of `chatxfer_engine_poll_event` (or `_free`).
-    event_strings: Option<[CString; 4]>,
+    event_strings: Option<EventStrings>,
 }
 
 /// # Safety
@@ -1298,26 +1373,8 @@ pub unsafe extern "C" fn chatxfer_engine_poll_event(
             *out_got = false;
             return Ok(());
         };
-        let strings = [
-            c_string(&f.name),
-            c_string(&f.md5),
-            c_string(&f.message),
-            c_string(&f.path),
-        ];
-        *out = chatxfer_event {
-            kind: f.kind,
-            name: strings[0].as_ptr(),
-            state: f.xfer_state(),
-            acked: f.acked,
-            total: f.total,
-            rate: f.rate,
-            md5: strings[1].as_ptr(),
-            code: f.code,
-            message: strings[2].as_ptr(),
-            path: strings[3].as_ptr(),
-            retry_in_ms: f.retry_in_ms,
-            attempt: f.attempt,
-        };
+        let strings = event_strings(&f);
+        *out = c_event(&f, &strings);
         // Moving the CStrings moves their pointers' owners, not the heap
         // bytes the pointers point at.
         e.event_strings = Some(strings);

@@ -211,6 +211,11 @@ impl Client {
         Ok(self.client()?.retry(name)?)
     }
 
+    /// The 1036 reply's id for a chat upload registered held without one.
+    pub fn set_message_id(&self, name: &str, message_id: i64) -> FfiResult {
+        Ok(self.client()?.set_message_id(name, message_id)?)
+    }
+
     pub fn cancel(&self, name: &str) -> FfiResult {
         Ok(self.client()?.cancel(name)?)
     }
@@ -238,6 +243,12 @@ impl Client {
     /// transfers stay and continue then.
     pub fn disconnect(&self) -> FfiResult {
         Ok(self.client()?.disconnect()?)
+    }
+
+    /// Hashes the file at `path` on a library thread (after `connect`, as
+    /// for uploads): `Md5Progress` events, then `Md5Ready`.
+    pub fn compute_md5(&self, path: &str) -> FfiResult {
+        Ok(self.client()?.compute_md5(std::path::Path::new(path))?)
     }
 
     /// Closes the connection and releases the sink. With `drain`, first

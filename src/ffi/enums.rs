@@ -82,7 +82,13 @@ ffi_enums! {
         /// journal ignored or offered.
         Warning = 6 => c"WARNING",
         /// A download was verified and renamed into place at `path`; Completed follows.
+        /// An avatar's also carries its request's `client_path` and `req_type`.
         Saved = 7 => c"SAVED",
+        /// `ComputeMd5(path)` has hashed `acked` of `total` bytes of `path`.
+        Md5Progress = 8 => c"MD5_PROGRESS",
+        /// `ComputeMd5(path)` ended: `md5` of `path`, or `code` 2001 (Source) and
+        /// `message` when the file could not be read.
+        Md5Ready = 9 => c"MD5_READY",
     }
 
     /// The library's own codes in a Failed event's `code`, beside the

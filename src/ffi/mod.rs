@@ -310,6 +310,10 @@ pub struct FlatEvent {
     pub message: String,
     /// Saved: where the downloaded file now is.
     pub path: String,
+    /// Saved of an avatar: the `client_path` and `req_type` its request
+    /// carried (both "" for a chat file).
+    pub client_path: String,
+    pub req_type: String,
     /// Disconnected: milliseconds until the next attempt; -1 when none
     /// follows (the client stopped) and for every other kind.
     pub retry_in_ms: i64,
@@ -331,6 +335,8 @@ impl FlatEvent {
             code: 0,
             message: String::new(),
             path: String::new(),
+            client_path: String::new(),
+            req_type: String::new(),
             retry_in_ms: -1,
             attempt: 0,
         }
@@ -369,8 +375,14 @@ impl FlatEvent {
                 total: *bytes,
                 ..FlatEvent::new(EventKind::Completed, name)
             },
-            Event::Saved { name, path } => FlatEvent {
+            Event::Saved { name, path, avatar } => FlatEvent {
                 path: path.to_string_lossy().into_owned(),
+                client_path: avatar
+                    .as_ref()
+                    .map_or_else(String::new, |a| a.client_path.clone()),
+                req_type: avatar
+                    .as_ref()
+                    .map_or_else(String::new, |a| a.req_type.clone()),
                 ..FlatEvent::new(EventKind::Saved, name)
             },
             Event::Failed { name, failure } => FlatEvent {
@@ -432,6 +444,29 @@ impl FlatEvent {
                 message: format!("journal {} ignored: {reason}", path.display()),
                 ..FlatEvent::new(EventKind::Warning, "")
             },
+            ClientEvent::Md5Progress {
+                path,
+                hashed,
+                total,
+            } => FlatEvent {
+                acked: *hashed,
+                total: *total,
+                path: path.to_string_lossy().into_owned(),
+                ..FlatEvent::new(EventKind::Md5Progress, "")
+            },
+            ClientEvent::Md5Ready { path, md5 } => {
+                let (md5, code, message) = match md5 {
+                    Ok(md5) => (md5.clone(), 0, String::new()),
+                    Err(e) => (String::new(), crate::engine::CODE_SOURCE, e.clone()),
+                };
+                FlatEvent {
+                    md5,
+                    code,
+                    message,
+                    path: path.to_string_lossy().into_owned(),
+                    ..FlatEvent::new(EventKind::Md5Ready, "")
+                }
+            }
         }
     }
 }

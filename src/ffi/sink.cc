@@ -19,6 +19,17 @@ void deliver(EventSink& sink, const Event& e) {
         break;
       case EventKind::Saved:
         sink.OnSaved(name, std::string(e.path));
+        // An avatar's request always has a req_type (default "1").
+        if (!e.req_type.empty()) {
+          sink.OnAvatarSaved(name, std::string(e.path), std::string(e.client_path),
+                             std::string(e.req_type));
+        }
+        break;
+      case EventKind::Md5Progress:
+        sink.OnMd5Progress(std::string(e.path), e.acked, e.total);
+        break;
+      case EventKind::Md5Ready:
+        sink.OnMd5Ready(std::string(e.path), std::string(e.md5), std::string(e.message));
         break;
       case EventKind::Failed:
         sink.OnFailed(name, e.code, std::string(e.message));

@@ -82,6 +82,19 @@ pub enum ClientEvent {
         retry_in: Option<Duration>,
         attempt: u32,
     },
+    /// [`Client::compute_md5`] has hashed `hashed` of `total` bytes of `path`
+    /// (at most about one event per percent).
+    Md5Progress {
+        path: PathBuf,
+        hashed: u64,
+        total: u64,
+    },
+    /// [`Client::compute_md5`] ended: the md5 (lowercase hex) of `path`, or
+    /// why it could not be read.
+    Md5Ready {
+        path: PathBuf,
+        md5: std::result::Result<String, String>,
+    },
 }
 
 /// Settings of a [`Client`].
@@ -165,6 +178,9 @@ struct Hashing {
     size: u64,
     /// Paused by the app meanwhile (or registered held).
     hold: bool,
+    /// The spec's, or one `set_message_id` gave meanwhile.
+    message_id: i64,
+    avatar: bool,
     cancel: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -457,6 +473,8 @@ impl Client {
             let entry = Hashing {
                 size,
                 hold: spec.hold,
+                message_id: spec.message_id,
+                avatar: spec.avatar,
                 cancel: cancel.clone(),
             };
             hashing.insert(spec.name.clone(), entry);
@@ -490,6 +508,7 @@ impl Client {
             Ok(Some(md5)) => {
                 spec.md5 = Some(md5);
                 spec.hold = entry.hold;
+                spec.message_id = entry.message_id;
                 let registered = self.register_upload(spec, source);
                 drop(hashing);
                 if let Err(e) = registered {
@@ -839,14 +858,14 @@ impl Client {
     }
 
     pub fn pause(&self, name: &str) -> Result<()> {
-        if self.set_hashing_hold(name, true) {
+        if self.set_hashing_hold(name, true)? {
             return Ok(());
         }
         self.with_engine(|e, now| e.pause(name, now))
     }
 
     pub fn resume(&self, name: &str) -> Result<()> {
-        if self.set_hashing_hold(name, false) {
+        if self.set_hashing_hold(name, false)? {
             return Ok(());
         }
         self.with_engine(|e, now| e.resume(name, now))
@@ -860,18 +879,92 @@ impl Client {
         self.with_engine(|e, now| e.cancel(name, now))
     }
 
-    /// Pauses or resumes an upload still being hashed; false if `name` is
-    /// not one.
-    fn set_hashing_hold(&self, name: &str, hold: bool) -> bool {
+    /// Gives a chat upload registered at send time (held, message id 0) the
+    /// id of the ChatServer's 1036 reply; `resume` starts it then. See
+    /// [`Engine::set_message_id`](crate::engine::Engine::set_message_id).
+    pub fn set_message_id(&self, name: &str, message_id: i64) -> Result<()> {
+        {
+            let mut hashing = lock(&self.shared.hashing);
+            if let Some(h) = hashing.get_mut(name) {
+                if message_id <= 0 || h.avatar {
+                    return Err(crate::engine::Error::InvalidMessageId {
+                        name: name.into(),
+                        message_id,
+                    }
+                    .into());
+                }
+                h.message_id = message_id;
+                return Ok(());
+            }
+        }
+        self.with_engine(|e, _| e.set_message_id(name, message_id))?;
+        let mut j = lock(&self.shared.journal);
+        if let Some(t) = j.templates.get_mut(name) {
+            t.message_id = message_id;
+            j.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Pauses or resumes an upload still being hashed: `Ok(true)` if `name`
+    /// is one. A chat upload still without its message id is not released.
+    fn set_hashing_hold(&self, name: &str, hold: bool) -> Result<bool> {
         let mut hashing = lock(&self.shared.hashing);
         let Some(h) = hashing.get_mut(name) else {
-            return false;
+            return Ok(false);
         };
+        if !hold && !h.avatar && h.message_id <= 0 {
+            return Err(crate::engine::Error::InvalidMessageId {
+                name: name.into(),
+                message_id: h.message_id,
+            }
+            .into());
+        }
         if h.hold != hold {
             h.hold = hold;
             self.report_hashing_state(name, hold);
         }
-        true
+        Ok(true)
+    }
+
+    /// Computes the md5 of the file at `path` on a library thread, for an
+    /// app that needs it before it announces the message (the deployed
+    /// client sends it in 1035); reports [`ClientEvent::Md5Progress`] and one
+    /// [`ClientEvent::Md5Ready`]. Returns at once; a file that cannot be
+    /// opened is an error here, a read error later is in `Md5Ready`.
+    pub fn compute_md5(&self, path: &Path) -> Result<()> {
+        self.check_broken()?;
+        let mut source = FileSource::open(path)?;
+        let client = self.clone();
+        let path = path.to_path_buf();
+        self.shared.rt.spawn_blocking(move || {
+            let events = &client.shared.events;
+            let total = crate::engine::ChunkSource::len(&source);
+            let mut reported = 0u64;
+            let md5 = hash_source(&mut source, &mut |hashed| {
+                // About one event per percent: a GUI progress bar, not a flood.
+                // (An empty file has no progress to show: Md5Ready says it.)
+                if hashed > reported
+                    && (hashed == total || hashed - reported >= (total / 100).max(1 << 20))
+                {
+                    reported = hashed;
+                    let _ = events.send(ClientEvent::Md5Progress {
+                        path: path.clone(),
+                        hashed,
+                        total,
+                    });
+                }
+                !is_shutdown(&client.shared)
+            });
+            let md5 = match md5 {
+                Ok(Some(md5)) => Ok(md5),
+                Ok(None) => Err("the client was closed".to_owned()),
+                Err(e) => Err(format!("reading {}: {e}", path.display())),
+            };
+            tracing::debug!(path = %path.display(), ?md5, "md5 computed");
+            let _ = events.send(ClientEvent::Md5Ready { path, md5 });
+        });
+        Ok(())
     }
 
     /// An upload still being hashed is `Paused` (held) or `Queued`.
@@ -1040,6 +1133,18 @@ fn hash_unless_cancelled(
     source: &mut FileSource,
     cancel: &std::sync::atomic::AtomicBool,
 ) -> std::io::Result<Option<String>> {
+    hash_source(source, &mut |_| {
+        !cancel.load(std::sync::atomic::Ordering::SeqCst)
+    })
+}
+
+/// The md5 of `source`, 1 MiB at a time; `go_on(bytes hashed so far)` is
+/// asked before each piece and after the last, and stops it (`None`) by
+/// returning false.
+fn hash_source(
+    source: &mut FileSource,
+    go_on: &mut dyn FnMut(u64) -> bool,
+) -> std::io::Result<Option<String>> {
     use crate::engine::ChunkSource;
     use md5::Digest;
     let len = source.len();
@@ -1047,13 +1152,16 @@ fn hash_unless_cancelled(
     let mut buf = vec![0u8; 1 << 20];
     let mut offset = 0u64;
     while offset < len {
-        if cancel.load(std::sync::atomic::Ordering::SeqCst) {
+        if !go_on(offset) {
             return Ok(None);
         }
         let n = (len - offset).min(buf.len() as u64) as usize;
         source.read_at(offset, &mut buf[..n])?;
         hasher.update(&buf[..n]);
         offset += n as u64;
+    }
+    if !go_on(len) {
+        return Ok(None);
     }
     Ok(Some(
         hasher
@@ -1102,7 +1210,7 @@ async fn drive(shared: Arc<Shared>, config: ClientConfig) {
                     });
                     shared.forward_events(&mut e);
                 }
-                tracing::debug!(%server, "connected");
+                tracing::info!(%server, "connected to the resource server");
                 let (reason, made_progress) =
                     run_connection(&shared, stream, &config, &server).await;
                 {

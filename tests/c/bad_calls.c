@@ -119,6 +119,14 @@ int main(void) {
   expect("connect after disconnect", chatxfer_client_connect(c, "127.0.0.1", 2), CHATXFER_RESULT_OK);
   expect("connect again", chatxfer_client_connect(c, "127.0.0.1", 1), CHATXFER_RESULT_ALREADY_CONNECTED);
   expect("disconnect(NULL)", chatxfer_client_disconnect(NULL), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("set_message_id(NULL)", chatxfer_client_set_message_id(NULL, "x", 5), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("set_message_id(name=NULL)", chatxfer_client_set_message_id(c, NULL, 5), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("set_message_id(unknown)", chatxfer_client_set_message_id(c, "nope", 5), CHATXFER_RESULT_UNKNOWN_NAME);
+  expect("compute_md5(NULL)", chatxfer_client_compute_md5(NULL, "/tmp"), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("compute_md5(path=NULL)", chatxfer_client_compute_md5(c, NULL), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("compute_md5(path=bad utf8)", chatxfer_client_compute_md5(c, bad_utf8), CHATXFER_RESULT_INVALID_UTF8);
+  expect("compute_md5(missing)", chatxfer_client_compute_md5(c, "/nonexistent/chatxfer/a.bin"), CHATXFER_RESULT_IO);
+  expect("compute_md5(a directory)", chatxfer_client_compute_md5(c, "/tmp"), CHATXFER_RESULT_NOT_A_FILE);
 
   /* Bad names and paths. */
   expect("add_upload(spec=NULL)", chatxfer_client_add_upload(c, NULL), CHATXFER_RESULT_NULL_PARAMETER);
@@ -146,14 +154,20 @@ int main(void) {
   spec.md5 = bad_utf8;
   expect("add_upload(md5=bad utf8)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_INVALID_UTF8);
   spec.md5 = "";
-  /* No message yet (the ChatServer's 1036 gives it): refused, since the
-     deployed server crashes marking message 0. */
+  /* No message yet (the ChatServer's 1036 gives it): a transfer that would
+     start at once is refused, since the deployed server crashes marking
+     message 0; a held one waits for its id and cannot start without it. */
   spec.message_id = 0;
+  spec.hold = false;
   expect("add_upload(message_id=0)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_INVALID_ARGUMENT);
+  spec.hold = true;
   spec.message_id = -3;
   expect("add_upload(message_id<0)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_INVALID_ARGUMENT);
-  spec.message_id = 7;
-  expect("add_upload(held)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_OK);
+  spec.message_id = 0;
+  expect("add_upload(held, id to come)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_OK);
+  expect("batch_send without the id", chatxfer_client_batch_send(c, "a.bin"), CHATXFER_RESULT_INVALID_ARGUMENT);
+  expect("set_message_id(0)", chatxfer_client_set_message_id(c, "a.bin", 0), CHATXFER_RESULT_INVALID_ARGUMENT);
+  expect("set_message_id", chatxfer_client_set_message_id(c, "a.bin", 7), CHATXFER_RESULT_OK);
   expect("add_upload(same name)", chatxfer_client_add_upload(c, &spec), CHATXFER_RESULT_DUPLICATE_NAME);
 
   /* Downloads: bad specs, then one held (nothing listens, so it stays held). */

@@ -209,6 +209,7 @@ static void bad_calls(const char *dest) {
   expect("engine_resume(NULL)", chatxfer_engine_resume(NULL, "x"), CHATXFER_RESULT_NULL_PARAMETER);
   expect("engine_cancel(NULL)", chatxfer_engine_cancel(NULL, "x"), CHATXFER_RESULT_NULL_PARAMETER);
   expect("engine_retry(NULL)", chatxfer_engine_retry(NULL, "x"), CHATXFER_RESULT_NULL_PARAMETER);
+  expect("engine_set_message_id(NULL)", chatxfer_engine_set_message_id(NULL, "x", 5), CHATXFER_RESULT_NULL_PARAMETER);
   expect("engine_status(NULL)", chatxfer_engine_status(NULL, "x", &st), CHATXFER_RESULT_NULL_PARAMETER);
   expect("engine_connected(NULL)", chatxfer_engine_connected(NULL), CHATXFER_RESULT_NULL_PARAMETER);
   expect("engine_connection_lost(NULL)", chatxfer_engine_connection_lost(NULL), CHATXFER_RESULT_NULL_PARAMETER);
@@ -250,6 +251,7 @@ static void bad_calls(const char *dest) {
   expect("pause(unknown)", chatxfer_engine_pause(e, "nope"), CHATXFER_RESULT_UNKNOWN_NAME);
   expect("cancel(unknown)", chatxfer_engine_cancel(e, "nope"), CHATXFER_RESULT_UNKNOWN_NAME);
   expect("retry(unknown)", chatxfer_engine_retry(e, "nope"), CHATXFER_RESULT_UNKNOWN_NAME);
+  expect("set_message_id(unknown)", chatxfer_engine_set_message_id(e, "nope", 5), CHATXFER_RESULT_UNKNOWN_NAME);
   expect("pause(bad UTF-8)", chatxfer_engine_pause(e, bad_utf8), CHATXFER_RESULT_INVALID_UTF8);
   memset(&up, 0, sizeof up);
   up.path = "/nonexistent/chatxfer-test";

@@ -12,8 +12,11 @@
 //!   the C program of bad calls, the C program driving the C ABI's sans-IO
 //!   engine (`tests/c/engine.c`), and the header checks at the client's
 //!   standards (C++11, C99, warnings as errors; the Qt adapter with Qt 5
-//!   as C++11, and one of its signals on the object's thread), and the Qt
-//!   adapter destroyed mid-upload under AddressSanitizer;
+//!   as C++11, and one of its signals on the object's thread); the chat
+//!   client's whole sequence (`client_flow.cpp`) against in-process
+//!   servers; the example killed mid-upload and mid-download, then resumed
+//!   by a new process; the Qt adapter destroyed mid-upload under
+//!   AddressSanitizer;
 //! * the Qt Widgets demo four ways, CMake package (`find_package`,
 //!   `chatxfer::qt`) and qmake (`qmake/chatxfer_qt.pri`), each with Qt 5
 //!   and Qt 6, and its self-test offscreen through the Qt adapter
@@ -369,6 +372,14 @@ fn cpp_upload_example_uploads_to_a_chatxfer_serve_process() {
         .iter()
         .any(|p| l.starts_with(p))),
         "{stdout}"
+    );
+    // ...a connection line among them.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("log INFO chatxfer::runtime")
+                && l.contains("connected to the resource server")),
+        "no connection log line:\n{stdout}"
     );
     for (name, _, _) in files {
         assert!(
@@ -986,5 +997,206 @@ fn cpp_client_killed_mid_upload_resumes_after_a_restart() {
             !journal.exists(),
             "the journal of a completed upload was kept"
         );
+    }
+}
+
+/// The chat client's whole sequence through the C++ API
+/// (`cpp-example/client_flow.cpp`: the md5 before the announce, registered
+/// at send and started with the 1036 id, pause and resume, a failure
+/// retried, an avatar up and down routed by its request, a received picture
+/// from the 1039 notify, a logout mid-upload and a re-login to another
+/// server), against the reference server in both storage modes. This side
+/// plays the servers: at the program's "LOGOUT" the first one goes away and
+/// a second one on another port, over the same store, takes its place. Every
+/// stored and downloaded copy must be byte-identical to its source, and
+/// neither server may have seen a 1045.
+#[test]
+fn cpp_client_walks_the_chat_clients_whole_sequence() {
+    use chatxfer_tools::server::{self, ServerConfig, Storage};
+    use std::io::Write;
+    let dir = built();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for storage in [Storage::Positional, Storage::AppendStrict] {
+        let store = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let config = || {
+            let mut c = ServerConfig::new(store.path());
+            c.storage = storage;
+            c
+        };
+        let first = rt.block_on(server::start("127.0.0.1:0", config())).unwrap();
+        let mut cmd = Command::new(dir.join("client_flow"));
+        cmd.arg("127.0.0.1")
+            .arg(first.local_addr().port().to_string())
+            .arg(work.path());
+        if storage == Storage::AppendStrict {
+            cmd.arg("--appending");
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut out = Vec::new();
+        let mut first = Some(first);
+        let mut second = None;
+        let mut info_requests = 0;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            out.push(line.clone());
+            if line == "LOGOUT" {
+                // The old server is gone; the re-login names another one.
+                let old = first.take().expect("one logout");
+                info_requests += old.stats().message_info_requests;
+                rt.block_on(old.shutdown());
+                let new = rt.block_on(server::start("127.0.0.1:0", config())).unwrap();
+                writeln!(stdin, "PORT {}", new.local_addr().port()).unwrap();
+                stdin.flush().unwrap();
+                second = Some(new);
+            }
+        }
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        let out = out.join("\n");
+        assert!(
+            status.success() && out.ends_with("DONE"),
+            "client_flow ({storage:?}) failed:\n{out}\nstderr:\n{stderr}"
+        );
+        assert!(stderr.is_empty(), "the library wrote to stderr: {stderr}");
+        let second = second.expect("the program logged out");
+        info_requests += second.stats().message_info_requests;
+        assert_eq!(info_requests, 0, "a 1045 was sent ({storage:?})");
+        assert_eq!(second.violations(), 0, "appended twice ({storage:?})");
+        let src = |name: &str| std::fs::read(work.path().join("src").join(name)).unwrap();
+        for (uid, name) in [
+            (1001, "photo.jpg"),
+            (1001, "video.mp4"),
+            (1001, "doc.pdf"),
+            (1001, "movie.mp4"),
+            (2002, "beach.jpg"),
+        ] {
+            let stored = store.path().join(uid.to_string()).join(name);
+            assert!(
+                std::fs::read(&stored).ok() == Some(src(name)),
+                "{} differs from its source ({storage:?})",
+                stored.display()
+            );
+        }
+        for (download, source) in [("self-icon", "me.png"), ("beach-received", "beach.jpg")] {
+            let path = out
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("saved {download} ")))
+                .unwrap_or_else(|| panic!("no path for {download}:\n{out}"));
+            assert!(
+                std::fs::read(path).unwrap() == src(source),
+                "{download} differs from {source} ({storage:?})"
+            );
+        }
+        rt.block_on(second.shutdown());
+    }
+}
+
+/// A download survives an app restart through C++: the example, downloading
+/// a 24 MB chat file over an emulated slow link with a state directory, is
+/// killed once its partial file holds megabytes; a new process lists the
+/// journaled download, resumes it (from the start: a killed process's
+/// partial file is not trusted) and saves a byte-identical copy, leaving no
+/// partial file or journal. Against the reference server in both storage
+/// modes (downloads read the same way from either).
+#[test]
+fn cpp_client_killed_mid_download_resumes_after_a_restart() {
+    use chatxfer_tools::linkemu::{LinkConfig, LinkEmulator};
+    use chatxfer_tools::server::{self, MessageInfo, ServerConfig, Storage};
+    let dir = built();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for storage in [Storage::Positional, Storage::AppendStrict] {
+        let store = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(store.path().join("2002")).unwrap();
+        let src = store.path().join("2002").join("film.mp4");
+        write_file(&src, 24_000_000, 33);
+        let mut config = ServerConfig::new(store.path());
+        config.storage = storage;
+        let srv = rt.block_on(server::start("127.0.0.1:0", config)).unwrap();
+        srv.register_message(31, MessageInfo::new(2002, 1001, "film.mp4"))
+            .unwrap();
+        // 32 Mbit/s: about 8 s for the whole file, so the kill lands mid-way.
+        let slow = rt
+            .block_on(LinkEmulator::start(
+                "127.0.0.1:0",
+                srv.local_addr(),
+                LinkConfig {
+                    rate_bits_per_sec: Some(32_000_000),
+                    ..LinkConfig::default()
+                },
+            ))
+            .unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let state = work.path().join("state");
+        let dl = work.path().join("dl");
+        std::fs::create_dir_all(&dl).unwrap();
+        let mut first = Command::new(dir.join("upload"))
+            .args(["--server", &slow.local_addr().to_string(), "--state-dir"])
+            .arg(&state)
+            .arg("--download-to")
+            .arg(&dl)
+            .args(["--fetch", "31"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let journal = state.join("msg-31.download.json");
+        let deadline = Instant::now() + std::time::Duration::from_secs(120);
+        let part = loop {
+            let part = std::fs::read_to_string(&journal)
+                .ok()
+                .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+                .and_then(|v| v["part"].as_str().map(PathBuf::from));
+            if let Some(p) = part.filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() >= 2 << 20))
+            {
+                break p;
+            }
+            assert!(
+                first.try_wait().unwrap().is_none(),
+                "the first run ended before it could be killed"
+            );
+            assert!(Instant::now() < deadline, "no partial download");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        first.kill().unwrap();
+        first.wait().unwrap();
+        assert!(part.exists(), "the killed run's partial file");
+
+        let out = Command::new(dir.join("upload"))
+            .args(["--server", &srv.local_addr().to_string(), "--state-dir"])
+            .arg(&state)
+            .arg("--resume")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "resume failed:\n{}", show(&out));
+        assert!(
+            stdout.contains("msg-31: resumable download"),
+            "nothing offered:\n{stdout}"
+        );
+        let saved = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("msg-31: saved "))
+            .unwrap_or_else(|| panic!("not saved:\n{stdout}"));
+        assert!(
+            std::fs::read(saved).unwrap() == std::fs::read(&src).unwrap(),
+            "the downloaded copy differs ({storage:?})"
+        );
+        assert_eq!(Path::new(saved).parent(), Some(dl.as_path()));
+        assert!(!part.exists(), "the stale partial file was left");
+        assert!(
+            !journal.exists(),
+            "the journal of a finished download was kept"
+        );
+        drop(slow);
+        rt.block_on(srv.shutdown());
     }
 }

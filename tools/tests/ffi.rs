@@ -240,6 +240,16 @@ fn client_downloads_a_held_file_back_by_message_id() {
         std::fs::read(&saved.path).unwrap(),
         std::fs::read(src.path()).unwrap()
     );
+    // The app routes the saved avatar by what its request carried.
+    assert_eq!(
+        (saved.client_path.as_str(), saved.req_type.as_str()),
+        ("/icons/me.png", "2")
+    );
+    let (chat_saved, _) = wait_for("d", EventKind::Saved);
+    assert_eq!(
+        (chat_saved.client_path, chat_saved.req_type),
+        ("".into(), "".into())
+    );
     // A failed transfer's Resume (the bubble's click) starts it over.
     t.add_download(DownloadArgs {
         message_id: 999,
@@ -250,6 +260,32 @@ fn client_downloads_a_held_file_back_by_message_id() {
     assert_eq!(t.resume("gone").unwrap_err().code, Code::WrongState);
     t.retry("gone").unwrap();
     assert_eq!(t.status("gone").unwrap().state, FileState::Sending);
+
+    // The md5 an app needs before it announces a message, off its thread:
+    // progress, then the md5 of the bytes; a missing file is refused at once.
+    let big = temp_file(5 << 20);
+    t.compute_md5(big.path().to_str().unwrap()).unwrap();
+    let (ready, seen) = wait_for("", EventKind::Md5Ready);
+    assert_eq!(ready.path, big.path().to_str().unwrap());
+    assert_eq!(ready.code, 0, "{ready:?}");
+    assert_eq!(
+        ready.md5,
+        chatxfer::engine::md5_of(&std::fs::read(big.path()).unwrap())
+    );
+    let progress: Vec<u64> = seen
+        .iter()
+        .filter(|e| e.kind == EventKind::Md5Progress)
+        .map(|e| e.acked)
+        .collect();
+    assert!(progress.len() >= 2, "progress: {progress:?}");
+    assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
+    assert_eq!(progress.last(), Some(&(5 << 20)));
+    assert_eq!(
+        t.compute_md5(dest.path().join("missing").to_str().unwrap())
+            .unwrap_err()
+            .code,
+        Code::Io
+    );
     t.shutdown(Some(Duration::from_secs(5))).unwrap();
     drop(server);
 }
@@ -387,7 +423,7 @@ fn sans_io_engine_downloads_through_a_socket_the_host_owns() {
     let saved: Vec<_> = seen
         .iter()
         .filter_map(|ev| match ev {
-            Event::Saved { name, path } if name == "d" => Some(path.clone()),
+            Event::Saved { name, path, .. } if name == "d" => Some(path.clone()),
             _ => None,
         })
         .collect();
@@ -684,7 +720,7 @@ fn sans_io_download_survives_a_connection_cut() {
     let saved: Vec<_> = seen
         .iter()
         .filter_map(|ev| match ev {
-            Event::Saved { name, path } if name == "d" => Some(path.clone()),
+            Event::Saved { name, path, .. } if name == "d" => Some(path.clone()),
             _ => None,
         })
         .collect();

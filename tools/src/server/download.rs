@@ -254,6 +254,7 @@ pub(crate) fn handle(shared: &Shared, id: MsgId, body: &[u8]) -> Option<(ErrorCo
 
 /// 1045 -> 1046. Unknown or unreadable message ids get no reply, as deployed.
 fn info(shared: &Shared, body: &[u8]) -> Option<(ErrorCode, Vec<u8>)> {
+    shared.count(|c| &c.message_info_requests);
     let found = decode_as::<DownInfoReq>(MsgId::IMG_CHAT_DOWN_INFO_SYNC_REQ, body)
         .ok()
         .and_then(|req| Some((req.message_id, shared.index.get(req.message_id)?)));

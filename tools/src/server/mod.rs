@@ -431,6 +431,8 @@ pub struct ServerStats {
     pub ignored_frames: u64,
     /// Download requests (1045/1047/1033) received, well-formed or not.
     pub download_requests: u64,
+    /// 1045s received (message info asked by id), well-formed or not.
+    pub message_info_requests: u64,
     /// 1045s left unanswered: unknown message id (or not decodable).
     pub unknown_messages: u64,
     /// Chunk bytes sent in download replies (1048/1034).
@@ -480,6 +482,7 @@ pub(crate) struct Counters {
     replies_dropped: AtomicU64,
     ignored_frames: AtomicU64,
     download_requests: AtomicU64,
+    message_info_requests: AtomicU64,
     unknown_messages: AtomicU64,
     download_bytes: AtomicU64,
     downloads_completed: AtomicU64,
@@ -576,6 +579,7 @@ impl ServerHandle {
             replies_dropped: get(&c.replies_dropped),
             ignored_frames: get(&c.ignored_frames),
             download_requests: get(&c.download_requests),
+            message_info_requests: get(&c.message_info_requests),
             unknown_messages: get(&c.unknown_messages),
             download_bytes: get(&c.download_bytes),
             downloads_completed: get(&c.downloads_completed),

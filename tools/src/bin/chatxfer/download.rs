@@ -221,7 +221,7 @@ async fn follow(
                     b.set_position(acked);
                 }
             }
-            Event::Saved { name, path } => {
+            Event::Saved { name, path, .. } => {
                 saved.insert(name, path);
             }
             Event::Completed { name, md5, bytes } => {
