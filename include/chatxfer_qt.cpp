@@ -68,6 +68,22 @@ class QtTransfers::Sink : public EventSink {
     const QString n = Q(name), p = Q(path);
     Post([=](QtTransfers* t) { Q_EMIT t->saved(n, p); });
   }
+  void OnAvatarSaved(const std::string& name, const std::string& path,
+                     const std::string& client_path, const std::string& req_type) override {
+    const QString n = Q(name), p = Q(path), c = Q(client_path), r = Q(req_type);
+    Post([=](QtTransfers* t) { Q_EMIT t->avatarSaved(n, p, c, r); });
+  }
+  void OnMd5Progress(const std::string& path, std::uint64_t hashed,
+                     std::uint64_t total) override {
+    const QString p = Q(path);
+    const qint64 h = static_cast<qint64>(hashed), all = static_cast<qint64>(total);
+    Post([=](QtTransfers* t) { Q_EMIT t->md5Progress(p, h, all); });
+  }
+  void OnMd5Ready(const std::string& path, const std::string& md5,
+                  const std::string& error) override {
+    const QString p = Q(path), m = Q(md5), e = Q(error);
+    Post([=](QtTransfers* t) { Q_EMIT t->md5Ready(p, m, e); });
+  }
   void OnCompleted(const std::string& name, const std::string& md5,
                    std::uint64_t bytes) override {
     const QString n = Q(name), m = Q(md5);
@@ -184,7 +200,22 @@ bool QtTransfers::sendFile(const QString& path, const QString& name, qint64 uid,
                         Priority(priority)));
 }
 
+bool QtTransfers::sendAvatar(const QString& path, const QString& name, qint64 uid,
+                             const QString& token) {
+  UploadSpec spec = MakeUploadSpec(S(path), S(name), uid, uid, 0, 0, std::string(), 0,
+                                   /*hold=*/false);
+  spec.token = S(token);
+  spec.avatar = true;
+  return Check(client_->AddTransFile(spec));
+}
+
 bool QtTransfers::batchSend(const QString& name) { return Check(client_->BatchSend(S(name))); }
+
+bool QtTransfers::setMessageId(const QString& name, qint64 messageId) {
+  return Check(client_->SetMessageId(S(name), messageId));
+}
+
+bool QtTransfers::computeMd5(const QString& path) { return Check(client_->ComputeMd5(S(path))); }
 
 bool QtTransfers::addDownloadFile(const QString& name, qint64 messageId, qint64 uid,
                                   const QString& token, const QString& destDir,

@@ -117,7 +117,7 @@ class QtTransfers : public QObject {
 
   // Registers an upload held until batchSend (the client's AddTransFile);
   // an empty md5 is computed on a library thread. `messageId` is the
-  // ChatServer's 1036 id (> 0).
+  // ChatServer's 1036 id, or 0 at send time: setMessageId gives it later.
   bool addTransFile(const QString& path, const QString& name, qint64 uid, qint64 sender,
                     qint64 receiver, qint64 messageId, const QString& md5 = QString(),
                     int priority = 0);
@@ -127,6 +127,17 @@ class QtTransfers : public QObject {
                 int priority = 0);
   // Starts a held upload (or continues a paused one).
   bool batchSend(const QString& name);
+  // Gives an upload registered with messageId 0 the 1036 reply's id
+  // (batchSend refuses it until then).
+  bool setMessageId(const QString& name, qint64 messageId);
+  // Hashes the file at `path` on a library thread (the md5 the 1035
+  // announce needs): md5Progress signals, then md5Ready. After
+  // connectToServer (NotConnected before).
+  bool computeMd5(const QString& path);
+
+  // Uploads user `uid`'s avatar (1031, stop-and-wait; no message id) with
+  // the login `token` (empty: ClientOptions::token); starts at once.
+  bool sendAvatar(const QString& path, const QString& name, qint64 uid, const QString& token);
 
   // Registers the download of chat message `messageId`'s file into the
   // directory `destDir`, held until startDownload.
@@ -163,6 +174,17 @@ class QtTransfers : public QObject {
   // EventSink::OnSaved: a download was verified and put in place at `path`
   // (completed follows).
   void saved(const QString& name, const QString& path);
+  // EventSink::OnAvatarSaved: an avatar download saved at `path` (after
+  // saved, before completed), with the `clientPath` and `reqType` its
+  // request carried, to route it as the client's 1034 handler does.
+  void avatarSaved(const QString& name, const QString& path, const QString& clientPath,
+                   const QString& reqType);
+  // EventSink::OnMd5Progress: computeMd5(path) has hashed `hashed` of
+  // `total` bytes.
+  void md5Progress(const QString& path, qint64 hashed, qint64 total);
+  // EventSink::OnMd5Ready: computeMd5(path) ended with `md5` (32 lowercase
+  // hex digits), or "" and `error` when the file could not be read.
+  void md5Ready(const QString& path, const QString& md5, const QString& error);
   // EventSink::OnCompleted: an upload stored and verified by the server, or
   // a download saved and verified.
   void completed(const QString& name, const QString& md5, qint64 bytes);

@@ -832,7 +832,6 @@ fn headers_compile_as_cxx11_and_c99_and_link() {
     for (exe, ok) in [
         ("headers_cxx11", "c++11 headers: ok"),
         ("header_c99", "c99 header: ok"),
-        ("headers_qt_cxx11", "qt adapter c++11: ok"),
     ] {
         let out = Command::new(dir.join(exe)).output().unwrap();
         assert!(out.status.success(), "{exe} failed:\n{}", show(&out));
@@ -858,9 +857,28 @@ fn headers_compile_as_cxx11_and_c99_and_link() {
     let mocs =
         std::fs::read_to_string(dir.join("headers_qt_cxx11_autogen/mocs_compilation.cpp")).unwrap();
     assert!(mocs.contains("moc_chatxfer_qt.cpp"), "{mocs}");
-    let out = Command::new(dir.join("headers_qt_cxx11")).output().unwrap();
+    // Its signals (md5, connection, avatar up and down) on the object's
+    // thread, against a `chatxfer serve`.
+    let server = Serve::start();
+    let work = tempfile::tempdir().unwrap();
+    let (host, port) = server.addr.rsplit_once(':').expect("host:port");
+    let out = Command::new(dir.join("headers_qt_cxx11"))
+        .args([host, port])
+        .arg(work.path())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("built with Qt 5."), "{stdout}");
+    assert!(
+        out.status.success(),
+        "headers_qt_cxx11 failed:\n{}",
+        show(&out)
+    );
+    assert!(
+        stdout.contains("built with Qt 5.")
+            && stdout.contains("avatar saved, routed by its request, bytes identical: ok")
+            && stdout.contains("qt adapter c++11: ok"),
+        "{stdout}"
+    );
 }
 
 #[test]
