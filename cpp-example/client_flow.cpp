@@ -291,20 +291,15 @@ int main(int argc, char** argv) {
   mark = h.Size();
   CheckStatus(client->AddTransFile(up_avatar), chatxfer::Status::Ok, "avatar upload");
   h.WaitFor(mark, [](const Ev& e) { return e.kind == Ev::Completed && e.name == "me.png"; }, "avatar uploaded");
-  chatxfer::DownloadSpec icon{};
-  icon.name = "self-icon";
-  icon.uid = me;
-  icon.token = token;
-  icon.dest_dir = dl;
-  icon.avatar_name = "me.png";
-  icon.avatar_client_path = "/home/u/.llfcchat/self_icon.png";
-  icon.avatar_req_type = "2";
   mark = h.Size();
-  CheckStatus(client->AddDownloadFile(icon), chatxfer::Status::Ok, "avatar download");
+  // As LoadHeadIcon asks for it: a full client path and "self_icon".
+  CheckStatus(chatxfer::AddAvatarDownload(*client, "self-icon", "me.png", me, token, dl,
+                                          "/home/u/.llfcchat/self_icon.png", "self_icon"),
+              chatxfer::Status::Ok, "avatar download");
   CheckStatus(client->StartDownload("self-icon"), chatxfer::Status::Ok, "StartDownload avatar");
   Ev routed = h.WaitFor(mark, [](const Ev& e) { return e.kind == Ev::AvatarSaved && e.name == "self-icon"; },
                         "avatar saved");
-  Check(routed.client_path == "/home/u/.llfcchat/self_icon.png" && routed.req_type == "2",
+  Check(routed.client_path == "/home/u/.llfcchat/self_icon.png" && routed.req_type == "self_icon",
         "avatar routed by its request: " + routed.client_path + " " + routed.req_type);
   std::printf("saved self-icon %s\n", routed.path.c_str());
 

@@ -32,6 +32,10 @@ int main() {
       chatxfer::AddDownloadFile(*client, "c.bin", 5, 1, "token", "/nonexistent", "", 0);
   chatxfer::Status avatar =
       chatxfer::AddAvatarDownload(*client, "d", "head_1.jpg", 1, "token", "/nonexistent", "p");
+  // The templates' other forms, instantiated at C++11 too.
+  (void)chatxfer::AddAvatarDownload(*client, "e", "head_2.jpg", 2, "token", "/nonexistent", "p",
+                                    "other_icon");
+  (void)chatxfer::BatchSend(*client, "nope", 5);
   client->Shutdown();
   std::printf("AddTransFile(missing file): %s\n", std::string(chatxfer::StatusName(add)).c_str());
   std::printf("SendFile(empty path): %s\n", std::string(chatxfer::StatusName(send)).c_str());

@@ -146,7 +146,8 @@ int main(int argc, char** argv) {
                        if (name != "me.png") return;
                        // Uploaded: fetch it back as the client fetches its own icon.
                        Expect(xfer.addAvatarDownload("self-icon", "me.png", 1001, "tok", into,
-                                                     "/home/u/.llfcchat/self_icon.png") &&
+                                                     "/home/u/.llfcchat/self_icon.png",
+                                                     "self_icon") &&
                                   xfer.startDownload("self-icon"),
                               "avatar download started");
                      });
@@ -171,7 +172,7 @@ int main(int argc, char** argv) {
     RunUntilQuit(app);
     std::printf("avatarSaved(self-icon, %s, %s, %s)\n", qPrintable(saved_path),
                 qPrintable(client_path), qPrintable(req_type));
-    Expect(client_path == "/home/u/.llfcchat/self_icon.png" && !req_type.isEmpty() &&
+    Expect(client_path == "/home/u/.llfcchat/self_icon.png" && req_type == "self_icon" &&
                FileBytes(saved_path) == bytes,
            "avatar saved, routed by its request, bytes identical");
     Expect(on_thread, "every avatar signal on the object's thread");

@@ -32,7 +32,8 @@
 //   client->AddDownloadFile(dl);
 //   client->StartDownload(name);      // held until here; then OnProgress...,
 //                                     // OnSaved(name, path), OnCompleted
-//   chatxfer::AddAvatarDownload(*client, name, avatar_name, uid, token, dest_dir, client_path);
+//   chatxfer::AddAvatarDownload(*client, name, avatar_name, uid, token, dest_dir, client_path,
+//                               "self_icon");  // OnAvatarSaved(name, path, client_path, req_type)
 //   chatxfer::FileInfo info; client->GetStatus(name, info);
 //   for (auto& e : client->PollEvents()) ...  // only when created without a sink
 //   client->Shutdown();               // or let the rust::Box go
@@ -181,12 +182,14 @@ inline Status AddDownloadFile(Target& client, const std::string& name, std::int6
 }
 
 // Registers the download of user `uid`'s avatar `avatar_name` (1033) into
-// `dest_dir`, held until StartDownload.
+// `dest_dir`, held until StartDownload. `req_type` is the client's own
+// routing word ("self_icon" / "other_icon"; "" sends "1"); it comes back with
+// `client_path` in EventSink::OnAvatarSaved.
 template <class Target>
 inline Status AddAvatarDownload(Target& client, const std::string& name,
                                 const std::string& avatar_name, std::int64_t uid,
                                 const std::string& token, const std::string& dest_dir,
-                                const std::string& client_path) {
+                                const std::string& client_path, const std::string& req_type) {
   DownloadSpec spec{};
   spec.name = rust::String(name);
   spec.uid = uid;
@@ -194,7 +197,18 @@ inline Status AddAvatarDownload(Target& client, const std::string& name,
   spec.dest_dir = rust::String(dest_dir);
   spec.avatar_name = rust::String(avatar_name);
   spec.avatar_client_path = rust::String(client_path);
+  spec.avatar_req_type = rust::String(req_type);
   return client.AddDownloadFile(spec);
+}
+
+// The same without a routing word (req_type "1").
+template <class Target>
+inline Status AddAvatarDownload(Target& client, const std::string& name,
+                                const std::string& avatar_name, std::int64_t uid,
+                                const std::string& token, const std::string& dest_dir,
+                                const std::string& client_path) {
+  return AddAvatarDownload(client, name, avatar_name, uid, token, dest_dir, client_path,
+                           std::string());
 }
 
 }  // namespace chatxfer

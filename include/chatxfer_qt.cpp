@@ -226,9 +226,9 @@ bool QtTransfers::addDownloadFile(const QString& name, qint64 messageId, qint64 
 
 bool QtTransfers::addAvatarDownload(const QString& name, const QString& avatarName, qint64 uid,
                                     const QString& token, const QString& destDir,
-                                    const QString& clientPath) {
+                                    const QString& clientPath, const QString& reqType) {
   return Check(AddAvatarDownload(*client_, S(name), S(avatarName), uid, S(token), S(destDir),
-                                 S(clientPath)));
+                                 S(clientPath), S(reqType)));
 }
 
 bool QtTransfers::startDownload(const QString& name) {

@@ -143,10 +143,12 @@ class QtTransfers : public QObject {
   // directory `destDir`, held until startDownload.
   bool addDownloadFile(const QString& name, qint64 messageId, qint64 uid, const QString& token,
                        const QString& destDir, const QString& md5 = QString(), int priority = 0);
-  // Registers the download of user `uid`'s avatar `avatarName`, held.
+  // Registers the download of user `uid`'s avatar `avatarName`, held;
+  // `clientPath` and `reqType` ("self_icon"/"other_icon", as the client
+  // sends) come back with avatarSaved.
   bool addAvatarDownload(const QString& name, const QString& avatarName, qint64 uid,
                          const QString& token, const QString& destDir,
-                         const QString& clientPath);
+                         const QString& clientPath, const QString& reqType);
   bool startDownload(const QString& name);
 
   bool pause(const QString& name);

@@ -590,7 +590,10 @@ impl DownloadArgs {
                 crate::engine::AvatarRef {
                     name: name.clone(),
                     client_path: client_path.clone(),
-                    // The deployed client's default request type.
+                    // The client itself always passes "self_icon" or
+                    // "other_icon" (its 1034 handler routes on them); the
+                    // server only echoes it, so an app that leaves it empty
+                    // gets "1", and an avatar's Saved never has it empty.
                     req_type: if req_type.is_empty() {
                         "1".into()
                     } else {
