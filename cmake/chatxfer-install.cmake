@@ -7,6 +7,8 @@ file(INSTALL
   "${CHATXFER_ROOT}/include/chatxfer.h"
   "${CHATXFER_ROOT}/include/chatxfer.hpp"
   "${CHATXFER_ROOT}/include/chatxfer_sink.h"
+  "${CHATXFER_ROOT}/include/chatxfer_qt.h"
+  "${CHATXFER_ROOT}/include/chatxfer_qt.cpp"
   DESTINATION "${_prefix}/include")
 # The cxx headers are symlinks into cargo's build dirs: install the files.
 foreach(_h rust/cxx.h chatxfer/src/ffi/bridge.rs.h)

@@ -9,6 +9,8 @@
 # In a Qt project's CMakeLists.txt (in-tree):
 #   include(path/to/chatxfer/cmake/chatxfer.cmake)
 #   target_link_libraries(app PRIVATE chatxfer)
+# or, with the Qt adapter (chatxfer_qt.h; the app has AUTOMOC ON):
+#   target_link_libraries(app PRIVATE chatxfer::qt)
 # or, after installing (cmake -S chatxfer/cmake -B b && cmake --build b &&
 # cmake --install b --prefix P; see cmake/CMakeLists.txt):
 #   find_package(chatxfer CONFIG REQUIRED)      # CMAKE_PREFIX_PATH=P
@@ -136,3 +138,13 @@ else()
 endif()
 # The public headers are C++11 (the bridge itself is built as C++17 by cargo).
 target_compile_features(chatxfer INTERFACE cxx_std_11)
+
+# The Qt adapter (include/chatxfer_qt.h, chatxfer::QtTransfers): its source
+# is compiled in the app, with the app's Qt 5 or 6, and its header has a
+# Q_OBJECT, so the app needs AUTOMOC (listed as a source, moc sees it).
+# The app links its Qt itself, as it does anyway.
+add_library(chatxfer_qt INTERFACE)
+add_library(chatxfer::qt ALIAS chatxfer_qt)
+target_sources(chatxfer_qt INTERFACE
+  "${CHATXFER_ROOT}/include/chatxfer_qt.h" "${CHATXFER_ROOT}/include/chatxfer_qt.cpp")
+target_link_libraries(chatxfer_qt INTERFACE chatxfer)

@@ -1,6 +1,8 @@
 # find_package(chatxfer CONFIG) -> the imported target chatxfer::chatxfer:
 # the static library, the include directory and the native libraries rustc
-# printed when the package was built (see cmake/CMakeLists.txt). A Debug and
+# printed when the package was built (see cmake/CMakeLists.txt); and
+# chatxfer::qt, the Qt adapter (chatxfer_qt.h): its source, compiled in the
+# app with the app's Qt (the app needs AUTOMOC ON for the header's Q_OBJECT). A Debug and
 # a Release build installed into the same prefix both appear: an app's Debug
 # configuration uses the Debug one, every other configuration the Release one
 # (or whichever one is installed).
@@ -51,5 +53,11 @@ if(NOT TARGET chatxfer::chatxfer)
     set_property(TARGET chatxfer::chatxfer PROPERTY INTERFACE_LINK_OPTIONS
       "$<$<CONFIG:Debug>:/NODEFAULTLIB:msvcrt.lib>")
   endif()
+endif()
+if(NOT TARGET chatxfer::qt)
+  add_library(chatxfer::qt INTERFACE IMPORTED)
+  set_target_properties(chatxfer::qt PROPERTIES
+    INTERFACE_SOURCES "${_chatxfer_prefix}/include/chatxfer_qt.h;${_chatxfer_prefix}/include/chatxfer_qt.cpp"
+    INTERFACE_LINK_LIBRARIES chatxfer::chatxfer)
 endif()
 set(chatxfer_FOUND TRUE)

@@ -10,13 +10,15 @@
 //       a `chatxfer serve` it starts, pauses and resumes one by clicking its
 //       bubble, grabs the window into OUT.png (and OUT-during.png while one is
 //       paused), then downloads sunset.png back by its message id into an
-//       incoming bubble (pausing it once, grabbing OUT-download.png), exits 0
-//       only if every stored copy has the source's md5 and the downloaded
-//       copy is byte-identical.
+//       incoming bubble: where a file stands in for the folder, so it fails
+//       (OUT-failed.png); the folder is made and the bubble clicked to retry;
+//       it is paused once (OUT-download.png) and completes. Exits 0 only if
+//       every stored copy has the source's md5, the downloaded copy is
+//       byte-identical, and every signal came on the GUI thread.
 //
-// Threading: chatxfer calls the EventSink on its own thread; QtSink re-posts
-// every call to the GUI thread (QMetaObject::invokeMethod, QueuedConnection)
-// and only the GUI thread touches widgets.
+// Threading: the transfers are a chatxfer::QtTransfers (chatxfer_qt.h): the
+// library's callbacks arrive as its signals, emitted on the GUI thread, and
+// only the GUI thread touches widgets.
 #include <QApplication>
 #include <QCryptographicHash>
 #include <QDir>
@@ -50,7 +52,7 @@
 #include <map>
 #include <memory>
 
-#include "chatxfer.hpp"
+#include "chatxfer_qt.h"
 
 namespace {
 
@@ -107,7 +109,7 @@ class Bubble : public QWidget {
       setFixedSize(250, 84);
     }
     setCursor(Qt::PointingHandCursor);
-    setToolTip(tr("Click to pause or resume"));
+    setToolTip(tr("Click to pause or resume; a failed one to retry"));
   }
 
   // An incoming picture, downloaded as transfer `key`: a grey placeholder
@@ -119,7 +121,7 @@ class Bubble : public QWidget {
     thumb_ = pm;
     setFixedSize(thumb_.size());
     setCursor(Qt::PointingHandCursor);
-    setToolTip(tr("Click to pause or resume"));
+    setToolTip(tr("Click to pause or resume; a failed one to retry"));
   }
 
   // The download was saved at `path`: show it.
@@ -136,8 +138,8 @@ class Bubble : public QWidget {
 
   std::function<void(Bubble*)> onClick;
 
-  void SetProgress(std::uint64_t acked, std::uint64_t total) {
-    fraction_ = total ? double(acked) / double(total) : 1.0;
+  void SetProgress(qint64 done, qint64 total) {
+    fraction_ = total ? double(done) / double(total) : 1.0;
     update();
   }
   void SetPhase(Phase p) {
@@ -267,7 +269,7 @@ class Bubble : public QWidget {
     p.drawText(ring, Qt::AlignCenter, label);
     QString under = phase_ == Phase::Paused    ? tr("paused - click to resume")
                     : phase_ == Phase::Waiting ? tr("waiting")
-                    : phase_ == Phase::Failed  ? tr("failed")
+                    : phase_ == Phase::Failed  ? tr("failed - click to retry")
                                                : QString();
     if (!under.isEmpty()) {
       f.setPixelSize(11);
@@ -284,26 +286,6 @@ class Bubble : public QWidget {
   QPixmap thumb_;
   double fraction_ = 0;
   Phase phase_ = Phase::Waiting;
-};
-
-class ChatWindow;
-
-// chatxfer's thread -> the GUI thread.
-class QtSink : public chatxfer::EventSink {
- public:
-  explicit QtSink(ChatWindow* w) : w_(w) {}
-  void OnProgress(const std::string& name, std::uint64_t acked, std::uint64_t total,
-                  double rate) override;
-  void OnStateChanged(const std::string& name, chatxfer::State state) override;
-  void OnCompleted(const std::string& name, const std::string& md5, std::uint64_t bytes) override;
-  void OnFailed(const std::string& name, std::int64_t code, const std::string& message) override;
-  void OnSaved(const std::string& name, const std::string& path) override;
-  void OnConnection(bool up, const std::string& detail, std::int64_t retry_in_ms) override;
-
- private:
-  template <typename F>
-  void Post(F f);
-  ChatWindow* w_;
 };
 
 class ChatWindow : public QWidget {
@@ -385,25 +367,36 @@ class ChatWindow : public QWidget {
     outer->addWidget(input);
   }
 
-  // Events, on the GUI thread only.
-  void OnProgress(const QString& name, std::uint64_t acked, std::uint64_t total) {
-    CheckThread();
-    if (Bubble* b = Find(name)) b->SetProgress(acked, total);
-    if (onProgress) onProgress(name, acked, total);
+  // The transfers' signals drive the bubbles (connected here: they are
+  // emitted on this, the GUI, thread).
+  void SetTransfers(chatxfer::QtTransfers* t) {
+    transfers_ = t;
+    using X = chatxfer::QtTransfers;
+    connect(t, &X::progress, this, &ChatWindow::OnProgress);
+    connect(t, &X::stateChanged, this, &ChatWindow::OnState);
+    connect(t, &X::completed, this, &ChatWindow::OnCompleted);
+    connect(t, &X::failed, this, &ChatWindow::OnFailed);
+    connect(t, &X::saved, this, &ChatWindow::OnSaved);
+    connect(t, &X::connectionChanged, this, &ChatWindow::OnConnection);
   }
-  void OnState(const QString& name, chatxfer::State s) {
+
+  // Events, on the GUI thread only.
+  void OnProgress(const QString& name, qint64 done, qint64 total) {
+    CheckThread();
+    if (Bubble* b = Find(name)) b->SetProgress(done, total);
+  }
+  void OnState(const QString& name, chatxfer::QtTransfers::State s) {
     CheckThread();
     Bubble* b = Find(name);
     if (!b) return;
     switch (s) {
-      case chatxfer::State::Queued: b->SetPhase(Bubble::Phase::Waiting); break;
-      case chatxfer::State::Sending: b->SetPhase(Bubble::Phase::Sending); break;
-      case chatxfer::State::Paused: b->SetPhase(Bubble::Phase::Paused); break;
-      case chatxfer::State::Completed: b->SetPhase(Bubble::Phase::Done); break;
-      case chatxfer::State::Failed:
-      case chatxfer::State::Cancelled: b->SetPhase(Bubble::Phase::Failed); break;
+      case chatxfer::QtTransfers::Queued: b->SetPhase(Bubble::Phase::Waiting); break;
+      case chatxfer::QtTransfers::Sending: b->SetPhase(Bubble::Phase::Sending); break;
+      case chatxfer::QtTransfers::Paused: b->SetPhase(Bubble::Phase::Paused); break;
+      case chatxfer::QtTransfers::Completed: b->SetPhase(Bubble::Phase::Done); break;
+      case chatxfer::QtTransfers::Failed:
+      case chatxfer::QtTransfers::Cancelled: b->SetPhase(Bubble::Phase::Failed); break;
     }
-    if (onState) onState(name, s);
   }
   void OnCompleted(const QString& name, const QString& md5) {
     CheckThread();
@@ -411,7 +404,7 @@ class ChatWindow : public QWidget {
     completed_[name] = md5;
     if (onFinished) onFinished();
   }
-  void OnFailed(const QString& name, std::int64_t code, const QString& message) {
+  void OnFailed(const QString& name, qint64 code, const QString& message) {
     CheckThread();
     if (Bubble* b = Find(name)) b->SetPhase(Bubble::Phase::Failed);
     failed_[name] = QString("%1 (%2)").arg(message).arg(code);
@@ -434,8 +427,6 @@ class ChatWindow : public QWidget {
     status_->setToolTip(detail);
   }
 
-  void SetClient(chatxfer::Client* c) { client_ = c; }
-
   void AddText(const QString& text, bool mine) {
     auto* label = new QLabel(text);
     label->setWordWrap(true);
@@ -457,12 +448,13 @@ class ChatWindow : public QWidget {
     b->onClick = [this](Bubble* bubble) { Toggle(bubble); };
     bubbles_[name] = b;
     AddRow(b, true);
-    if (!client_) return b;
+    if (!transfers_) return b;
     message_ids_[name] = ++message_id_;
-    auto st = chatxfer::AddTransFile(*client_, path.toStdString(), name.toStdString(), kSelf,
-                                     kSelf, kPeer, message_id_, "", picture ? 1 : 0);
-    if (st != chatxfer::Status::Ok) Refused(name, st);
-    else if (send) Send(name);
+    if (!transfers_->addTransFile(path, name, kSelf, kSelf, kPeer, message_id_, QString(),
+                                  picture ? 1 : 0))
+      Refused(name);
+    else if (send)
+      Send(name);
     return b;
   }
 
@@ -475,18 +467,10 @@ class ChatWindow : public QWidget {
     b->onClick = [this](Bubble* bubble) { Toggle(bubble); };
     bubbles_[key] = b;
     AddRow(b, false);
-    if (!client_) return b;
-    chatxfer::DownloadSpec spec{};
-    spec.name = key.toStdString();
-    spec.message_id = message_id;
-    spec.uid = kSelf;
-    spec.token = "demo-token";
-    spec.dest_dir = dest_dir.toStdString();
-    spec.priority = 1;
-    auto st = client_->AddDownloadFile(spec);
-    if (st == chatxfer::Status::Ok) st = client_->StartDownload(key.toStdString());
-    if (st != chatxfer::Status::Ok) {
-      Refused(key, st);
+    if (!transfers_) return b;
+    if (!transfers_->addDownloadFile(key, message_id, kSelf, "demo-token", dest_dir, QString(), 1) ||
+        !transfers_->startDownload(key)) {
+      Refused(key);
       QTimer::singleShot(0, this, [this] {
         if (onFinished) onFinished();
       });
@@ -500,33 +484,39 @@ class ChatWindow : public QWidget {
   }
 
   void Send(const QString& name) {
-    auto st = client_->BatchSend(name.toStdString());
-    if (st != chatxfer::Status::Ok) Refused(name, st);
+    if (!transfers_->batchSend(name)) Refused(name);
   }
 
-  void Refused(const QString& name, chatxfer::Status st) {
-    std::string why = std::string(chatxfer::StatusName(st)) + ": " +
-                      std::string(chatxfer::LastError());
-    std::fprintf(stderr, "%s: %s\n", qPrintable(name), why.c_str());
+  // The last call on transfers_ refused transfer `name`.
+  void Refused(const QString& name) {
+    QString why = transfers_->errorString();
+    std::fprintf(stderr, "%s: %s\n", qPrintable(name), qPrintable(why));
     if (Bubble* b = Find(name)) b->SetPhase(Bubble::Phase::Failed);
-    failed_[name] = QString::fromStdString(why);
+    failed_[name] = why;
   }
 
-  // Clicking a bubble: pause it while it uploads, resume it when paused.
+  // Clicking a bubble, as the client's PictureBubble: pause it while it
+  // transfers, resume it when paused, retry it when it failed.
   void Toggle(Bubble* b) {
-    if (!client_) return;
-    std::string name = b->key().toStdString();
-    chatxfer::Status st = chatxfer::Status::Ok;
+    if (!transfers_) return;
+    const QString name = b->key();
+    bool ok = true;
     const char* what = "";
     if (b->phase() == Bubble::Phase::Paused) {
-      what = "resume", st = client_->Resume(name);
+      what = "resume", ok = transfers_->resume(name);
     } else if (b->phase() == Bubble::Phase::Sending || b->phase() == Bubble::Phase::Waiting) {
-      what = "pause", st = client_->Pause(name);
+      what = "pause", ok = transfers_->pause(name);
+    } else if (b->phase() == Bubble::Phase::Failed) {
+      what = "retry", ok = transfers_->retry(name);
+      if (ok) {
+        failed_.erase(name);
+        b->SetPhase(Bubble::Phase::Waiting);
+      }
     }
     // E.g. WRONG_STATE when the upload completed just before the click.
-    if (st != chatxfer::Status::Ok)
-      std::fprintf(stderr, "%s: %s: %s\n", name.c_str(), what,
-                   std::string(chatxfer::StatusName(st)).c_str());
+    if (!ok)
+      std::fprintf(stderr, "%s: %s: %s\n", qPrintable(name), what,
+                   qPrintable(transfers_->errorString()));
   }
 
   Bubble* Find(const QString& name) {
@@ -539,8 +529,6 @@ class ChatWindow : public QWidget {
   const std::map<QString, QString>& saved() const { return saved_; }
   int off_thread_calls() const { return off_thread_; }
 
-  std::function<void(const QString&, std::uint64_t, std::uint64_t)> onProgress;
-  std::function<void(const QString&, chatxfer::State)> onState;
   std::function<void()> onFinished;
 
  private:
@@ -572,46 +560,13 @@ class ChatWindow : public QWidget {
   QVBoxLayout* rows_;
   QScrollArea* scroll_;
   QLabel* status_;
-  chatxfer::Client* client_ = nullptr;
+  chatxfer::QtTransfers* transfers_ = nullptr;
   std::int64_t message_id_ = 0;
   std::map<QString, Bubble*> bubbles_;
   std::map<QString, std::int64_t> message_ids_;
   std::map<QString, QString> completed_, failed_, saved_;
   int off_thread_ = 0;
 };
-
-template <typename F>
-void QtSink::Post(F f) {
-  // Queued: runs on the window's (GUI) thread; dropped if it is gone.
-  QMetaObject::invokeMethod(w_, std::move(f), Qt::QueuedConnection);
-}
-void QtSink::OnProgress(const std::string& name, std::uint64_t acked, std::uint64_t total,
-                        double) {
-  Post([w = w_, n = QString::fromStdString(name), acked, total] { w->OnProgress(n, acked, total); });
-}
-void QtSink::OnStateChanged(const std::string& name, chatxfer::State state) {
-  Post([w = w_, n = QString::fromStdString(name), state] { w->OnState(n, state); });
-}
-void QtSink::OnCompleted(const std::string& name, const std::string& md5, std::uint64_t) {
-  Post([w = w_, n = QString::fromStdString(name), m = QString::fromStdString(md5)] {
-    w->OnCompleted(n, m);
-  });
-}
-void QtSink::OnFailed(const std::string& name, std::int64_t code, const std::string& message) {
-  Post([w = w_, n = QString::fromStdString(name), code, m = QString::fromStdString(message)] {
-    w->OnFailed(n, code, m);
-  });
-}
-void QtSink::OnSaved(const std::string& name, const std::string& path) {
-  Post([w = w_, n = QString::fromStdString(name), p = QString::fromStdString(path)] {
-    w->OnSaved(n, p);
-  });
-}
-void QtSink::OnConnection(bool up, const std::string& detail, std::int64_t retry_in_ms) {
-  Post([w = w_, up, d = QString::fromStdString(detail), retry_in_ms] {
-    w->OnConnection(up, d, retry_in_ms);
-  });
-}
 
 // --- self-test --------------------------------------------------------------
 
@@ -747,8 +702,21 @@ struct SelfTest {
   QString download = "incoming-sunset", download_of = "sunset.png", download_dir;
   bool uploads_done = false, download_paused = false, download_resumed = false,
        download_paused_seen = false;
+  // Its first attempt fails (no folder yet); the failed bubble is clicked.
+  qint64 download_failure = 0;
+  bool download_refused = false, download_failed_shown = false, download_retried = false,
+       download_retry_refused = false;
+  // The adapter's signals, counted as they arrive (on the GUI thread or not).
+  std::map<std::string, int> signals_seen;
+  int signals_off_thread = 0;
   int exit_code = 1;
 };
+
+// Counts one signal of the adapter; it must arrive on the GUI thread.
+void Seen(SelfTest& t, const char* signal) {
+  ++t.signals_seen[signal];
+  if (QThread::currentThread() != qApp->thread()) ++t.signals_off_thread;
+}
 
 int RunSelfTest(QApplication& app, const QString& out) {
   auto t = std::make_shared<SelfTest>();
@@ -757,8 +725,12 @@ int RunSelfTest(QApplication& app, const QString& out) {
   QString src = t->tmp.filePath("src"), store = t->tmp.filePath("store");
   QDir().mkpath(src);
   QDir().mkpath(store);
+  // A file where the downloads folder should be: the download into it
+  // fails (the library cannot make the folder) until the retry.
   t->download_dir = t->tmp.filePath("downloads");
-  QDir().mkpath(t->download_dir);
+  QFile blocker(t->download_dir);
+  if (!blocker.open(QIODevice::WriteOnly)) return 1;
+  blocker.close();
   // Pictures made with QImage, and multi-MB binaries.
   bool ok = WritePicture(src + "/sunset.png") && WriteSecondPicture(src + "/dots.png") &&
             WriteRandom(src + "/holiday.mp4", 48 << 20, 1) &&
@@ -774,10 +746,25 @@ int RunSelfTest(QApplication& app, const QString& out) {
   std::printf("selftest: built with Qt %s, running Qt %s\n", QT_VERSION_STR, qVersion());
 
   ChatWindow w;
-  auto client = chatxfer::NewClient(std::make_unique<QtSink>(&w));
-  w.SetClient(&*client);
+  chatxfer::QtTransfers xfer;
+  w.SetTransfers(&xfer);
   w.show();
-  if (client->Connect("127.0.0.1", t->port) != chatxfer::Status::Ok) return 1;
+
+  // The self-test's own slots, connected after the window's (so a bubble
+  // has its new state when they run).
+  using X = chatxfer::QtTransfers;
+  QObject::connect(&xfer, &X::progress, &w, [t](const QString&, qint64, qint64, double) {
+    Seen(*t, "progress");
+  });
+  QObject::connect(&xfer, &X::saved, &w, [t](const QString&, const QString&) { Seen(*t, "saved"); });
+  QObject::connect(&xfer, &X::completed, &w, [t](const QString&, const QString&, qint64) {
+    Seen(*t, "completed");
+  });
+  QObject::connect(&xfer, &X::connectionChanged, &w, [t](bool up, const QString&, qint64) {
+    Seen(*t, up ? "connectionChanged(up)" : "connectionChanged(down)");
+  });
+
+  if (!xfer.connectToServer("127.0.0.1", t->port)) return 1;
 
   w.AddText("Hi! Could you send me the photos and the project files from the trip?", false);
   std::vector<QString> files = {src + "/sunset.png", src + "/holiday.mp4", src + "/project.zip",
@@ -802,11 +789,11 @@ int RunSelfTest(QApplication& app, const QString& out) {
   // is paused grab OUT-during.png; then click again to resume.
   // (On loopback a file is done within a few progress events, so the click
   // comes as soon as it starts sending.)
-  // The download: pause it by a click at its first progress, grab
-  // OUT-download.png showing the percentage, click again to resume.
+  // The download, once retried: pause it by a click at its first progress,
+  // grab OUT-download.png showing the percentage, click again to resume.
   // (Its first event, like the upload's, so that it is caught under way.)
   auto pause_download = [&, t] {
-    if (t->download_paused) return;
+    if (t->download_paused || !t->download_retried) return;
     t->download_paused = true;
     click(t->download);
     QTimer::singleShot(400, &w, [&, t] {
@@ -823,18 +810,19 @@ int RunSelfTest(QApplication& app, const QString& out) {
       click(t->download);
     });
   };
-  w.onProgress = [&, t](const QString& name, std::uint64_t acked, std::uint64_t total) {
-    if (name == t->download && acked < total) pause_download();
-  };
-  w.onState = [&, t](const QString& name, chatxfer::State s) {
-    if (name == t->download && s == chatxfer::State::Sending) pause_download();
+  QObject::connect(&xfer, &X::progress, &w, [&, t](const QString& name, qint64 done, qint64 total) {
+    if (name == t->download && done < total) pause_download();
+  });
+  QObject::connect(&xfer, &X::stateChanged, &w, [&, t](const QString& name, X::State s) {
+    Seen(*t, "stateChanged");
+    if (name == t->download && s == X::Sending) pause_download();
     if (name != t->paused_name || t->paused_seen) return;
-    if (s == chatxfer::State::Sending && !t->clicked) {
+    if (s == X::Sending && !t->clicked) {
       t->clicked = true;
       click(name);
       return;
     }
-    if (s != chatxfer::State::Paused || !t->clicked) return;
+    if (s != X::Paused || !t->clicked) return;
     t->paused_seen = true;
     QTimer::singleShot(600, &w, [&, t] {
       QString during = t->out;
@@ -845,7 +833,32 @@ int RunSelfTest(QApplication& app, const QString& out) {
       t->resumed = true;
       click(t->paused_name);
     });
-  };
+  });
+  // The download's first failure: its bubble shows it (OUT-failed.png); the
+  // file in the way becomes the folder and the bubble is clicked to retry.
+  QObject::connect(&xfer, &X::failed, &w, [&, t](const QString& name, qint64 code, const QString&) {
+    Seen(*t, "failed");
+    if (name != t->download || t->download_retried) return;
+    t->download_failure = code;
+    Bubble* b = w.Find(name);
+    t->download_failed_shown = b && b->phase() == Bubble::Phase::Failed;
+    QTimer::singleShot(300, &w, [&, t] {
+      QString failed = t->out;
+      failed.replace(QRegularExpression("\\.png$"), "") += "-failed.png";
+      w.grab().save(failed, "PNG");
+      QFile::remove(t->download_dir);
+      QDir().mkpath(t->download_dir);
+      t->download_retried = true;
+      click(t->download);
+      Bubble* again = w.Find(t->download);
+      t->download_retry_refused = !again || again->phase() == Bubble::Phase::Failed;
+      std::printf("selftest: download of %s failed (code %lld), window grabbed into %s; "
+                  "bubble clicked to retry: %s\n",
+                  qPrintable(t->download_of), (long long)t->download_failure, qPrintable(failed),
+                  t->download_retry_refused ? "REFUSED" : "retrying");
+      if (t->download_retry_refused && w.onFinished) w.onFinished();
+    });
+  });
   w.onFinished = [&, t] {
     if (t->finished) return;
     if (!t->uploads_done) {
@@ -855,9 +868,15 @@ int RunSelfTest(QApplication& app, const QString& out) {
       t->uploads_done = true;
       w.AddText("Nice! Here is the one I edited:", false);
       w.AddIncomingPicture(t->download, w.MessageId(t->download_of), t->download_dir);
+      // Refused at once: nothing to retry (this ends the test, failed).
+      t->download_refused = w.failed().count(t->download) > 0;
       return;
     }
-    if (!w.completed().count(t->download) && !w.failed().count(t->download)) return;
+    if (!w.completed().count(t->download)) {
+      if (!w.failed().count(t->download)) return;
+      // Its first failure: the failed slot above retries it.
+      if (!t->download_retried && !t->download_refused) return;
+    }
     t->finished = true;
     // Let the last repaint happen before the grab.
     QTimer::singleShot(300, &w, [&, t] {
@@ -886,10 +905,31 @@ int RunSelfTest(QApplication& app, const QString& out) {
         if (!t->download_paused_seen || !t->download_resumed)
           std::printf("selftest: note: the download ended before it could be paused\n");
       }
+      // The failure to make the folder is the library's local one
+      // (chatxfer::Failure::Local), shown by the bubble and retried by a click.
+      bool retry_ok = t->download_failure == static_cast<qint64>(chatxfer::Failure::Local) &&
+                      t->download_failed_shown && t->download_retried &&
+                      !t->download_retry_refused && w.completed().count(t->download);
+      std::printf("selftest: failed download shown and retried by a click: %s\n",
+                  retry_ok ? "yes" : "NO");
+      if (!retry_ok) ++bad;
       if (!t->paused_seen || !t->resumed) {
         std::printf("selftest: %s was not paused and resumed\n", qPrintable(t->paused_name));
         ++bad;
       }
+      // Every kind of signal this run must cause arrived, and all of them
+      // on the GUI thread (as every window slot also checks).
+      QString counts;
+      for (const char* s : {"progress", "stateChanged", "completed", "failed", "saved",
+                            "connectionChanged(up)"}) {
+        int n = t->signals_seen[s];
+        counts += QString(" %1 %2").arg(s).arg(n);
+        if (n == 0) ++bad;
+      }
+      std::printf("selftest: signals:%s; off the GUI thread: %d\n", qPrintable(counts),
+                  t->signals_off_thread);
+      if (t->signals_seen["completed"] != int(sources.size()) + 1) ++bad;
+      if (t->signals_off_thread != 0) ++bad;
       if (w.off_thread_calls() != 0) {
         std::printf("selftest: %d events reached widgets off the GUI thread\n", w.off_thread_calls());
         ++bad;
@@ -910,9 +950,8 @@ int RunSelfTest(QApplication& app, const QString& out) {
     QApplication::exit(1);
   });
   int rc = app.exec();
-  // No callback runs after Shutdown; events already posted are dropped with
-  // the window.
-  client->Shutdown();
+  // Drains and stops the signals; events already posted go with xfer.
+  xfer.shutdown();
   t->server.Stop();
   return rc == 0 ? t->exit_code : rc;
 }
@@ -945,13 +984,14 @@ int main(int argc, char** argv) {
       port = static_cast<std::uint16_t>(server.section(':', -1).toUInt());
     }
     ChatWindow w;
-    auto client = chatxfer::NewClient(std::make_unique<QtSink>(&w));
-    w.SetClient(&*client);
-    client->Connect(host.toStdString(), port);
+    chatxfer::QtTransfers xfer;
+    w.SetTransfers(&xfer);
+    if (!xfer.connectToServer(host, port))
+      std::fprintf(stderr, "connect: %s\n", qPrintable(xfer.errorString()));
     w.show();
     for (const QString& f : files) w.AddFile(f);
     rc = app.exec();
-    client->Shutdown();
+    xfer.shutdown();
   }
   chatxfer::ShutdownLibrary();
   return rc;

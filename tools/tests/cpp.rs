@@ -11,13 +11,18 @@
 //!   downloads the files back), the same example under AddressSanitizer,
 //!   the C program of bad calls, the C program driving the C ABI's sans-IO
 //!   engine (`tests/c/engine.c`), and the header checks at the client's
-//!   standards (C++11, C99, warnings as errors); the chat client's whole
-//!   sequence (`client_flow.cpp`) against in-process servers; the example
-//!   killed mid-upload and mid-download, then resumed by a new process;
-//! * the Qt Widgets demo four ways, CMake package (`find_package`) and
-//!   qmake (`qmake/chatxfer.pri`), each with Qt 5 and Qt 6, and its
-//!   self-test offscreen (uploads, pause/resume, a download back, md5s,
-//!   screenshots under the build dir);
+//!   standards (C++11, C99, warnings as errors; the Qt adapter with Qt 5
+//!   as C++11, and one of its signals on the object's thread); the chat
+//!   client's whole sequence (`client_flow.cpp`) against in-process
+//!   servers; the example killed mid-upload and mid-download, then resumed
+//!   by a new process; the Qt adapter destroyed mid-upload under
+//!   AddressSanitizer;
+//! * the Qt Widgets demo four ways, CMake package (`find_package`,
+//!   `chatxfer::qt`) and qmake (`qmake/chatxfer_qt.pri`), each with Qt 5
+//!   and Qt 6, and its self-test offscreen through the Qt adapter
+//!   (uploads, pause/resume, a download back that fails and is retried by
+//!   a click, md5s, every signal on the GUI thread, screenshots under the
+//!   build dir);
 //! * the profile/library choice for a release configuration (configure
 //!   only: a release build of the crate would take minutes).
 //!
@@ -486,6 +491,40 @@ fn cpp_upload_example_is_clean_under_address_sanitizer() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("all files uploaded"));
 }
 
+/// The Qt adapter destroyed while its client is mid-upload, round after
+/// round (deleteLater from its own progress slot; the last round in a
+/// worker thread, whose signals must arrive there), under AddressSanitizer:
+/// the library's sink racing the destructor must touch nothing freed.
+#[test]
+fn qt_adapter_destroyed_mid_upload_is_clean_under_address_sanitizer() {
+    let dir = built();
+    let server = Serve::start();
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("lifetime.bin");
+    // Large enough that every round is still sending when it is destroyed.
+    write_file(&file, 24_000_000, 11);
+    let (host, port) = server.addr.rsplit_once(':').expect("host:port");
+    let out = Command::new(dir.join("qt_lifetime"))
+        .args([host, port])
+        .arg(&file)
+        .env("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "qt_lifetime failed:\n{}", show(&out));
+    assert!(
+        stdout.contains(
+            "rounds 8, destroyed mid-upload 8, destroyed 8, signals on a wrong thread 0: ok"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("Sanitizer"),
+        "sanitizer report:\n{}",
+        show(&out)
+    );
+}
+
 /// Builds the demo, runs its self-test offscreen and checks what it says.
 fn qt_demo_selftest(how: QtBuild, major: u32) {
     let exe = build_qt_demo(how, major).unwrap_or_else(|e| panic!("{e}"));
@@ -516,6 +555,15 @@ fn qt_demo_selftest(how: QtBuild, major: u32) {
     // Five uploads with the source's md5, one download byte-identical.
     assert_eq!(stdout.matches(" identical").count(), 5, "{stdout}");
     assert_eq!(stdout.matches(" byte-identical").count(), 1, "{stdout}");
+    // Through the adapter's signals, all on the GUI thread; the download's
+    // failure (Failure::Local, 2004: a file where its folder should be)
+    // retried by a click.
+    assert!(
+        stdout.contains("download of sunset.png failed (code 2004)")
+            && stdout.contains("failed download shown and retried by a click: yes"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("; off the GUI thread: 0\n"), "{stdout}");
     eprintln!(
         "Qt self-test ({how:?}, Qt {major}) passed in {:.2} s; screenshot {}",
         t0.elapsed().as_secs_f64(),
@@ -797,6 +845,7 @@ fn headers_compile_as_cxx11_and_c99_and_link() {
     for (flags, std) in [
         ("CMakeFiles/headers_cxx11.dir/flags.make", "-std=c++11"),
         ("CMakeFiles/header_c99.dir/flags.make", "-std=c99"),
+        ("CMakeFiles/headers_qt_cxx11.dir/flags.make", "-std=c++11"),
     ] {
         let text = std::fs::read_to_string(dir.join(flags)).unwrap();
         assert!(
@@ -804,6 +853,32 @@ fn headers_compile_as_cxx11_and_c99_and_link() {
             "{flags}: {text}"
         );
     }
+    // The adapter's moc output was part of that C++11 build, against Qt 5.
+    let mocs =
+        std::fs::read_to_string(dir.join("headers_qt_cxx11_autogen/mocs_compilation.cpp")).unwrap();
+    assert!(mocs.contains("moc_chatxfer_qt.cpp"), "{mocs}");
+    // Its signals (md5, connection, avatar up and down) on the object's
+    // thread, against a `chatxfer serve`.
+    let server = Serve::start();
+    let work = tempfile::tempdir().unwrap();
+    let (host, port) = server.addr.rsplit_once(':').expect("host:port");
+    let out = Command::new(dir.join("headers_qt_cxx11"))
+        .args([host, port])
+        .arg(work.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "headers_qt_cxx11 failed:\n{}",
+        show(&out)
+    );
+    assert!(
+        stdout.contains("built with Qt 5.")
+            && stdout.contains("avatar saved, routed by its request, bytes identical: ok")
+            && stdout.contains("qt adapter c++11: ok"),
+        "{stdout}"
+    );
 }
 
 #[test]
