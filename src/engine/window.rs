@@ -41,7 +41,11 @@
 //!     with a huge round trip, and plain Vegas cuts again: a spiral down to
 //!     the floor.
 //!   - **Filling the server's queue** while the guard's verdict stands: the
-//!     window doubles every full round up to `max`. The guard has shown
+//!     window doubles every full round up to `max`, as long as no round
+//!     after a doubling delivers less than [`FILL_KEEP`] of the round
+//!     before it; if one does, the window goes back two doublings (that
+//!     round's acks were mostly of chunks sent before the last one) and
+//!     Vegas, without cuts, runs for the rest of the verdict. The guard has shown
 //!     that the server, not a link, is the bottleneck; there a longer queue
 //!     costs only our memory (bounded by `max`) and latency for requests
 //!     queued behind it, and against the deployed server it was measured to
