@@ -916,8 +916,9 @@ fn adaptive_window_stays_small_behind_a_slow_disk() {
 }
 
 /// File MB/s (virtual time) of one 32 MiB upload against the deployed
-/// server's timing model, with `seed` for its service jitter.
-fn deployed_rate(window: WindowPolicy, seed: u64) -> f64 {
+/// server's timing model, with `seed` for its service jitter, and the
+/// largest number of chunks in flight.
+fn deployed_run(window: WindowPolicy, seed: u64) -> (f64, usize) {
     let storage = ServerStorage::Appending;
     let cfg = SimConfig {
         seed,
@@ -930,7 +931,7 @@ fn deployed_rate(window: WindowPolicy, seed: u64) -> f64 {
     let t = s.run(Duration::from_secs(600));
     assert_eq!(state(&s, "v"), FileState::Completed, "{window}");
     assert_eq!(s.server.append_violations, 0);
-    bytes.len() as f64 / t.as_secs_f64() / 1e6
+    (bytes.len() as f64 / t.as_secs_f64() / 1e6, s.max_in_flight)
 }
 
 fn median_of(mut v: Vec<f64>) -> f64 {
@@ -943,24 +944,31 @@ fn median_of(mut v: Vec<f64>) -> f64 {
 /// as fast as the best fixed window and has no dips. The delay-only
 /// controller read the server's queue as congestion, shrank the window, and
 /// each shrink left the client silent while replies came in, so Nagle held
-/// the next replies for a delayed ACK (40 ms) and the worker ran dry.
+/// the next replies for a delayed ACK (40 ms) and the worker ran dry. Once
+/// a cut has shown that, the window fills the server's queue up to its
+/// maximum (512), as `fixed:512` (the deployed server's fastest window).
 #[test]
 fn adaptive_window_matches_the_best_fixed_window_against_the_deployed_timing() {
     let seeds = 1..=3u64;
-    let rates =
-        |w: WindowPolicy| -> Vec<f64> { seeds.clone().map(|s| deployed_rate(w, s)).collect() };
-    let adaptive = rates(WindowPolicy::adaptive());
-    let fixed: Vec<(u32, Vec<f64>)> = [5, 32, 128]
+    let runs = |w: WindowPolicy| -> Vec<(f64, usize)> {
+        seeds.clone().map(|s| deployed_run(w, s)).collect()
+    };
+    let rates = |r: &[(f64, usize)]| -> Vec<f64> { r.iter().map(|x| x.0).collect() };
+    let adaptive_runs = runs(WindowPolicy::adaptive());
+    let adaptive = rates(&adaptive_runs);
+    let fixed: Vec<(u32, Vec<f64>)> = [5, 32, 128, 512]
         .into_iter()
-        .map(|n| (n, rates(WindowPolicy::Fixed(n))))
+        .map(|n| (n, rates(&runs(WindowPolicy::Fixed(n)))))
         .collect();
     let best = fixed
         .iter()
         .map(|(_, r)| median_of(r.clone()))
         .fold(0.0, f64::max);
+    let fixed5 = median_of(fixed[0].1.clone());
     let med = median_of(adaptive.clone());
     let min = adaptive.iter().copied().fold(f64::INFINITY, f64::min);
-    eprintln!("simulated deployed timing, MB/s per seed: adaptive {adaptive:.1?}");
+    let deepest = adaptive_runs.iter().map(|x| x.1).min().unwrap_or(0);
+    eprintln!("simulated deployed timing, MB/s per seed: adaptive {adaptive:.1?}, in flight up to {deepest}");
     for (n, r) in &fixed {
         eprintln!("  fixed:{n} {r:.1?}");
     }
@@ -969,9 +977,15 @@ fn adaptive_window_matches_the_best_fixed_window_against_the_deployed_timing() {
         "adaptive median {med:.1} vs best fixed {best:.1}"
     );
     assert!(
+        med >= 0.95 * fixed5,
+        "adaptive median {med:.1} vs fixed:5 {fixed5:.1}"
+    );
+    assert!(
         min >= 0.85 * med,
         "adaptive dips to {min:.1} (median {med:.1})"
     );
+    // The server's queue is filled (Vegas alone kept about 16).
+    assert!(deepest >= 256, "adaptive kept at most {deepest} in flight");
 }
 
 fn check_invariants(

@@ -31,16 +31,27 @@
 //!     ended). After a cut, the next round's rate is compared with the rate
 //!     of the round that decided the cut: below [`GUARD`] (80 %) of it, the
 //!     cut cost throughput, so the window goes back to its size before the
-//!     cut and no cut is made for [`GUARD_LIFETIME`]; it may still grow.
-//!     On a congested link a cut leaves a queue at the bottleneck and the
-//!     rate stays flat, so the guard never fires and Vegas works as before.
-//!     Against the deployed server it fires once: that server has one
-//!     worker per connection (a longer queue in front of it costs only our
-//!     memory, bounded by `max`) and no `TCP_NODELAY`, so when a cut leaves
-//!     the client silent for a few replies, Nagle holds the server's next
-//!     replies until the client's delayed ACK (40 ms), the worker runs dry,
-//!     the held replies come back with a huge round trip, and plain Vegas
-//!     cuts again: a spiral down to the floor.
+//!     cut and no cut is made for [`GUARD_LIFETIME`]. On a congested link a
+//!     cut leaves a queue at the bottleneck and the rate stays flat, so the
+//!     guard never fires and Vegas works as before. Against the deployed
+//!     server it fires once: that server has one worker per connection and
+//!     no `TCP_NODELAY`, so when a cut leaves the client silent for a few
+//!     replies, Nagle holds the server's next replies until the client's
+//!     delayed ACK (40 ms), the worker runs dry, the held replies come back
+//!     with a huge round trip, and plain Vegas cuts again: a spiral down to
+//!     the floor.
+//!   - **Filling the server's queue** while the guard's verdict stands: the
+//!     window doubles every full round up to `max`, as long as no round
+//!     after a doubling delivers less than [`FILL_KEEP`] of the round
+//!     before it; if one does, the window goes back two doublings (that
+//!     round's acks were mostly of chunks sent before the last one) and
+//!     Vegas, without cuts, runs for the rest of the verdict. The guard has shown
+//!     that the server, not a link, is the bottleneck; there a longer queue
+//!     costs only our memory (bounded by `max`) and latency for requests
+//!     queued behind it, and against the deployed server it was measured to
+//!     help (issue 16, its medians: `fixed:5` 39.2, `fixed:128` 40.4,
+//!     `fixed:512` 44.8 MB/s). When the verdict expires, Vegas may cut
+//!     again, which tests the verdict again.
 //!
 //!   Why a guard on Vegas and not BBR: both read the same signal (rate flat
 //!   while the delay grows) at the moment the bottleneck fills, whether it is
@@ -55,8 +66,18 @@
 //!   40 ms stall for the test cut). Measured (`cargo bench --bench throughput
 //!   -- deployed-model`, a loopback fake with that timing): plain Vegas 0.91x
 //!   the best fixed window, with the guard 0.99x; with `TCP_NODELAY` on the
-//!   fake, plain Vegas had no dip (1.00x), so Nagle is the mechanism. The link tests are unchanged (40 ms /
-//!   200 Mbit/s: 96.1 % of the link, fixed:5 20.9 %).
+//!   fake, plain Vegas had no dip (1.00x), so Nagle is the mechanism.
+//!
+//!   Why fill the queue rather than hold it: neither model has a rate that
+//!   grows with the queue beyond a few chunks (simulated, 3 seeds: fixed:5
+//!   31.7, fixed:32 32.6, fixed:128 31.8, fixed:512 32.6 MB/s; with the
+//!   filling, adaptive 31.6 and 512 in flight), so there filling costs
+//!   nothing measurable; the only measured gain from a longer queue is the
+//!   deployed server's own, at 512. Its cause is not known (see the README,
+//!   "Against the deployed server's timing"), so this bets on the
+//!   measurement, not on a model. The link tests are unchanged (the guard
+//!   never fires there: 40 ms / 200 Mbit/s at 95 % of the link, 4.92x
+//!   fixed:5, as before).
 //!
 //! Invariant: `cwnd()` is always within `[min, max]` (or exactly `n` for
 //! `Fixed(n)`); the engine never has more requests unanswered than `cwnd()`
@@ -134,6 +155,12 @@ const BETA: f64 = 8.0;
 /// A 40 ms Nagle stall in a ~10 ms round drops it to about 20 %; rounds on
 /// a link vary by a few per cent.
 pub const GUARD: f64 = 0.8;
+/// While filling the server's queue, a round after a doubling delivering
+/// less than this share of the round before it means the longer queue
+/// costs throughput (a fast server whose data falls out of the caches).
+/// As loose as [`GUARD`]: against the deployed-timing fake, rounds of ~20
+/// chunks vary by about 10 % (0.9 stopped one upload in three at 22).
+pub const FILL_KEEP: f64 = 0.8;
 /// How long the guard's verdict stands before a cut is tried again.
 pub const GUARD_LIFETIME: Duration = Duration::from_secs(10);
 /// How long a measured minimum round trip stays the reference.
@@ -162,6 +189,11 @@ pub struct Window {
     /// No cuts before this: the last cut cost delivery rate (see the module
     /// docs, "delivery-rate guard").
     no_cut_until: Option<Instant>,
+    /// The window before the last doubling while filling the server's
+    /// queue, and the delivery rate of the round that decided it.
+    fill_check: Option<(u32, f64)>,
+    /// A doubling cost delivery rate: no more filling under this verdict.
+    fill_done: bool,
 }
 
 impl Window {
@@ -179,6 +211,8 @@ impl Window {
             round_acked: 0,
             cut_check: None,
             no_cut_until: None,
+            fill_check: None,
+            fill_done: false,
         };
         w.reset();
         w
@@ -214,6 +248,8 @@ impl Window {
         self.round_acked = 0;
         self.cut_check = None;
         self.no_cut_until = None;
+        self.fill_check = None;
+        self.fill_done = false;
     }
 
     /// Whether the delivery-rate guard holds the window from shrinking at
@@ -257,16 +293,53 @@ impl Window {
         let elapsed = now.saturating_duration_since(round_start).as_secs_f64();
         let rate = (elapsed > 0.0).then(|| self.round_acked as f64 / elapsed);
         // Delivery-rate guard: did the last cut cost throughput?
+        let mut fired = false;
         if let (Some((before, rate_before)), Some(rate)) = (self.cut_check.take(), rate) {
             if rate < GUARD * rate_before {
+                tracing::debug!(
+                    rate,
+                    rate_before,
+                    before,
+                    "window: a cut cost delivery rate; the server is the bottleneck"
+                );
                 self.cwnd = self.cwnd.max(before);
                 self.no_cut_until = Some(now + GUARD_LIFETIME);
+                self.fill_check = None;
+                self.fill_done = false;
+                fired = true;
             }
         }
         let holding = self.holding(now);
         let round_rtt = round_rtt.max(Duration::from_nanos(1));
         let queued = self.cwnd as f64 * (1.0 - base.as_secs_f64() / round_rtt.as_secs_f64());
-        if queued < ALPHA {
+        // The server is the bottleneck (a cut cost throughput): fill its
+        // queue up to the memory bound while that costs no rate (see the
+        // module docs).
+        if holding {
+            if let (Some((before, rate_before)), Some(rate)) = (self.fill_check.take(), rate) {
+                if rate < FILL_KEEP * rate_before {
+                    // Back past the doubling before too: this round's
+                    // acks were mostly of chunks sent before the last one.
+                    tracing::debug!(
+                        rate,
+                        rate_before,
+                        before,
+                        "window: a longer queue cost delivery rate; filling stops"
+                    );
+                    self.cwnd = before / 2;
+                    self.fill_done = true;
+                }
+            }
+        }
+        // The round the guard fired in was stalled: the next one is the
+        // reference for the first doubling.
+        let filling = holding && !fired && !self.fill_done;
+        if filling {
+            if self.round_was_full && self.cwnd < hi {
+                self.fill_check = rate.map(|r| (self.cwnd, r));
+                self.cwnd = self.cwnd.saturating_mul(2);
+            }
+        } else if queued < ALPHA {
             if self.round_was_full {
                 self.cwnd = if self.slow_start {
                     self.cwnd.saturating_mul(2)
@@ -356,27 +429,43 @@ mod tests {
         stall: Duration,
         rounds: usize,
     ) -> (u32, u32, bool) {
+        drive_with(base, |_| service, stall, rounds)
+    }
+
+    /// [`drive`] with a service time that depends on the window.
+    fn drive_with(
+        base: Duration,
+        service_at: impl Fn(u32) -> Duration,
+        stall: Duration,
+        rounds: usize,
+    ) -> (u32, u32, bool) {
         let mut w = Window::new(WindowPolicy::adaptive());
         let mut now = Instant::now();
         let (mut req, mut cuts, mut prev) = (0u64, 0, w.cwnd());
         for _ in 0..rounds {
+            let service = service_at(w.cwnd());
             let cwnd = w.cwnd() as u64;
             let bdp = base.as_secs_f64() / service.as_secs_f64();
             let queue = (cwnd as f64 - bdp).max(0.0);
-            let mut rtt = base + service.mul_f64(queue + 1.0);
+            let rtt = base + service.mul_f64(queue + 1.0);
+            let mut gap = Duration::ZERO;
             if w.cwnd() < prev {
                 cuts += 1;
-                rtt += stall;
+                gap = stall;
             }
             prev = w.cwnd();
             for _ in 0..cwnd {
                 w.on_send(cwnd as u32);
             }
-            now += rtt;
+            // After the stall, the server answers at its own pace: acks
+            // spread over the round.
+            let start = now + gap;
+            now += gap + rtt;
             let first = req;
             req += cwnd;
-            for r in first..req {
-                w.on_ack(now, rtt, r, req);
+            for (i, r) in (first..req).enumerate() {
+                let at = start + rtt.mul_f64((i + 1) as f64 / cwnd as f64);
+                w.on_ack(at, rtt + gap, r, req);
             }
         }
         (cuts, w.cwnd(), w.holding(now))
@@ -385,15 +474,29 @@ mod tests {
     #[test]
     fn guard_stops_cuts_that_cost_delivery_rate_and_only_those() {
         // Server-bound (1 ms per chunk, 0.1 ms path) where a cut stalls the
-        // replies for 40 ms: one test cut, then the window holds.
+        // replies for 40 ms: one test cut, then no more cuts while the
+        // verdict stands (25 rounds end within its 10 s).
         let (cuts, cwnd, holding) = drive(
             Duration::from_micros(100),
             Duration::from_millis(1),
             Duration::from_millis(40),
-            60,
+            25,
         );
         assert!(holding, "cwnd {cwnd}");
-        assert_eq!(cuts, 1, "cwnd {cwnd}");
+        assert_eq!(cuts, 1, "cwnd {cwnd}, cuts {cuts}");
+        // ... and, the server being the bottleneck, fills its queue up to
+        // the memory bound.
+        assert_eq!(cwnd, 512);
+        // A server that slows down by a third once more than 64 chunks are
+        // queued (its data falls out of the caches): the filling stops at
+        // the last window that cost no rate.
+        let (_, cwnd, holding) = drive_with(
+            Duration::from_micros(100),
+            |cwnd| Duration::from_micros(if cwnd > 64 { 1500 } else { 1000 }),
+            Duration::from_millis(40),
+            25,
+        );
+        assert!(holding && (16..=64).contains(&cwnd), "cwnd {cwnd}");
         // The same path where a cut costs nothing: Vegas keeps cutting to
         // its small queue and the guard never fires.
         let (cuts, cwnd, holding) = drive(

@@ -911,12 +911,13 @@ fn rate_cap(o: &Opts, inputs: &mut Inputs, rows: &mut Vec<Row>) {
 }
 
 /// Windows of the `deployed-model` rows.
-fn deployed_windows() -> [WindowPolicy; 4] {
+fn deployed_windows() -> [WindowPolicy; 5] {
     [
         WindowPolicy::adaptive(),
         WindowPolicy::Fixed(5),
         WindowPolicy::Fixed(32),
         WindowPolicy::Fixed(128),
+        WindowPolicy::Fixed(512),
     ]
 }
 
