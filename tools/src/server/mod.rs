@@ -60,9 +60,11 @@
 //!   forgotten and its `.part` and `.state` removed, also those found on
 //!   disk at start (their clock starts at the file's last change).
 //! * Disk: a new upload's declared size plus [`Limits::min_free_space`]
-//!   must fit the file system's free space ([`NO_SPACE`]). Uploads in
-//!   progress are sparse, so several large ones started together are not
-//!   summed.
+//!   must fit the file system's free space ([`NO_SPACE`]), less what the
+//!   other unfinished uploads declared and have not written yet (their
+//!   `.part` files are sparse until written), so several large uploads
+//!   started together cannot fill the disk between them. Uploads found on
+//!   disk at start promise nothing (their sizes are not re-read).
 //!
 //! # Storage ([`Storage::Positional`], the default)
 //! * Seq 1 fixes the upload's geometry: chunk size = chunk 1's length (the

@@ -301,9 +301,20 @@ impl OpenParts {
 /// expiry of abandoned uploads.
 #[derive(Default)]
 struct Unfinished {
-    by_uid: HashMap<i64, HashMap<String, Instant>>,
+    by_uid: HashMap<i64, HashMap<String, Pending>>,
     /// Entries over all uids.
     total: usize,
+    /// Sum of every entry's `outstanding`: disk space promised to uploads
+    /// under way and not yet written.
+    reserved: u64,
+}
+
+/// One unfinished upload.
+#[derive(Clone, Copy)]
+struct Pending {
+    expires: Instant,
+    /// Declared bytes not written yet (the `.part` is sparse until then).
+    outstanding: u64,
 }
 
 impl Unfinished {
@@ -318,18 +329,56 @@ impl Unfinished {
     fn set(&mut self, uid: i64, name: &str, expires: Instant) {
         let m = self.by_uid.entry(uid).or_default();
         match m.get_mut(name) {
-            Some(t) => *t = expires,
+            Some(p) => p.expires = expires,
             None => {
-                m.insert(name.to_owned(), expires);
+                m.insert(
+                    name.to_owned(),
+                    Pending {
+                        expires,
+                        outstanding: 0,
+                    },
+                );
                 self.total += 1;
             }
         }
     }
 
+    fn pending_mut(&mut self, uid: i64, name: &str) -> Option<&mut Pending> {
+        self.by_uid.get_mut(&uid)?.get_mut(name)
+    }
+
+    /// Promises `bytes` of disk to the entry (replacing its promise).
+    fn reserve(&mut self, uid: i64, name: &str, bytes: u64) {
+        if let Some(p) = self.pending_mut(uid, name) {
+            let was = std::mem::replace(&mut p.outstanding, bytes);
+            self.reserved = self.reserved - was + bytes;
+        }
+    }
+
+    /// `len` bytes of the entry reached the disk: they leave its promise.
+    fn wrote(&mut self, uid: i64, name: &str, len: u64) {
+        if let Some(p) = self.pending_mut(uid, name) {
+            let done = len.min(p.outstanding);
+            p.outstanding -= done;
+            self.reserved -= done;
+        }
+    }
+
+    /// Disk promised to every upload but `uid`'s `name`.
+    fn reserved_for_others(&self, uid: i64, name: &str) -> u64 {
+        let own = self
+            .by_uid
+            .get(&uid)
+            .and_then(|m| m.get(name))
+            .map_or(0, |p| p.outstanding);
+        self.reserved - own
+    }
+
     fn remove(&mut self, uid: i64, name: &str) {
         if let Some(m) = self.by_uid.get_mut(&uid) {
-            if m.remove(name).is_some() {
+            if let Some(p) = m.remove(name) {
                 self.total -= 1;
+                self.reserved -= p.outstanding;
             }
             if m.is_empty() {
                 self.by_uid.remove(&uid);
@@ -338,7 +387,7 @@ impl Unfinished {
     }
 
     fn expires(&self, uid: i64, name: &str) -> Option<Instant> {
-        self.by_uid.get(&uid)?.get(name).copied()
+        self.by_uid.get(&uid)?.get(name).map(|p| p.expires)
     }
 
     fn expired(&self, now: Instant) -> Vec<(i64, String)> {
@@ -346,7 +395,7 @@ impl Unfinished {
             .iter()
             .flat_map(|(uid, m)| {
                 m.iter()
-                    .filter(|(_, t)| **t <= now)
+                    .filter(|(_, p)| p.expires <= now)
                     .map(|(n, _)| (*uid, n.clone()))
             })
             .collect()
@@ -680,22 +729,30 @@ impl Store {
             unfinished.set(uid, name, Instant::now() + self.limits.upload_expiry);
         }
         if total > 0 {
-            // The .part is sparse until written, so this checks the
-            // declaration, not the bytes; concurrent uploads are not summed.
+            // The .part is sparse until written: what the other unfinished
+            // uploads declared and have not written yet is promised too, so
+            // many uploads that each fit cannot together fill the disk.
+            let reserved = lock(&self.unfinished).reserved_for_others(uid, name);
             match self.root.available() {
-                Ok(free) if total.saturating_add(self.limits.min_free_space) > free => {
+                Ok(free)
+                    if total
+                        .saturating_add(reserved)
+                        .saturating_add(self.limits.min_free_space)
+                        > free =>
+                {
                     lock(&self.unfinished).remove(uid, name);
                     tracing::warn!(
                         uid,
                         name,
                         total,
                         free,
+                        reserved,
                         reserve = self.limits.min_free_space,
                         "refused upload: it does not fit the free disk space"
                     );
                     return Err(NO_SPACE);
                 }
-                Ok(_) => {}
+                Ok(_) => lock(&self.unfinished).reserve(uid, name, total),
                 Err(e) => tracing::warn!(error = %e, "cannot read the free disk space"),
             }
         }
@@ -781,7 +838,11 @@ impl Store {
         }
         u.received.insert(c.seq);
         u.written += len;
-        lock(&self.unfinished).set(u.uid, &u.name, Instant::now() + self.limits.upload_expiry);
+        {
+            let mut unfinished = lock(&self.unfinished);
+            unfinished.set(u.uid, &u.name, Instant::now() + self.limits.upload_expiry);
+            unfinished.wrote(u.uid, &u.name, len);
+        }
         self.counters
             .bytes_written
             .fetch_add(len, Ordering::Relaxed);
@@ -1271,9 +1332,13 @@ mod tests {
     use std::path::Path;
 
     fn store_with(disk: Recorder, dir: &Path) -> Store {
+        store_limited(disk, dir, 1 << 30)
+    }
+
+    fn store_limited(disk: Recorder, dir: &Path, max_file_size: u64) -> Store {
         let root = Arc::new(Root::open(dir).unwrap());
         let limits = StoreLimits {
-            max_file_size: 1 << 30,
+            max_file_size,
             max_open_parts: 64,
             max_unfinished_per_uid: 64,
             max_unfinished_total: 1024,
@@ -1312,6 +1377,34 @@ mod tests {
 
     fn md5_hex(data: &[u8]) -> String {
         hex(&Md5::digest(data))
+    }
+
+    /// Uploads under way are promised the space they declared (their
+    /// `.part` is sparse until written): two that each fit the free space
+    /// but not together cannot both start, a small one still fits beside
+    /// them, and once the first is given up the second fits.
+    #[test]
+    fn declared_sizes_of_concurrent_uploads_are_summed_against_free_space() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store_limited(Recorder::default(), tmp.path(), u64::MAX);
+        let free = store.root.available().unwrap();
+        let first = |name: &str, total: u64| Chunk {
+            uid: 7,
+            name: name.to_owned(),
+            md5: md5_hex(b"whatever"),
+            seq: 1,
+            trans_size: 4096,
+            total_size: total,
+            last: 0,
+            data: vec![1; 4096],
+        };
+        let big = free / 10 * 6; // 60 %: fits alone, not twice
+        assert_eq!(store.put(&first("a", big), false).result, Ok(()));
+        assert_eq!(store.put(&first("b", big), false).result, Err(NO_SPACE));
+        assert_eq!(store.put(&first("small", 8192), false).result, Ok(()));
+        store.release(&store.key(7, "a"));
+        assert_eq!(store.expire(Instant::now() + Duration::from_secs(7200)), 2);
+        assert_eq!(store.put(&first("b", big), false).result, Ok(()));
     }
 
     /// The 100 % (the put that completes the file; the lane replies right
