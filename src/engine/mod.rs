@@ -102,6 +102,7 @@ pub use download::{AvatarRef, DownloadSpec, KnownFile};
 pub use error::{Error, Result};
 pub use io::{md5_hex, md5_of, ChunkSink, ChunkSource, MemorySink, MemorySource};
 pub use types::*;
+pub use upload::{check_message_id, check_new_message_id};
 pub use window::{Window, WindowPolicy};
 
 use crate::protocol::messages::UploadRsp;
@@ -242,12 +243,7 @@ impl Engine {
             state => return Err(wrong_state(name, "resume", state)),
         }
         if let Some(u) = self.transfers.get(&id).and_then(|t| t.upload()) {
-            if !u.spec.avatar && u.spec.message_id <= 0 {
-                return Err(Error::InvalidMessageId {
-                    name: name.into(),
-                    message_id: u.spec.message_id,
-                });
-            }
+            upload::check_message_id(name, u.spec.avatar, u.spec.message_id)?;
         }
         if let Some(t) = self.transfers.get_mut(&id) {
             t.common.last_progress = now; // the budget counts from the user's resume
@@ -270,16 +266,10 @@ impl Engine {
     pub fn set_message_id(&mut self, name: &str, message_id: i64) -> Result<()> {
         let id = self.lookup(name)?;
         let state = self.state(id);
-        let invalid = || Error::InvalidMessageId {
-            name: name.into(),
-            message_id,
-        };
         let Some(u) = self.transfers.get_mut(&id).and_then(|t| t.upload_mut()) else {
-            return Err(invalid());
+            return Err(wrong_state(name, "set the message id of", state));
         };
-        if u.spec.avatar || message_id <= 0 {
-            return Err(invalid());
-        }
+        upload::check_new_message_id(name, u.spec.avatar, message_id)?;
         if u.spec.message_id == message_id {
             return Ok(());
         }

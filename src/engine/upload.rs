@@ -356,6 +356,31 @@ impl Upload {
     }
 }
 
+/// The one rule for message ids: a chat upload may only be sent with the id
+/// of its ChatServer message (above 0; with 0 the deployed server marks
+/// message 0 and, with the receiver online, crashes); an avatar has none.
+pub fn check_message_id(name: &str, avatar: bool, message_id: i64) -> Result<()> {
+    if avatar || message_id > 0 {
+        return Ok(());
+    }
+    Err(Error::InvalidMessageId {
+        name: name.into(),
+        message_id,
+    })
+}
+
+/// Whether upload `name` may be given `message_id` later
+/// (`Engine::set_message_id`): an avatar has no message id to be given.
+pub fn check_new_message_id(name: &str, avatar: bool, message_id: i64) -> Result<()> {
+    if avatar {
+        return Err(Error::InvalidMessageId {
+            name: name.into(),
+            message_id,
+        });
+    }
+    check_message_id(name, false, message_id)
+}
+
 /// Checks an upload spec and computes its chunking; nothing is registered.
 pub(super) fn check_spec(
     spec: &FileSpec,
@@ -370,12 +395,8 @@ pub(super) fn check_spec(
     }
     // A held upload may wait for its id (0: the 1036 reply has not come);
     // `Engine::set_message_id` gives it before `resume` may start it.
-    let id_pending = spec.hold && spec.message_id == 0;
-    if !spec.avatar && spec.message_id <= 0 && !id_pending {
-        return Err(Error::InvalidMessageId {
-            name: spec.name.clone(),
-            message_id: spec.message_id,
-        });
+    if !(spec.hold && spec.message_id == 0) {
+        check_message_id(&spec.name, spec.avatar, spec.message_id)?;
     }
     let chunk = spec.chunk_size.unwrap_or(config.chunk_size);
     if chunk == 0 {

@@ -116,13 +116,13 @@ impl SansIo {
         Ok(self.engine.pause(name, Instant::now())?)
     }
 
-    /// Also `BatchSend`/`StartDownload`. On a failed transfer (the chat
-    /// bubble's retry click) it is [`SansIo::retry`], as on the `Client`.
     /// The 1036 reply's id for a chat upload registered held without one.
     pub fn set_message_id(&mut self, name: &str, message_id: i64) -> FfiResult {
         Ok(self.engine.set_message_id(name, message_id)?)
     }
 
+    /// Also `BatchSend`/`StartDownload`. On a failed transfer (the chat
+    /// bubble's retry click) it is [`SansIo::retry`], as on the `Client`.
     pub fn resume(&mut self, name: &str) -> FfiResult {
         if self.engine.file_status(name).map(|s| s.state) == Some(FileState::Failed) {
             return self.retry(name);

@@ -25,7 +25,8 @@ use tokio::sync::{mpsc, Notify};
 use super::files::{ExistingFile, FileSink, FileSource};
 use super::journal::{self, JournalEntry};
 use crate::engine::{
-    AckRecord, DownloadSpec, Engine, EngineConfig, Event, FileSpec, FileState, FileStatus,
+    check_message_id, check_new_message_id, AckRecord, DownloadSpec, Engine, EngineConfig, Event,
+    FileSpec, FileState, FileStatus,
 };
 use crate::error::Result;
 use crate::protocol::{Frame, FrameDecoder};
@@ -886,13 +887,7 @@ impl Client {
         {
             let mut hashing = lock(&self.shared.hashing);
             if let Some(h) = hashing.get_mut(name) {
-                if message_id <= 0 || h.avatar {
-                    return Err(crate::engine::Error::InvalidMessageId {
-                        name: name.into(),
-                        message_id,
-                    }
-                    .into());
-                }
+                check_new_message_id(name, h.avatar, message_id)?;
                 h.message_id = message_id;
                 return Ok(());
             }
@@ -913,12 +908,8 @@ impl Client {
         let Some(h) = hashing.get_mut(name) else {
             return Ok(false);
         };
-        if !hold && !h.avatar && h.message_id <= 0 {
-            return Err(crate::engine::Error::InvalidMessageId {
-                name: name.into(),
-                message_id: h.message_id,
-            }
-            .into());
+        if !hold {
+            check_message_id(name, h.avatar, h.message_id)?;
         }
         if h.hold != hold {
             h.hold = hold;
