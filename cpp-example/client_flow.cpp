@@ -92,6 +92,10 @@ class History {
       if (match(e)) return e;
     }
   }
+  // The first event at index >= from of `kind` for transfer `name`.
+  Ev WaitFor(std::size_t from, Ev::Kind kind, const std::string& name, const std::string& what) {
+    return WaitFor(from, [&](const Ev& e) { return e.kind == kind && e.name == name; }, what);
+  }
   std::vector<Ev> Since(std::size_t from) {
     std::lock_guard<std::mutex> g(mu_);
     return std::vector<Ev>(all_.begin() + static_cast<std::ptrdiff_t>(from), all_.end());
@@ -243,7 +247,7 @@ int main(int argc, char** argv) {
   // ...the ChatServer's 1036 reply: message id 501.
   mark = h.Size();
   CheckStatus(chatxfer::BatchSend(*client, "photo.jpg", 501), chatxfer::Status::Ok, "BatchSend with the 1036 id");
-  h.WaitFor(mark, [](const Ev& e) { return e.kind == Ev::Completed && e.name == "photo.jpg"; }, "photo completed");
+  h.WaitFor(mark, Ev::Completed, "photo.jpg", "photo completed");
 
   // 3. Pause and resume from the bubble's clicks.
   const std::string video = src + "/video.mp4";
@@ -259,7 +263,7 @@ int main(int argc, char** argv) {
   CheckStatus(client->GetStatus("video.mp4", info), chatxfer::Status::Ok, "GetStatus video");
   Check(info.state == chatxfer::State::Paused && info.acked < info.total, "video paused part-way");
   CheckStatus(client->Resume("video.mp4"), chatxfer::Status::Ok, "Resume video");
-  h.WaitFor(mark, [](const Ev& e) { return e.kind == Ev::Completed && e.name == "video.mp4"; }, "video completed");
+  h.WaitFor(mark, Ev::Completed, "video.mp4", "video completed");
 
   // 4. A failure, fixed, retried by the click on the failed bubble.
   const std::string doc = src + "/doc.pdf";
@@ -275,13 +279,13 @@ int main(int argc, char** argv) {
   h.ExpectNoFailure(false);
   mark = h.Size();
   CheckStatus(client->BatchSend("doc.pdf"), chatxfer::Status::Ok, "BatchSend doc");
-  Ev failed = h.WaitFor(mark, [](const Ev& e) { return e.kind == Ev::Failed && e.name == "doc.pdf"; }, "doc failed");
+  Ev failed = h.WaitFor(mark, Ev::Failed, "doc.pdf", "doc failed");
   Check(failed.code == static_cast<std::int64_t>(chatxfer::Failure::Source), "doc failed as Source: " + failed.text);
   h.ExpectNoFailure(true);
   std::ofstream(doc, std::ios::binary | std::ios::trunc).write(doc_bytes.data(), static_cast<std::streamsize>(doc_bytes.size()));
   mark = h.Size();
   CheckStatus(client->Resume("doc.pdf"), chatxfer::Status::Ok, "Resume (retry) doc");
-  h.WaitFor(mark, [](const Ev& e) { return e.kind == Ev::Completed && e.name == "doc.pdf"; }, "doc completed");
+  h.WaitFor(mark, Ev::Completed, "doc.pdf", "doc completed");
 
   // 5. An avatar up (1031) and down (1033), routed by its request.
   const std::string avatar = src + "/me.png";
@@ -290,15 +294,14 @@ int main(int argc, char** argv) {
   up_avatar.avatar = true;
   mark = h.Size();
   CheckStatus(client->AddTransFile(up_avatar), chatxfer::Status::Ok, "avatar upload");
-  h.WaitFor(mark, [](const Ev& e) { return e.kind == Ev::Completed && e.name == "me.png"; }, "avatar uploaded");
+  h.WaitFor(mark, Ev::Completed, "me.png", "avatar uploaded");
   mark = h.Size();
   // As LoadHeadIcon asks for it: a full client path and "self_icon".
   CheckStatus(chatxfer::AddAvatarDownload(*client, "self-icon", "me.png", me, token, dl,
                                           "/home/u/.llfcchat/self_icon.png", "self_icon"),
               chatxfer::Status::Ok, "avatar download");
   CheckStatus(client->StartDownload("self-icon"), chatxfer::Status::Ok, "StartDownload avatar");
-  Ev routed = h.WaitFor(mark, [](const Ev& e) { return e.kind == Ev::AvatarSaved && e.name == "self-icon"; },
-                        "avatar saved");
+  Ev routed = h.WaitFor(mark, Ev::AvatarSaved, "self-icon", "avatar saved");
   Check(routed.client_path == "/home/u/.llfcchat/self_icon.png" && routed.req_type == "self_icon",
         "avatar routed by its request: " + routed.client_path + " " + routed.req_type);
   std::printf("saved self-icon %s\n", routed.path.c_str());
@@ -308,7 +311,7 @@ int main(int argc, char** argv) {
   WriteFile(beach, 700000, 5);
   mark = h.Size();
   CheckStatus(client->AddTransFile(Chat(beach, "beach.jpg", friend_uid, me, 504)), chatxfer::Status::Ok, "beach");
-  h.WaitFor(mark, [](const Ev& e) { return e.kind == Ev::Completed && e.name == "beach.jpg"; }, "beach uploaded");
+  h.WaitFor(mark, Ev::Completed, "beach.jpg", "beach uploaded");
   chatxfer::DownloadSpec received{};
   received.name = "beach-received";
   received.message_id = 504;
@@ -321,8 +324,7 @@ int main(int argc, char** argv) {
   mark = h.Size();
   CheckStatus(client->AddDownloadFile(received), chatxfer::Status::Ok, "received picture");
   CheckStatus(client->StartDownload("beach-received"), chatxfer::Status::Ok, "StartDownload picture");
-  Ev saved = h.WaitFor(mark, [](const Ev& e) { return e.kind == Ev::Saved && e.name == "beach-received"; },
-                       "picture saved");
+  Ev saved = h.WaitFor(mark, Ev::Saved, "beach-received", "picture saved");
   std::printf("saved beach-received %s\n", saved.path.c_str());
 
   // 7. Logout in the middle of a movie, re-login to another server.
@@ -346,7 +348,7 @@ int main(int argc, char** argv) {
   mark = h.Size();
   CheckStatus(client->Connect(host, static_cast<std::uint16_t>(new_port)), chatxfer::Status::Ok, "Connect again");
   h.WaitFor(mark, [](const Ev& e) { return e.kind == Ev::Up; }, "connected again");
-  h.WaitFor(mark, [](const Ev& e) { return e.kind == Ev::Completed && e.name == "movie.mp4"; }, "movie completed");
+  h.WaitFor(mark, Ev::Completed, "movie.mp4", "movie completed");
 
   CheckStatus(client->ShutdownWithin(5000), chatxfer::Status::Ok, "Shutdown");
   std::printf("DONE\n");

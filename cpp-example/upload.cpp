@@ -245,6 +245,15 @@ int Usage() {
 
 using Done = std::map<std::string, std::string>;  // name -> md5
 
+// Whether registering and starting `what` went; says why not on stderr.
+static bool Started(chatxfer::Status st, const std::string& what) {
+  if (st == chatxfer::Status::Ok) return true;
+  std::fprintf(stderr, "upload: %s: %s (%s)\n", what.c_str(),
+               std::string(chatxfer::LastError()).c_str(),
+               std::string(chatxfer::StatusName(st)).c_str());
+  return false;
+}
+
 // The networked Client: the library owns the socket and its threads.
 // What the command line asks of the networked client.
 struct ClientFlags {
@@ -306,10 +315,7 @@ static int RunClient(const std::string& host, std::uint16_t port,
     spec.hold = true;
     auto st = client->AddTransFile(spec);
     if (st == chatxfer::Status::Ok) st = client->BatchSend(name);
-    if (st != chatxfer::Status::Ok) {
-      std::fprintf(stderr, "upload: %s: %s (%s)\n", path.c_str(),
-                   std::string(chatxfer::LastError()).c_str(),
-                   std::string(chatxfer::StatusName(st)).c_str());
+    if (!Started(st, path)) {
       exit_code = 1;
       continue;
     }
@@ -320,10 +326,7 @@ static int RunClient(const std::string& host, std::uint16_t port,
     const std::string name = "msg-" + std::to_string(id);
     auto st = chatxfer::AddDownloadFile(*client, name, id, uid, "tok", flags.download_to, "", 0);
     if (st == chatxfer::Status::Ok) st = client->StartDownload(name);
-    if (st != chatxfer::Status::Ok) {
-      std::fprintf(stderr, "upload: download %s: %s (%s)\n", name.c_str(),
-                   std::string(chatxfer::LastError()).c_str(),
-                   std::string(chatxfer::StatusName(st)).c_str());
+    if (!Started(st, "download " + name)) {
       exit_code = 1;
       continue;
     }

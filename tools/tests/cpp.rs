@@ -934,6 +934,32 @@ fn c_sans_io_engine_uploads_and_downloads_over_its_own_socket() {
     assert!(out.stderr.is_empty(), "{}", show(&out));
 }
 
+/// Polls (every 20 ms, at most 120 s) until `ready` finds what it waits
+/// for, while `child` must still be running; then kills `child`.
+fn kill_when<T>(child: &mut Child, what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    let found = loop {
+        if let Some(found) = ready() {
+            break found;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the first run ended before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "no {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    found
+}
+
+/// A JSON file (a journal) as it is now, if it exists and parses.
+fn read_json(path: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 /// The C++ client killed mid-upload (SIGKILL: no shutdown, no drain) and
 /// started again with `--resume` continues from its journal and the stored
 /// file is byte-identical — against the positional reference server and
@@ -969,25 +995,10 @@ fn cpp_client_killed_mid_upload_resumes_after_a_restart() {
             .unwrap();
         // Killed once its journal records acknowledged chunks.
         let journal = state.join("trip.mp4.journal.json");
-        let deadline = Instant::now() + std::time::Duration::from_secs(120);
-        loop {
-            let acked = std::fs::read_to_string(&journal)
-                .ok()
-                .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
-                .and_then(|v| v["acked_prefix"].as_u64())
-                .unwrap_or(0);
-            if acked >= 20 {
-                break;
-            }
-            assert!(
-                first.try_wait().unwrap().is_none(),
-                "the first run ended before it could be killed"
-            );
-            assert!(Instant::now() < deadline, "no journal progress");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        first.kill().unwrap();
-        first.wait().unwrap();
+        kill_when(&mut first, "journal progress", || {
+            let acked = read_json(&journal).and_then(|v| v["acked_prefix"].as_u64());
+            acked.filter(|&a| a >= 20)
+        });
 
         let mut resume = args.clone();
         resume.truncate(4); // --server, --state-dir: no rate limit now
@@ -1167,25 +1178,10 @@ fn cpp_client_killed_mid_download_resumes_after_a_restart() {
             .spawn()
             .unwrap();
         let journal = state.join("msg-31.download.json");
-        let deadline = Instant::now() + std::time::Duration::from_secs(120);
-        let part = loop {
-            let part = std::fs::read_to_string(&journal)
-                .ok()
-                .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
-                .and_then(|v| v["part"].as_str().map(PathBuf::from));
-            if let Some(p) = part.filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() >= 2 << 20))
-            {
-                break p;
-            }
-            assert!(
-                first.try_wait().unwrap().is_none(),
-                "the first run ended before it could be killed"
-            );
-            assert!(Instant::now() < deadline, "no partial download");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
-        first.kill().unwrap();
-        first.wait().unwrap();
+        let part = kill_when(&mut first, "partial download", || {
+            let part = read_json(&journal).and_then(|v| v["part"].as_str().map(PathBuf::from));
+            part.filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() >= 2 << 20))
+        });
         assert!(part.exists(), "the killed run's partial file");
 
         let out = Command::new(dir.join("upload"))
