@@ -194,7 +194,7 @@
 //! | name empty, over 200 bytes, with `/`, `\`, NUL, `..`, or a leading `.` | 1014 (this path cannot be created) |
 //! | `uid` negative | 1011 |
 //! | seq 0, or above `max_seq` | 1017 |
-//! | seq ≠ 1 and no record of `(uid, name)` (in memory or on disk), or the record has another md5 | 1012 (as deployed; makes the engine restart from seq 1) |
+//! | seq ≠ 1 and no record of `(uid, name)` (in memory, on disk, or finished within `upload_expiry`: a late duplicate of a published file is acknowledged), or the record has another md5 | 1012 (as deployed; makes the engine restart from seq 1) |
 //! | `total_size` unlike the record's, `trans_size ≠ (seq-1)*chunk + len`, a chunk not exactly its expected length (longer than the chunk, say), `last` not 1 exactly on `max_seq`, seq 1 longer than `total_size` or empty with `total_size > 0`, more than `u32::MAX` chunks, `total_size` over [`ServerConfig::max_file_size`] | 1018 |
 //! | the `.part` file or its directory cannot be created, written, synced or renamed | 1014 (directory), 1015 (file) |
 //! | a symlink (or a file where the uid directory belongs) in the way | [`LINK_REFUSED`] = 1026, new |

@@ -13,9 +13,11 @@
 //! LRU closes the others; [`Store::put`] reopens on demand), a uid holds at
 //! most `max_unfinished_per_uid` unfinished uploads, and an unfinished
 //! upload without a chunk for `upload_expiry` is forgotten and its files
-//! removed ([`Store::expire`]). Lock order: a record's slot, then the
-//! descriptor LRU or the unfinished registry (both leaves); a victim of the
-//! LRU is closed with no other lock held.
+//! removed ([`Store::expire`]). A finished upload's outcome outlives its
+//! record for a while ([`Finished`]), so a late duplicate chunk is answered
+//! as before the record left memory. Lock order: a record's slot, then the
+//! descriptor LRU, the unfinished registry or the finished memory (all
+//! leaves); a victim of the LRU is closed with no other lock held.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
@@ -42,6 +44,10 @@ pub use chatxfer::protocol::name::{name_problem, MAX_NAME_LEN};
 
 /// How many completed files [`super::ServerHandle::completed`] remembers.
 const COMPLETED_KEPT: usize = 1024;
+
+/// How many finished positional uploads [`Finished`] remembers after their
+/// record left memory (a few hundred bytes each).
+const FINISHED_KEPT: usize = 4096;
 
 /// The reply when a verified upload could not be made durable under its
 /// name (sync or rename failed): never a 100 %.
@@ -295,6 +301,66 @@ impl OpenParts {
     }
 }
 
+/// Finished positional uploads (published or failed) whose record left
+/// memory when their last connection closed, newest last. A connection cut
+/// after the server stored a file's last chunk but before the client read
+/// the replies leaves the client re-sending unacknowledged chunks on its
+/// next connection: answered from here as the record would have answered
+/// them (acknowledged, or 1023), not with 1012, which would make the client
+/// send the whole file again (and, cut after cut, give up). Bounded by count
+/// ([`FINISHED_KEPT`]) and by age ([`StoreLimits::upload_expiry`], the
+/// deployed server's 3600 s Redis record).
+struct Finished {
+    cap: usize,
+    tick: u64,
+    by_key: HashMap<Key, (u64, Instant, Rec)>,
+    order: BTreeMap<u64, Key>,
+}
+
+impl Finished {
+    fn new(cap: usize) -> Finished {
+        Finished {
+            cap: cap.max(1),
+            tick: 0,
+            by_key: HashMap::new(),
+            order: BTreeMap::new(),
+        }
+    }
+
+    /// Remembers `rec` (a [`Rec::Done`] or [`Rec::Failed`]) of `key`,
+    /// forgetting the oldest beyond the cap.
+    fn keep(&mut self, key: Key, rec: Rec, now: Instant) {
+        debug_assert!(matches!(rec, Rec::Done(_) | Rec::Failed(_)));
+        self.tick += 1;
+        if let Some((old, ..)) = self.by_key.insert(key.clone(), (self.tick, now, rec)) {
+            self.order.remove(&old);
+        }
+        self.order.insert(self.tick, key);
+        while self.by_key.len() > self.cap {
+            let Some((_, k)) = self.order.pop_first() else {
+                break;
+            };
+            self.by_key.remove(&k);
+        }
+    }
+
+    /// What is remembered of `key` and not older than `max_age`; it leaves
+    /// this memory (the caller's record holds it from now on).
+    fn take(&mut self, key: &Key, now: Instant, max_age: Duration) -> Rec {
+        match self.by_key.remove(key) {
+            Some((tick, at, rec)) => {
+                self.order.remove(&tick);
+                if now.saturating_duration_since(at) <= max_age {
+                    rec
+                } else {
+                    Rec::None
+                }
+            }
+            None => Rec::None,
+        }
+    }
+}
+
 /// Unfinished positional uploads (in memory or only on disk), by uid, with
 /// the instant each expires (no chunk for [`StoreLimits::upload_expiry`]).
 /// Bounds how many one uid may hold ([`TOO_MANY_UPLOADS`]) and drives the
@@ -412,6 +478,7 @@ pub struct Store {
     completed: Mutex<VecDeque<CompletedFile>>,
     open_parts: Mutex<OpenParts>,
     unfinished: Mutex<Unfinished>,
+    finished: Mutex<Finished>,
     /// Makes verified uploads durable under their names, in batches.
     publisher: GroupCommit<Publish, Result<(), PublishError>>,
     hash_threads: HashThreads,
@@ -478,6 +545,7 @@ impl Store {
             completed: Mutex::new(VecDeque::new()),
             open_parts: Mutex::new(OpenParts::default()),
             unfinished: Mutex::new(Unfinished::default()),
+            finished: Mutex::new(Finished::new(FINISHED_KEPT)),
             publisher,
             hash_threads: HashThreads::new(HASH_THREADS),
         };
@@ -609,6 +677,11 @@ impl Store {
             slot.rec = self.load(c.uid, &c.name);
             slot.loaded = true;
             no_state = matches!(slot.rec, Rec::None);
+            if no_state {
+                let key = self.key(c.uid, &c.name);
+                let expiry = self.limits.upload_expiry;
+                slot.rec = lock(&self.finished).take(&key, Instant::now(), expiry);
+            }
         }
         if c.seq == 1 {
             self.first_chunk(&mut slot.rec, c, no_state)?;
@@ -1068,15 +1141,21 @@ impl Store {
         // and none can pick it up before it is gone. A connection that used
         // it since the persist above counts as a user (and releases it).
         if Arc::strong_count(&slot) == 2 {
-            let g = lock(&slot);
+            let mut g = lock(&slot);
             let removable = g.users == 0
                 && match &g.rec {
                     Rec::Active(u) => u.persisted,
                     Rec::Append(_) => false,
                     _ => true,
                 };
-            drop(g);
             if removable {
+                // Kept before the map lock is given up: a chunk that comes
+                // next finds the record in memory or here, never neither.
+                if let Rec::Done(_) | Rec::Failed(_) = g.rec {
+                    let rec = std::mem::take(&mut g.rec);
+                    lock(&self.finished).keep(key.clone(), rec, Instant::now());
+                }
+                drop(g);
                 slots.remove(key);
                 drop(slots);
                 lock(&self.open_parts).forget(key);
@@ -1498,5 +1577,73 @@ mod tests {
             store.put(&wrong[wrong.len() - 1], true).result,
             Err(MD5_MISMATCH)
         );
+    }
+
+    /// A connection that delivered a whole file and closed before its
+    /// replies were read: the client re-sends the unacknowledged chunks on
+    /// its next connection. They are acknowledged (the file is published;
+    /// a failed one keeps answering 1023), not answered 1012, which would
+    /// make the client send the whole file again, cut after cut.
+    #[test]
+    fn late_duplicates_after_the_last_connection_closed_get_the_records_answer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store_with(Recorder::default(), tmp.path());
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 249) as u8).collect();
+        let good = chunks("f", &data, 4096, &md5_hex(&data));
+        let bad = chunks("g", &data, 4096, &md5_hex(b"not these bytes"));
+        for cs in [&good, &bad] {
+            let mut user = false;
+            for c in cs.iter() {
+                user = store.put(c, user).user;
+            }
+            store.release(&store.key(7, &cs[0].name));
+        }
+        assert_eq!(lock(&store.slots).len(), 0, "both records left memory");
+        for seq in [2, 3, 1] {
+            let put = store.put(&good[seq - 1], false);
+            assert_eq!(put.result, Ok(()), "late seq {seq}");
+            assert!(!put.completed, "published once, not again");
+        }
+        assert_eq!(store.put(&bad[1], false).result, Err(MD5_MISMATCH));
+        assert_eq!(std::fs::read(tmp.path().join("7").join("f")).unwrap(), data);
+        // Another upload under the name is not taken for the finished one.
+        let other: Vec<u8> = data.iter().map(|b| b ^ 0x5a).collect();
+        let next = chunks("f", &other, 4096, &md5_hex(&other));
+        assert_eq!(
+            store.put(&next[1], false).result,
+            Err(ErrorCode::FileNotExists)
+        );
+    }
+
+    /// The finished memory is bounded by count (oldest out first) and age.
+    #[test]
+    fn finished_memory_forgets_the_oldest_and_the_expired() {
+        let summary = || {
+            Rec::Done(Summary {
+                geo: Geometry::from_first(4, 4).unwrap(),
+                md5: md5_hex(b"abcd"),
+            })
+        };
+        let key = |n: u32| Key {
+            uid: Some(1),
+            name: format!("n{n}"),
+        };
+        let hour = Duration::from_secs(3600);
+        let t0 = Instant::now();
+        let mut f = Finished::new(3);
+        for n in 0..5 {
+            f.keep(key(n), summary(), t0);
+        }
+        f.keep(key(3), summary(), t0); // kept again: newest now
+        assert_eq!(f.by_key.len(), 3);
+        assert_eq!(f.order.len(), 3);
+        assert!(matches!(f.take(&key(0), t0, hour), Rec::None));
+        assert!(matches!(f.take(&key(1), t0, hour), Rec::None));
+        assert!(matches!(f.take(&key(2), t0, hour), Rec::Done(_)));
+        assert!(matches!(f.take(&key(2), t0, hour), Rec::None), "taken once");
+        assert!(matches!(f.take(&key(3), t0 + hour, hour), Rec::Done(_)));
+        let late = t0 + hour + Duration::from_secs(1);
+        assert!(matches!(f.take(&key(4), late, hour), Rec::None), "expired");
+        assert!(f.by_key.is_empty() && f.order.is_empty());
     }
 }
