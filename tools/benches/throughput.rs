@@ -1081,7 +1081,9 @@ fn small_files(o: &Opts, inputs: &mut Inputs, rows: &mut Vec<Row>) {
         files: count,
         bytes: total,
         runs: small_runs,
-        note: format!("{count} files of 50 KiB added at once; reference server, store in a fresh directory"),
+        note: format!(
+            "{count} files of 50 KiB added at once; reference server, store in a fresh directory"
+        ),
         peak_rss: false,
         link_mb_s: None,
     });

@@ -20,19 +20,23 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 
 use super::fsdir::Dir;
+use super::lock;
 
 /// Threads that sync one batch's files at once.
-const MAX_SYNC_THREADS: usize = 16;
+pub(crate) const SYNC_THREADS: usize = 16;
 
 /// One verified upload to make durable under its name.
 pub(crate) struct Publish {
     pub uid: i64,
     /// The uid directory holding both names.
     pub dir: Dir,
-    /// The open `.part` (its writes are complete).
-    pub file: File,
+    /// The open `.part` (its writes are complete); shared with a sync thread.
+    pub file: Arc<File>,
     pub part: String,
     pub name: String,
 }
@@ -110,48 +114,113 @@ impl Disk for RealDisk {
     }
 }
 
-/// Syncs the jobs' files, several at once: each sync ends with a cache
-/// flush of the device, and flushes issued together are merged by the
-/// block layer, where one after the other each waits for its own (on this
-/// machine's journal-less ext4, syncing a batch's files in turn made
-/// grouping slower than the lanes' own parallel syncs).
-fn sync_files(disk: &(impl Disk + Sync), jobs: &[Publish]) -> Vec<Result<(), PublishError>> {
-    let sync = |j: &Publish| disk.sync_file(&j.file).map_err(PublishError::SyncFile);
-    if jobs.len() < 2 {
-        return jobs.iter().map(sync).collect();
-    }
-    let per_thread = jobs.len().div_ceil(MAX_SYNC_THREADS);
-    std::thread::scope(|s| {
-        let parts: Vec<_> = jobs
-            .chunks(per_thread)
-            .map(|part| {
-                let t = s.spawn(move || part.iter().map(sync).collect::<Vec<_>>());
-                (part.len(), t)
-            })
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|(n, t)| {
-                t.join().unwrap_or_else(|_| {
-                    // A panic in a sync (a bug): these files are not durable.
-                    (0..n)
-                        .map(|_| Err(PublishError::SyncFile(io::Error::other("sync panicked"))))
-                        .collect()
+type SyncTask = Box<dyn FnOnce() + Send>;
+
+/// Threads kept for the store's life that sync files for
+/// [`publish_batch`]. Syncs issued together let the block layer merge their
+/// device cache flushes, where one after the other each waits for its own
+/// (on this machine's journal-less ext4, syncing a batch's files in turn
+/// made grouping slower than the lanes' own parallel syncs). Kept rather
+/// than started per batch: with small files a batch is a file or two, and
+/// a thread started and ended per file cost more than its sync (about
+/// 950 threads for 1,000 files of 50 KiB).
+pub(crate) struct SyncThreads {
+    tx: Option<mpsc::Sender<SyncTask>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl SyncThreads {
+    pub fn start(n: usize) -> io::Result<SyncThreads> {
+        let (tx, rx) = mpsc::channel::<SyncTask>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::new();
+        for _ in 0..n.max(1) {
+            let rx = rx.clone();
+            let t = std::thread::Builder::new()
+                .name("chatxfer-sync".into())
+                .spawn(move || loop {
+                    // The lock is held only to take a task, never while
+                    // one runs; the senders' drop ends the thread.
+                    let Ok(task) = lock(&rx).recv() else {
+                        return;
+                    };
+                    // A panicking task drops its reply sender: its file
+                    // counts as not synced (see `sync_files`).
+                    let _ = catch_unwind(AssertUnwindSafe(task));
                 })
-            })
-            .collect()
-    })
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot start a sync thread: {e}"))
+                })?;
+            threads.push(t);
+        }
+        Ok(SyncThreads {
+            tx: Some(tx),
+            threads,
+        })
+    }
+
+    /// Runs `task` on a sync thread; gives it back if none is left.
+    fn run(&self, task: SyncTask) -> Result<(), SyncTask> {
+        match &self.tx {
+            Some(tx) => tx.send(task).map_err(|e| e.0),
+            None => Err(task),
+        }
+    }
+}
+
+impl Drop for SyncThreads {
+    fn drop(&mut self) {
+        self.tx = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Syncs the jobs' files, each on a sync thread, all at once.
+fn sync_files<D: Disk + Send + Sync + 'static>(
+    disk: &Arc<D>,
+    threads: &SyncThreads,
+    jobs: &[Publish],
+) -> Vec<Result<(), PublishError>> {
+    let sync = |d: &D, f: &File| d.sync_file(f).map_err(PublishError::SyncFile);
+    if jobs.len() < 2 {
+        return jobs.iter().map(|j| sync(disk, &j.file)).collect();
+    }
+    let mut results: Vec<Option<Result<(), PublishError>>> = jobs.iter().map(|_| None).collect();
+    let (tx, rx) = mpsc::channel();
+    for (i, j) in jobs.iter().enumerate() {
+        let (disk, file, tx) = (disk.clone(), j.file.clone(), tx.clone());
+        let task: SyncTask = Box::new(move || {
+            let _ = tx.send((i, sync(&disk, &file)));
+        });
+        if let Err(task) = threads.run(task) {
+            task(); // no sync thread left: here, in turn
+        }
+    }
+    drop(tx);
+    for (i, r) in rx {
+        results[i] = Some(r);
+    }
+    results
+        .into_iter()
+        .map(|r| {
+            // None: the sync panicked (a bug); the file is not durable.
+            r.unwrap_or_else(|| Err(PublishError::SyncFile(io::Error::other("sync panicked"))))
+        })
+        .collect()
 }
 
 /// Publishes `jobs` (see the module doc); one result per job, in order.
-pub(crate) fn publish_batch(
-    disk: &(impl Disk + Sync),
+pub(crate) fn publish_batch<D: Disk + Send + Sync + 'static>(
+    disk: &Arc<D>,
+    threads: &SyncThreads,
     jobs: Vec<Publish>,
 ) -> Vec<Result<(), PublishError>> {
     for j in &jobs {
         disk.start_writeback(&j.file);
     }
-    let mut results = sync_files(disk, &jobs);
+    let mut results = sync_files(disk, threads, &jobs);
     for (j, r) in jobs.iter().zip(results.iter_mut()) {
         if r.is_ok() {
             *r = disk
@@ -208,7 +277,7 @@ pub(crate) mod testing {
     }
 
     /// The file name an open descriptor refers to (Linux: /proc/self/fd).
-    fn name_of(file: &File) -> String {
+    pub(crate) fn name_of(file: &File) -> String {
         use std::os::fd::AsRawFd;
         let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
         link.file_name().unwrap().to_string_lossy().into_owned()
@@ -258,7 +327,7 @@ mod tests {
                 Publish {
                     uid: 7,
                     dir,
-                    file,
+                    file: Arc::new(file),
                     part,
                     name: (*n).to_owned(),
                 }
@@ -270,8 +339,12 @@ mod tests {
     fn data_is_synced_before_any_rename_and_the_directory_once_after() {
         let tmp = tempfile::tempdir().unwrap();
         let root = Root::open(tmp.path()).unwrap();
-        let rec = Recorder::default();
-        let results = publish_batch(&rec, jobs(&root, &["a", "b", "c"]));
+        let rec = Arc::new(Recorder::default());
+        let results = publish_batch(
+            &rec,
+            &SyncThreads::start(2).unwrap(),
+            jobs(&root, &["a", "b", "c"]),
+        );
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         let mut log = rec.log();
         // The files are synced in parallel: in any order, but all before
@@ -304,11 +377,15 @@ mod tests {
     fn a_failed_file_sync_fails_that_file_and_it_is_not_renamed() {
         let tmp = tempfile::tempdir().unwrap();
         let root = Root::open(tmp.path()).unwrap();
-        let rec = Recorder {
+        let rec = Arc::new(Recorder {
             fail_sync_of: Some(".b.part".into()),
             ..Recorder::default()
-        };
-        let results = publish_batch(&rec, jobs(&root, &["a", "b", "c"]));
+        });
+        let results = publish_batch(
+            &rec,
+            &SyncThreads::start(2).unwrap(),
+            jobs(&root, &["a", "b", "c"]),
+        );
         assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
         assert!(matches!(results[1], Err(PublishError::SyncFile(_))));
         let log = rec.log();
@@ -320,15 +397,72 @@ mod tests {
         assert_eq!(log.last().map(String::as_str), Some("sync dir"));
     }
 
+    /// A [`Disk`] whose syncs note their thread and panic on one file.
+    #[derive(Default)]
+    struct Threads {
+        seen: Mutex<std::collections::HashSet<std::thread::ThreadId>>,
+        panic_on: Option<String>,
+    }
+
+    impl Disk for Threads {
+        fn start_writeback(&self, _: &File) {}
+        fn sync_file(&self, file: &File) -> io::Result<()> {
+            lock(&self.seen).insert(std::thread::current().id());
+            if self.panic_on.as_deref() == Some(testing::name_of(file).as_str()) {
+                panic!("a bug in a sync");
+            }
+            Ok(())
+        }
+        fn rename(&self, dir: &Dir, from: &str, to: &str) -> io::Result<()> {
+            dir.rename(from, to)
+        }
+        fn sync_dir(&self, _: &Dir) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Batch after batch runs on the same few sync threads (none started per
+    /// batch), and a sync that panics fails only its own file, not the
+    /// thread: the next batches are still synced in parallel.
+    #[test]
+    fn sync_threads_are_kept_and_survive_a_panicking_sync() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let disk = Arc::new(Threads {
+            panic_on: Some(".p0.part".into()),
+            ..Threads::default()
+        });
+        let threads = SyncThreads::start(2).unwrap();
+        for b in 0..20 {
+            let names = [format!("p{b}"), format!("q{b}")];
+            let results = publish_batch(&disk, &threads, jobs(&root, &[&names[0], &names[1]]));
+            if b == 0 {
+                assert!(matches!(results[0], Err(PublishError::SyncFile(_))));
+                assert!(results[1].is_ok(), "{results:?}");
+                assert!(!tmp.path().join("7").join("p0").exists());
+            } else {
+                assert!(results.iter().all(Result::is_ok), "batch {b}: {results:?}");
+            }
+        }
+        let seen = lock(&disk.seen).len();
+        assert!(seen <= 2, "{seen} threads synced");
+        assert_eq!(threads.threads.len(), 2);
+        assert!(threads.threads.iter().all(|t| !t.is_finished()));
+    }
+
     #[test]
     fn a_failed_directory_sync_fails_every_file_of_the_batch() {
         let tmp = tempfile::tempdir().unwrap();
         let root = Root::open(tmp.path()).unwrap();
-        let rec = Recorder {
+        let rec = Arc::new(Recorder {
             fail_dir_sync: true,
             ..Recorder::default()
-        };
-        let results = publish_batch(&rec, jobs(&root, &["a", "b"]));
+        });
+        let results = publish_batch(
+            &rec,
+            &SyncThreads::start(2).unwrap(),
+            jobs(&root, &["a", "b"]),
+        );
         assert!(
             results
                 .iter()

@@ -33,7 +33,9 @@ use serde::{Deserialize, Serialize};
 use super::fsdir::{is_link_refusal, Dir, Root};
 use super::group::GroupCommit;
 use super::hashing::{HashThreads, PrefixHash};
-use super::publish::{publish_batch, Disk, Publish, PublishError, RealDisk};
+use super::publish::{
+    publish_batch, Disk, Publish, PublishError, RealDisk, SyncThreads, SYNC_THREADS,
+};
 use super::{
     lock, CompletedFile, Counters, Storage, LINK_REFUSED, MD5_MISMATCH, NO_SPACE, TOO_MANY_UPLOADS,
 };
@@ -533,8 +535,11 @@ impl Store {
         counters: Arc<Counters>,
         disk: impl Disk + Send + Sync + 'static,
     ) -> io::Result<Store> {
-        let publisher =
-            GroupCommit::start("chatxfer-publish", move |jobs| publish_batch(&disk, jobs))?;
+        let disk = Arc::new(disk);
+        let sync_threads = SyncThreads::start(SYNC_THREADS)?;
+        let publisher = GroupCommit::start("chatxfer-publish", move |jobs| {
+            publish_batch(&disk, &sync_threads, jobs)
+        })?;
         let store = Store {
             root_path,
             root,
@@ -959,7 +964,7 @@ impl Store {
         let published = self.publisher.submit(Publish {
             uid,
             dir,
-            file,
+            file: Arc::new(file),
             part,
             name,
         });
