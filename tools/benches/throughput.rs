@@ -600,8 +600,18 @@ fn client_upload_capped(
 ) -> Run {
     let mut cfg = ClientConfig::new(addr);
     cfg.engine.server_storage = ServerStorage::Positional;
-    cfg.engine.window = window;
     cfg.engine.rate_limit = rate_limit;
+    client_upload_with(cfg, window, files, peer)
+}
+
+/// [`client_upload`] with the client's settings given (the window is set here).
+fn client_upload_with(
+    mut cfg: ClientConfig,
+    window: WindowPolicy,
+    files: &[(PathBuf, String, String)],
+    peer: Option<u32>,
+) -> Run {
+    cfg.engine.window = window;
     let (client, mut events) = Client::start(cfg).expect("client");
     loop {
         match events.blocking_recv().expect("events") {
@@ -813,7 +823,11 @@ fn window_label(w: WindowPolicy) -> String {
 }
 
 fn run_name(scenario: &str, window: &str, run: usize) -> String {
-    format!("{scenario}-{}-r{run}.bin", window.replace(':', "_"))
+    let window: String = window
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("{scenario}-{window}-r{run}.bin")
 }
 
 // ------------------------------------------------------------------ scenarios
@@ -940,14 +954,28 @@ fn rate_cap(o: &Opts, inputs: &mut Inputs, rows: &mut Vec<Row>) {
 }
 
 /// Windows of the `deployed-model` rows.
-fn deployed_windows() -> [WindowPolicy; 5] {
+/// The deployed-model rows: each window with quick ACKs (the client's
+/// default against the deployed server), and adaptive and fixed:5 without
+/// them (`ClientConfig::quick_ack` off: the client before issue 16's fix,
+/// and what a client with its own socket gets).
+fn deployed_windows() -> [(WindowPolicy, bool); 7] {
     [
-        WindowPolicy::adaptive(),
-        WindowPolicy::Fixed(5),
-        WindowPolicy::Fixed(32),
-        WindowPolicy::Fixed(128),
-        WindowPolicy::Fixed(512),
+        (WindowPolicy::adaptive(), true),
+        (WindowPolicy::Fixed(5), true),
+        (WindowPolicy::Fixed(32), true),
+        (WindowPolicy::Fixed(128), true),
+        (WindowPolicy::Fixed(512), true),
+        (WindowPolicy::adaptive(), false),
+        (WindowPolicy::Fixed(5), false),
     ]
+}
+
+fn deployed_label((window, quick_ack): (WindowPolicy, bool)) -> String {
+    if quick_ack {
+        window_label(window)
+    } else {
+        format!("{} (no quick ACK)", window_label(window))
+    }
 }
 
 /// Against the deployed server's timing (see [`DeployedTiming`]): the
@@ -965,11 +993,19 @@ fn deployed_model(o: &Opts, inputs: &mut Inputs, rows: &mut Vec<Row>) {
     let windows = deployed_windows();
     let mut runs = vec![Vec::new(); windows.len()];
     for r in 0..o.runs.max(7) {
-        for (i, w) in windows.iter().enumerate() {
-            let name = run_name("deployed", &window_label(*w), r);
-            runs[i].push(client_upload(
-                &server.addr,
-                *w,
+        // The order turns each round: in a fixed order the first window of
+        // each round was measured apart from the others (machine warm-up).
+        for k in 0..windows.len() {
+            let i = (r + k) % windows.len();
+            let (window, quick_ack) = windows[i];
+            let name = run_name("deployed", &deployed_label(windows[i]), r);
+            // The deployed server appends, so the client treats it as such.
+            let mut cfg = ClientConfig::new(&server.addr);
+            cfg.engine.server_storage = ServerStorage::Appending;
+            cfg.quick_ack = quick_ack;
+            runs[i].push(client_upload_with(
+                cfg,
+                window,
                 &[(path.clone(), md5.clone(), name)],
                 Some(server.pid()),
             ));
@@ -980,7 +1016,7 @@ fn deployed_model(o: &Opts, inputs: &mut Inputs, rows: &mut Vec<Row>) {
     for (w, runs) in windows.into_iter().zip(runs) {
         rows.push(Row {
             scenario: "deployed-model",
-            window: window_label(w),
+            window: deployed_label(w),
             files: 1,
             bytes,
             runs,
