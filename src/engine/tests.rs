@@ -945,8 +945,8 @@ fn median_of(mut v: Vec<f64>) -> f64 {
 /// controller read the server's queue as congestion, shrank the window, and
 /// each shrink left the client silent while replies came in, so Nagle held
 /// the next replies for a delayed ACK (40 ms) and the worker ran dry. Once
-/// a cut has shown that, the window fills the server's queue up to its
-/// maximum (512), as `fixed:512` (the deployed server's fastest window).
+/// a cut has shown that, the window stops cutting for a while, and does not
+/// fill the server's queue (the real server gains nothing from it).
 #[test]
 fn adaptive_window_matches_the_best_fixed_window_against_the_deployed_timing() {
     let seeds = 1..=3u64;
@@ -967,7 +967,7 @@ fn adaptive_window_matches_the_best_fixed_window_against_the_deployed_timing() {
     let fixed5 = median_of(fixed[0].1.clone());
     let med = median_of(adaptive.clone());
     let min = adaptive.iter().copied().fold(f64::INFINITY, f64::min);
-    let deepest = adaptive_runs.iter().map(|x| x.1).min().unwrap_or(0);
+    let deepest = adaptive_runs.iter().map(|x| x.1).max().unwrap_or(0);
     eprintln!("simulated deployed timing, MB/s per seed: adaptive {adaptive:.1?}, in flight up to {deepest}");
     for (n, r) in &fixed {
         eprintln!("  fixed:{n} {r:.1?}");
@@ -984,8 +984,9 @@ fn adaptive_window_matches_the_best_fixed_window_against_the_deployed_timing() {
         min >= 0.85 * med,
         "adaptive dips to {min:.1} (median {med:.1})"
     );
-    // The server's queue is filled (Vegas alone kept about 16).
-    assert!(deepest >= 256, "adaptive kept at most {deepest} in flight");
+    // The server's queue is not filled: a handful of chunks keep its one
+    // worker busy, and each queued chunk is memory on the server.
+    assert!(deepest <= 64, "adaptive kept up to {deepest} in flight");
 }
 
 fn check_invariants(
