@@ -383,21 +383,10 @@ mod tests {
         stall: Duration,
         rounds: usize,
     ) -> (u32, u32, bool) {
-        drive_with(base, |_| service, stall, rounds)
-    }
-
-    /// [`drive`] with a service time that depends on the window.
-    fn drive_with(
-        base: Duration,
-        service_at: impl Fn(u32) -> Duration,
-        stall: Duration,
-        rounds: usize,
-    ) -> (u32, u32, bool) {
         let mut w = Window::new(WindowPolicy::adaptive());
         let mut now = Instant::now();
         let (mut req, mut cuts, mut prev) = (0u64, 0, w.cwnd());
         for _ in 0..rounds {
-            let service = service_at(w.cwnd());
             let cwnd = w.cwnd() as u64;
             let bdp = base.as_secs_f64() / service.as_secs_f64();
             let queue = (cwnd as f64 - bdp).max(0.0);

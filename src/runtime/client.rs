@@ -1230,10 +1230,6 @@ async fn drive(shared: Arc<Shared>, config: ClientConfig) {
         let reason = match connect {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                quick_ack(
-                    &stream,
-                    config.quick_ack && talks_to_deployed_server(&shared),
-                );
                 {
                     let mut e = shared.engine();
                     e.connected(Instant::now());
@@ -1345,9 +1341,10 @@ async fn run_connection(
     config: &ClientConfig,
     server: &str,
 ) -> (String, bool) {
+    let deployed = config.quick_ack && talks_to_deployed_server(shared);
+    quick_ack(&stream, deployed);
     let (mut rd, mut wr) = stream.into_split();
     let limit = shared.engine().config().max_body_len;
-    let deployed = config.quick_ack && talks_to_deployed_server(shared);
 
     // Reader task: bytes → frames, to the driver.
     let (frame_tx, mut frame_rx) = mpsc::channel::<std::result::Result<Frame, String>>(1024);

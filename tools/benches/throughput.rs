@@ -953,7 +953,6 @@ fn rate_cap(o: &Opts, inputs: &mut Inputs, rows: &mut Vec<Row>) {
     });
 }
 
-/// Windows of the `deployed-model` rows.
 /// The deployed-model rows: each window with quick ACKs (the client's
 /// default against the deployed server), and adaptive and fixed:5 without
 /// them (`ClientConfig::quick_ack` off: the client before issue 16's fix,
@@ -993,8 +992,9 @@ fn deployed_model(o: &Opts, inputs: &mut Inputs, rows: &mut Vec<Row>) {
     let windows = deployed_windows();
     let mut runs = vec![Vec::new(); windows.len()];
     for r in 0..o.runs.max(7) {
-        // The order turns each round: in a fixed order the first window of
-        // each round was measured apart from the others (machine warm-up).
+        // The order turns each round: in a fixed order, a window's place in
+        // the round showed up as a difference between windows (issue 16,
+        // against the real deployed server).
         for k in 0..windows.len() {
             let i = (r + k) % windows.len();
             let (window, quick_ack) = windows[i];
