@@ -101,7 +101,12 @@ impl std::fmt::Display for BindError {
 
 pub(crate) struct MessageIndex {
     path: PathBuf,
+    /// The writer: binds (on the group-commit thread) and replaces.
     db: Arc<Mutex<Connection>>,
+    /// Lookups (the seq-1 owner check, 1045) on a connection of their own:
+    /// in WAL mode a reader does not wait for the writer, so a lookup is
+    /// not held up by a commit's sync.
+    reader: Mutex<Connection>,
     /// Binds of uploads that complete close together share one commit.
     binds: GroupCommit<(i64, MessageInfo), Result<(), BindError>>,
 }
@@ -135,12 +140,20 @@ impl MessageIndex {
              );",
         )
         .map_err(|e| io_err(&path, "cannot set up the message index", e))?;
+        let reader = Connection::open_with_flags(&path, flags)
+            .and_then(|r| r.execute_batch("PRAGMA query_only = ON;").map(|()| r))
+            .map_err(|e| io_err(&path, "cannot open the message index for reading", e))?;
         let db = Arc::new(Mutex::new(db));
         let batch_db = db.clone();
         let binds = GroupCommit::start("chatxfer-index", move |jobs| {
             bind_batch(&mut lock(&batch_db), &jobs)
         })?;
-        let index = MessageIndex { path, db, binds };
+        let index = MessageIndex {
+            path,
+            db,
+            reader: Mutex::new(reader),
+            binds,
+        };
         index.import_legacy(dir);
         Ok(index)
     }
@@ -201,7 +214,7 @@ impl MessageIndex {
     }
 
     pub fn get(&self, message_id: i64) -> Option<MessageInfo> {
-        let db = lock(&self.db);
+        let db = lock(&self.reader);
         let found = db
             .prepare_cached(
                 "SELECT thread_id, sender_id, recv_id, name, msg_type, status
@@ -336,5 +349,25 @@ mod tests {
         assert_eq!(index.get(1).unwrap().name, "a2");
         assert_eq!(index.owner(2), Some(11));
         assert!(index.bind(2, &MessageInfo::new(10, 2, "d")).is_err());
+    }
+
+    /// A lookup (the seq-1 owner check, a 1045) is answered while the
+    /// writer is busy, as during a commit's sync: it used to wait for it.
+    #[test]
+    fn a_lookup_does_not_wait_for_the_writer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let index = Arc::new(MessageIndex::open(tmp.path()).unwrap());
+        index.replace(5, &MessageInfo::new(10, 2, "a")).unwrap();
+        let writer = lock(&index.db);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = index.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(reader.owner(5));
+        });
+        // A bound on a hang, not a wait for something: the answer needs no
+        // other event than the lookup itself.
+        let answer = rx.recv_timeout(std::time::Duration::from_secs(20));
+        drop(writer);
+        assert_eq!(answer, Ok(Some(10)));
     }
 }
