@@ -748,10 +748,14 @@ fn store_job(shared: &Shared, job: &Job, user: bool) -> (ErrorCode, bool) {
             return (MESSAGE_ID_TAKEN, user);
         }
     }
-    let put = shared.store.put(&job.chunk, user);
+    let put = shared
+        .store
+        .put_with(&job.chunk, user, job.message.as_ref());
     let mut code = put.result.err().unwrap_or(ErrorCode::Success);
     if let (true, Some((id, info))) = (put.completed, &job.message) {
-        match shared.index.bind(*id, info) {
+        // Bound with the publish (positional storage), else bound here.
+        let bound = put.bound.unwrap_or_else(|| shared.index.bind(*id, info));
+        match bound {
             Ok(()) => {}
             // Another uid completed an upload with this id since seq 1: the
             // file stays under its own uid, but the message keeps its owner.

@@ -7,7 +7,9 @@
 //! the JSON file it replaces was rewritten whole (O(n)) on every upload.
 //! Its atomic commit (write-ahead log, `synchronous = FULL`: a commit is on
 //! disk before the upload's last reply goes out; binds of uploads that
-//! complete close together share one commit) is the most tested
+//! complete close together share one commit, made by the publish batch
+//! that renamed their files, or by this module's own batching thread for
+//! appending storage) is the most tested
 //! crash-safety of any embedded store, the file can be inspected with the
 //! `sqlite3` shell, and `bundled` compiles SQLite from source with the C
 //! compiler the build already needs (no system library). `redb` (pure
@@ -254,6 +256,12 @@ impl MessageIndex {
         self.binds
             .submit((message_id, info.clone()))
             .unwrap_or_else(|_| Err(BindError::Db("the index thread failed".into())))
+    }
+
+    /// Binds `jobs` in one transaction on the caller's thread (a publish
+    /// batch's; see [`bind_batch`]), one result per job, in order.
+    pub(crate) fn bind_now(&self, jobs: &[(i64, MessageInfo)]) -> Vec<Result<(), BindError>> {
+        bind_batch(&mut lock(&self.db), jobs)
     }
 
     /// Records `message_id -> info`, replacing any earlier entry.

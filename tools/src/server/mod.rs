@@ -83,8 +83,9 @@
 //!   `hashing`; only out-of-order parts are read back). A match is published
 //!   durably before its chunk is answered: its data synced, renamed to
 //!   `<dir>/<uid>/<name>`, the directory synced, and its message id
-//!   committed to the index; uploads that complete close together share
-//!   these syncs (a group commit, see `publish` and `group`). A failed sync
+//!   committed to the index in the same batch (while the directory syncs);
+//!   uploads that complete close together share these syncs and that
+//!   commit (a group commit, see `publish` and `group`). A failed sync
 //!   or rename answers [`ErrorCode::FileWritePermissionFailed`] (never
 //!   100 %) and drops the upload, so its client sends it again from seq 1.
 //!   A mismatch deletes the `.part` and publishes nothing.
@@ -515,7 +516,7 @@ pub(crate) struct Shared {
     injected: Mutex<HashMap<String, ErrorCode>>,
     counters: Arc<Counters>,
     store: Arc<Store>,
-    index: MessageIndex,
+    index: Arc<MessageIndex>,
     downloads: Downloads,
     tokens: Mutex<Option<HashMap<i64, String>>>,
 }
@@ -709,8 +710,15 @@ pub async fn start(listen: &str, config: ServerConfig) -> std::io::Result<Server
     let store_counters = counters.clone();
     // Opening the index and scanning for unfinished uploads read the disk.
     let (index, store) = tokio::task::spawn_blocking(move || {
-        let index = MessageIndex::open(&dir)?;
-        let store = Store::new(dir, store_root, storage, store_limits, store_counters)?;
+        let index = Arc::new(MessageIndex::open(&dir)?);
+        let store = Store::new(
+            dir,
+            store_root,
+            storage,
+            store_limits,
+            store_counters,
+            Some(index.clone()),
+        )?;
         Ok::<_, std::io::Error>((index, store))
     })
     .await

@@ -12,10 +12,19 @@
 //! commits the others' metadata too and their syncs find little left to do;
 //! the directory sync is paid once per uid and batch instead of per file.
 //!
+//! A chat upload's message id is bound in the message index in the same
+//! batch, once its file is under its name: one commit for the batch, run
+//! on a sync thread while the directories sync (both wait for the disk), so
+//! a small file pays neither a commit of its own nor a second hand-off.
+//!
 //! Invariant: a job's result is `Ok` only if its file's data sync, its
 //! rename and its directory's sync all succeeded, in that order. A failure
 //! fails just the jobs it covers: a file's sync or rename error that file,
-//! a directory's sync error every file renamed into it in the batch.
+//! a directory's sync error every file renamed into it in the batch. A job
+//! is bound only if its file was renamed; a bind can therefore outlive a
+//! failed directory sync (the file is under its name, its durability
+//! unknown, and the upload answered with an error: the client sends it
+//! again and binds the same id to the same uid).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -25,6 +34,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::fsdir::Dir;
+use super::index::{BindError, MessageIndex, MessageInfo};
 use super::lock;
 
 /// Threads that sync one batch's files at once.
@@ -39,6 +49,17 @@ pub(crate) struct Publish {
     pub file: Arc<File>,
     pub part: String,
     pub name: String,
+    /// The message id a chat upload binds once its file is under its name.
+    pub bind: Option<(i64, MessageInfo)>,
+}
+
+/// What became of one [`Publish`].
+#[derive(Debug)]
+pub(crate) struct Published {
+    pub result: Result<(), PublishError>,
+    /// The bind's result, when the job had one, its file was renamed and
+    /// the batch had an index; `None` otherwise.
+    pub bind: Option<Result<(), BindError>>,
 }
 
 /// The step that failed, with its error.
@@ -211,12 +232,14 @@ fn sync_files<D: Disk + Send + Sync + 'static>(
         .collect()
 }
 
-/// Publishes `jobs` (see the module doc); one result per job, in order.
+/// Publishes `jobs` and binds their message ids in `index` (see the module
+/// doc); one result per job, in order.
 pub(crate) fn publish_batch<D: Disk + Send + Sync + 'static>(
     disk: &Arc<D>,
     threads: &SyncThreads,
+    index: Option<&Arc<MessageIndex>>,
     jobs: Vec<Publish>,
-) -> Vec<Result<(), PublishError>> {
+) -> Vec<Published> {
     for j in &jobs {
         disk.start_writeback(&j.file);
     }
@@ -228,6 +251,7 @@ pub(crate) fn publish_batch<D: Disk + Send + Sync + 'static>(
                 .map_err(PublishError::Rename);
         }
     }
+    let binding = index.and_then(|index| start_binds(index, threads, &jobs, &results));
     // One sync per directory that got a rename, through the first of its
     // jobs' handles (all name the same directory).
     let mut dirs: HashMap<i64, usize> = HashMap::new();
@@ -248,7 +272,55 @@ pub(crate) fn publish_batch<D: Disk + Send + Sync + 'static>(
             }
         }
     }
+    let mut bound: Vec<Option<Result<(), BindError>>> = jobs.iter().map(|_| None).collect();
+    if let Some((which, rx)) = binding {
+        // No answer: the commit panicked (a bug); those ids are not bound.
+        let answers = rx.recv().unwrap_or_default();
+        let mut answers = answers.into_iter();
+        for i in which {
+            bound[i] = Some(
+                answers
+                    .next()
+                    .unwrap_or_else(|| Err(BindError::Db("the index commit failed".into()))),
+            );
+        }
+    }
     results
+        .into_iter()
+        .zip(bound)
+        .map(|(result, bind)| Published { result, bind })
+        .collect()
+}
+
+type BindAnswers = mpsc::Receiver<Vec<Result<(), BindError>>>;
+
+/// Starts one index commit for the binds of the renamed jobs, on a sync
+/// thread (here, if none is left); returns which jobs it covers and where
+/// its results come.
+fn start_binds(
+    index: &Arc<MessageIndex>,
+    threads: &SyncThreads,
+    jobs: &[Publish],
+    results: &[Result<(), PublishError>],
+) -> Option<(Vec<usize>, BindAnswers)> {
+    let (which, binds): (Vec<usize>, Vec<(i64, MessageInfo)>) = jobs
+        .iter()
+        .zip(results)
+        .enumerate()
+        .filter_map(|(i, (j, r))| Some((i, j.bind.clone().filter(|_| r.is_ok())?)))
+        .unzip();
+    if binds.is_empty() {
+        return None;
+    }
+    let (tx, rx) = mpsc::channel();
+    let index = index.clone();
+    let task: SyncTask = Box::new(move || {
+        let _ = tx.send(index.bind_now(&binds));
+    });
+    if let Err(task) = threads.run(task) {
+        task();
+    }
+    Some((which, rx))
 }
 
 /// A [`Disk`] that records each operation (files by name) into a shared
@@ -316,6 +388,10 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    fn outcomes(published: Vec<Published>) -> Vec<Result<(), PublishError>> {
+        published.into_iter().map(|p| p.result).collect()
+    }
+
     fn jobs(root: &Root, names: &[&str]) -> Vec<Publish> {
         names
             .iter()
@@ -330,6 +406,7 @@ mod tests {
                     file: Arc::new(file),
                     part,
                     name: (*n).to_owned(),
+                    bind: None,
                 }
             })
             .collect()
@@ -340,11 +417,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = Root::open(tmp.path()).unwrap();
         let rec = Arc::new(Recorder::default());
-        let results = publish_batch(
+        let results = outcomes(publish_batch(
             &rec,
             &SyncThreads::start(2).unwrap(),
+            None,
             jobs(&root, &["a", "b", "c"]),
-        );
+        ));
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         let mut log = rec.log();
         // The files are synced in parallel: in any order, but all before
@@ -381,11 +459,12 @@ mod tests {
             fail_sync_of: Some(".b.part".into()),
             ..Recorder::default()
         });
-        let results = publish_batch(
+        let results = outcomes(publish_batch(
             &rec,
             &SyncThreads::start(2).unwrap(),
+            None,
             jobs(&root, &["a", "b", "c"]),
-        );
+        ));
         assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
         assert!(matches!(results[1], Err(PublishError::SyncFile(_))));
         let log = rec.log();
@@ -435,7 +514,12 @@ mod tests {
         let threads = SyncThreads::start(2).unwrap();
         for b in 0..20 {
             let names = [format!("p{b}"), format!("q{b}")];
-            let results = publish_batch(&disk, &threads, jobs(&root, &[&names[0], &names[1]]));
+            let results = outcomes(publish_batch(
+                &disk,
+                &threads,
+                None,
+                jobs(&root, &[&names[0], &names[1]]),
+            ));
             if b == 0 {
                 assert!(matches!(results[0], Err(PublishError::SyncFile(_))));
                 assert!(results[1].is_ok(), "{results:?}");
@@ -450,6 +534,37 @@ mod tests {
         assert!(threads.threads.iter().all(|t| !t.is_finished()));
     }
 
+    /// Message ids are bound in the same batch, after the renames: a file
+    /// whose sync failed binds nothing, and a second uid's bind of an id
+    /// bound earlier in the batch is refused.
+    #[test]
+    fn a_batch_binds_the_message_ids_of_the_files_it_renamed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let index = Arc::new(MessageIndex::open(tmp.path()).unwrap());
+        let rec = Arc::new(Recorder {
+            fail_sync_of: Some(".b.part".into()),
+            ..Recorder::default()
+        });
+        let mut batch = jobs(&root, &["a", "b", "c"]);
+        batch[0].bind = Some((1, MessageInfo::new(7, 2, "a")));
+        batch[1].bind = Some((2, MessageInfo::new(7, 2, "b")));
+        batch[2].bind = Some((1, MessageInfo::new(8, 2, "c")));
+        let done = publish_batch(&rec, &SyncThreads::start(2).unwrap(), Some(&index), batch);
+        assert!(done[0].result.is_ok() && done[2].result.is_ok(), "{done:?}");
+        assert!(matches!(done[0].bind, Some(Ok(()))), "{done:?}");
+        assert!(
+            done[1].result.is_err() && done[1].bind.is_none(),
+            "{done:?}"
+        );
+        assert!(
+            matches!(done[2].bind, Some(Err(BindError::Taken { owner: 7 }))),
+            "{done:?}"
+        );
+        assert_eq!(index.get(1).map(|m| m.name), Some("a".to_owned()));
+        assert_eq!(index.get(2), None);
+    }
+
     #[test]
     fn a_failed_directory_sync_fails_every_file_of_the_batch() {
         let tmp = tempfile::tempdir().unwrap();
@@ -458,11 +573,12 @@ mod tests {
             fail_dir_sync: true,
             ..Recorder::default()
         });
-        let results = publish_batch(
+        let results = outcomes(publish_batch(
             &rec,
             &SyncThreads::start(2).unwrap(),
+            None,
             jobs(&root, &["a", "b"]),
-        );
+        ));
         assert!(
             results
                 .iter()

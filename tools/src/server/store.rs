@@ -33,8 +33,9 @@ use serde::{Deserialize, Serialize};
 use super::fsdir::{is_link_refusal, Dir, Root};
 use super::group::GroupCommit;
 use super::hashing::{HashThreads, PrefixHash};
+use super::index::{BindError, MessageIndex, MessageInfo};
 use super::publish::{
-    publish_batch, Disk, Publish, PublishError, RealDisk, SyncThreads, SYNC_THREADS,
+    publish_batch, Disk, Publish, Published, RealDisk, SyncThreads, SYNC_THREADS,
 };
 use super::{
     lock, CompletedFile, Counters, Storage, LINK_REFUSED, MD5_MISMATCH, NO_SPACE, TOO_MANY_UPLOADS,
@@ -86,7 +87,14 @@ pub struct Put {
     /// This chunk completed the file (Positional: published; AppendStrict:
     /// `last = 1` stored).
     pub completed: bool,
+    /// The message id given to [`Store::put_with`], bound with the publish
+    /// (positional storage with an index); `None`: not bound here, the
+    /// caller binds it if the upload completed.
+    pub bound: Option<Result<(), BindError>>,
 }
+
+/// A completed positional upload's bind result (see [`Put::bound`]).
+type Bound = Option<Result<(), BindError>>;
 
 /// A record's key. Positional records are per `(uid, name)` because the
 /// file lives under its uid; AppendStrict keys on the name alone, as the
@@ -481,8 +489,9 @@ pub struct Store {
     open_parts: Mutex<OpenParts>,
     unfinished: Mutex<Unfinished>,
     finished: Mutex<Finished>,
-    /// Makes verified uploads durable under their names, in batches.
-    publisher: GroupCommit<Publish, Result<(), PublishError>>,
+    /// Makes verified uploads durable under their names and binds their
+    /// message ids, in batches.
+    publisher: GroupCommit<Publish, Published>,
     hash_threads: HashThreads,
 }
 
@@ -522,8 +531,9 @@ impl Store {
         mode: Storage,
         limits: StoreLimits,
         counters: Arc<Counters>,
+        index: Option<Arc<MessageIndex>>,
     ) -> io::Result<Store> {
-        Store::with_disk(root_path, root, mode, limits, counters, RealDisk)
+        Store::with_disk(root_path, root, mode, limits, counters, index, RealDisk)
     }
 
     /// [`Store::new`] publishing through `disk` (tests record its calls).
@@ -533,12 +543,13 @@ impl Store {
         mode: Storage,
         limits: StoreLimits,
         counters: Arc<Counters>,
+        index: Option<Arc<MessageIndex>>,
         disk: impl Disk + Send + Sync + 'static,
     ) -> io::Result<Store> {
         let disk = Arc::new(disk);
         let sync_threads = SyncThreads::start(SYNC_THREADS)?;
         let publisher = GroupCommit::start("chatxfer-publish", move |jobs| {
-            publish_batch(&disk, &sync_threads, jobs)
+            publish_batch(&disk, &sync_threads, index.as_ref(), jobs)
         })?;
         let store = Store {
             root_path,
@@ -597,13 +608,23 @@ impl Store {
 
     /// Stores one chunk. `user`: the calling connection already counts as
     /// a user of the record (see [`Put::user`]).
+    #[cfg(test)]
     pub fn put(&self, c: &Chunk, user: bool) -> Put {
+        self.put_with(c, user, None)
+    }
+
+    /// [`Store::put`] for a chat upload: if this chunk completes the file,
+    /// `bind` (its message id) is bound in the message index with the
+    /// publish ([`Put::bound`]).
+    pub fn put_with(&self, c: &Chunk, user: bool, bind: Option<&(i64, MessageInfo)>) -> Put {
         let key = self.key(c.uid, &c.name);
         let slot = self.slot(&key);
         let mut guard = lock(&slot);
         let result = match self.mode {
-            Storage::Positional => self.put_positional(&mut guard, c),
-            Storage::AppendStrict => self.put_append(&mut guard, c),
+            Storage::Positional => self.put_positional(&mut guard, c, bind),
+            Storage::AppendStrict => self
+                .put_append(&mut guard, c)
+                .map(|done| done.then_some(None)),
         };
         let kept = !matches!(guard.rec, Rec::None);
         // A connection counts once per record, from its first kept chunk.
@@ -623,10 +644,16 @@ impl Store {
             // lock: another connection may have created a record since.
             self.forget_if_unused(&key, &slot);
         }
+        let (result, completed, bound) = match result {
+            Ok(Some(bound)) => (Ok(()), true, bound),
+            Ok(None) => (Ok(()), false, None),
+            Err(code) => (Err(code), false, None),
+        };
         Put {
-            completed: result == Ok(true),
-            result: result.map(|_| ()),
+            result,
             user,
+            completed,
+            bound,
         }
     }
 
@@ -670,8 +697,13 @@ impl Store {
 
     // ------------------------------------------------------------ positional
 
-    /// `Ok(true)`: this chunk completed (and published) the file.
-    fn put_positional(&self, slot: &mut Slot, c: &Chunk) -> Result<bool, ErrorCode> {
+    /// `Ok(Some(bound))`: this chunk completed (and published) the file.
+    fn put_positional(
+        &self,
+        slot: &mut Slot,
+        c: &Chunk,
+        bind: Option<&(i64, MessageInfo)>,
+    ) -> Result<Option<Bound>, ErrorCode> {
         if c.seq == 0 {
             return Err(ErrorCode::FileSeqInvalid);
         }
@@ -696,7 +728,7 @@ impl Store {
                 Rec::Failed(s) if md5_eq(&s.md5, &c.md5) => return Err(MD5_MISMATCH),
                 Rec::Failed(_) => return Err(ErrorCode::FileNotExists),
                 // A late duplicate of a published upload: its bytes are there.
-                Rec::Done(s) if md5_eq(&s.md5, &c.md5) => return s.geo.check(c).map(|()| false),
+                Rec::Done(s) if md5_eq(&s.md5, &c.md5) => return s.geo.check(c).map(|()| None),
                 Rec::Done(_) => return Err(ErrorCode::FileNotExists),
                 // A different md5 is a different upload under the same name;
                 // 1012 makes a resuming client start it again from seq 1.
@@ -708,20 +740,20 @@ impl Store {
             }
         }
         let Rec::Active(u) = &mut slot.rec else {
-            return Ok(false); // seq 1 of an already published identical file
+            return Ok(None); // seq 1 of an already published identical file
         };
         if !u.received.covers(u.geo.max_seq) {
-            return Ok(false);
+            return Ok(None);
         }
         let summary = Summary {
             geo: u.geo,
             md5: u.md5.clone(),
         };
-        match self.finalize(u) {
-            Ok(()) => {
+        match self.finalize(u, bind.cloned()) {
+            Ok(bound) => {
                 lock(&self.unfinished).remove(c.uid, &c.name);
                 slot.rec = Rec::Done(summary);
-                Ok(true)
+                Ok(Some(bound))
             }
             Err(Failure::Mismatch) => {
                 lock(&self.unfinished).remove(c.uid, &c.name);
@@ -929,7 +961,7 @@ impl Store {
 
     /// Every chunk is in: verify the md5, then make the file durable and
     /// visible under its name in one rename.
-    fn finalize(&self, u: &mut Upload) -> Result<(), Failure> {
+    fn finalize(&self, u: &mut Upload, bind: Option<(i64, MessageInfo)>) -> Result<Bound, Failure> {
         let secs = u.started.elapsed().as_secs_f64();
         let md5 = self.file_md5(u).map_err(|e| {
             tracing::warn!(name = %u.name, error = %e, "cannot read back the upload for its md5");
@@ -967,13 +999,18 @@ impl Store {
             file: Arc::new(file),
             part,
             name,
+            bind,
         });
-        match published {
-            Ok(Ok(())) => {}
+        let bound = match published {
+            Ok(Published {
+                result: Ok(()),
+                bind,
+            }) => bind,
             failed => {
-                let renamed = matches!(&failed, Ok(Err(e)) if e.renamed());
+                let renamed =
+                    matches!(&failed, Ok(Published { result: Err(e), .. }) if e.renamed());
                 let error = match failed {
-                    Ok(Err(e)) => e.to_string(),
+                    Ok(Published { result: Err(e), .. }) => e.to_string(),
                     _ => "the publishing thread failed".to_owned(),
                 };
                 tracing::warn!(uid, name = %u.name, error, "cannot publish upload");
@@ -991,7 +1028,7 @@ impl Store {
                 }
                 return Err(Failure::Dropped(PUBLISH_FAILED));
             }
-        }
+        };
         self.counters
             .files_completed
             .fetch_add(1, Ordering::Relaxed);
@@ -1005,7 +1042,7 @@ impl Store {
             announced_md5: u.md5.clone(),
             path: self.root_path.join(u.uid.to_string()).join(&u.name),
         });
-        Ok(())
+        Ok(bound)
     }
 
     /// The md5 of the whole file: the in-order prefix from memory, the rest
@@ -1436,6 +1473,7 @@ mod tests {
             Storage::Positional,
             limits,
             counters,
+            None,
             disk,
         )
         .unwrap()
