@@ -1092,6 +1092,8 @@ fn small_files(o: &Opts, inputs: &mut Inputs, rows: &mut Vec<Row>) {
     let w = WindowPolicy::adaptive();
     let mut small_runs = Vec::new();
     let mut one_runs = Vec::new();
+    let mut floor_runs = Vec::new();
+    let small_bytes = std::fs::read(&smalls[0].0).expect("read a small input");
     // Interleaved, so a slow phase of the machine hits both alike. Every
     // run keeps its files until the end (about 100 MB a round): deleting a
     // round's 1000 files would slow the next round's file creation (see
@@ -1103,6 +1105,11 @@ fn small_files(o: &Opts, inputs: &mut Inputs, rows: &mut Vec<Row>) {
             .map(|(i, (p, m))| (p.clone(), m.clone(), format!("small-r{r}-{i}.bin")))
             .collect();
         small_runs.push(client_upload(&server.addr, w, &files, Some(server.pid())));
+        floor_runs.push(disk_floor(
+            &store.path().join(format!("floor-r{r}")),
+            &small_bytes,
+            count,
+        ));
         let name = run_name("one_file", "adaptive", r);
         one_runs.push(client_upload(
             &server.addr,
@@ -1124,6 +1131,19 @@ fn small_files(o: &Opts, inputs: &mut Inputs, rows: &mut Vec<Row>) {
         link_mb_s: None,
     });
     rows.push(Row {
+        scenario: "disk_floor",
+        window: "-".into(),
+        files: count,
+        bytes: total,
+        runs: floor_runs,
+        note: format!(
+            "no network, no server: the disk's own cost of publishing {count} files of 50 KiB \
+             durably as the server does, {FLOOR_BATCH} files per batch"
+        ),
+        peak_rss: false,
+        link_mb_s: None,
+    });
+    rows.push(Row {
         scenario: "one_file",
         window: window_label(w),
         files: 1,
@@ -1133,6 +1153,52 @@ fn small_files(o: &Opts, inputs: &mut Inputs, rows: &mut Vec<Row>) {
         peak_rss: false,
         link_mb_s: None,
     });
+}
+
+/// Files per batch in [`disk_floor`]: the server's publish batches held 3
+/// to 6 files in the small_files row here.
+const FLOOR_BATCH: usize = 8;
+
+/// What the server's publishing costs the disk alone, with no network, no
+/// server and no message index: each file is created as a hidden `.part`,
+/// written, its data synced; then the batch is renamed into place and its
+/// directory synced once. A ceiling for the small_files row on this disk:
+/// the server cannot publish faster than the disk lets these steps run.
+fn disk_floor(dir: &Path, data: &[u8], count: usize) -> Run {
+    std::fs::create_dir_all(dir).expect("floor dir");
+    let dir_handle = std::fs::File::open(dir).expect("open floor dir");
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let ids: Vec<usize> = (0..count).collect();
+    for batch in ids.chunks(FLOOR_BATCH) {
+        let mut parts = Vec::with_capacity(batch.len());
+        for i in batch {
+            let part = dir.join(format!(".f{i}.part"));
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&part)
+                .expect("create part");
+            f.write_all(data).expect("write part");
+            parts.push((f, part, dir.join(format!("f{i}"))));
+        }
+        for (f, ..) in &parts {
+            f.sync_data().expect("sync part");
+        }
+        for (_, part, name) in &parts {
+            std::fs::rename(part, name).expect("rename part");
+        }
+        dir_handle.sync_all().expect("sync dir");
+    }
+    Run {
+        secs: t0.elapsed().as_secs_f64(),
+        file_bytes: data.len() as u64 * count as u64,
+        wire_bytes: 0,
+        cpu_s: cpu_seconds() - cpu0,
+        peer_cpu_s: 0.0,
+        hwm_kib: 0,
+        base_rss_kib: 0,
+    }
 }
 
 fn memory(o: &Opts, inputs: &mut Inputs, rows: &mut Vec<Row>) {
@@ -1223,7 +1289,7 @@ fn report(rows: &[Row], o: &Opts) -> (String, Vec<Value>) {
         let (to_limit, to_link, to_one) = match r.scenario {
             "loopback" => (limit.and_then(|l| ratio(mb_s, l)), None, None),
             "wan40" | "wan100" => (None, r.link_mb_s.and_then(|l| ratio(wire, l)), None),
-            "small_files" => (None, None, one_file.and_then(|l| ratio(mb_s, l))),
+            "small_files" | "disk_floor" => (None, None, one_file.and_then(|l| ratio(mb_s, l))),
             _ => (None, None, None),
         };
         let to_fixed5 = fixed5(r.scenario)
