@@ -127,6 +127,12 @@ pub struct Engine {
     pacer: pacer::Pacer,
     next_id: u64,
     scheduler: Scheduler,
+    /// Transfers that have been sending and have not ended: the only ones a
+    /// timer can concern (progress pending, a probe's delay, the give-up
+    /// budget all start with sending; a queued probe waits for its slot).
+    /// The timers scan these, not every file ever added: thousands queued
+    /// or finished made each poll cost as much as the whole list.
+    live: BTreeSet<FileId>,
     connected: bool,
     window: Window,
     in_flight: InFlight,
@@ -153,6 +159,7 @@ impl Engine {
             retired: HashMap::new(),
             next_id: 1,
             scheduler: Scheduler::default(),
+            live: BTreeSet::new(),
             connected: false,
             in_flight: InFlight::default(),
             attribution: Attribution::default(),
@@ -253,7 +260,8 @@ impl Engine {
                 }
             }
         }
-        self.scheduler.enqueue(id);
+        let priority = self.transfers.get(&id).map_or(0, |t| t.common.priority);
+        self.scheduler.enqueue(id, priority);
         self.set_state(id, FileState::Queued);
         self.promote(now);
         Ok(())
@@ -531,7 +539,7 @@ impl Engine {
         self.transfers.insert(id, Transfer { common, dir });
         self.names.insert(name.clone(), id);
         if !hold {
-            self.scheduler.enqueue(id);
+            self.scheduler.enqueue(id, priority);
         }
         self.events.push_back(Event::StateChanged { name, state });
         self.promote(now);
@@ -662,6 +670,14 @@ impl Engine {
         };
         if t.common.state == state {
             return;
+        }
+        if t.common.state == FileState::Queued {
+            self.scheduler.dequeue(id);
+        }
+        if state == FileState::Sending {
+            self.live.insert(id);
+        } else if state.is_terminal() {
+            self.live.remove(&id);
         }
         t.common.state = state;
         let name = t.common.name.clone();

@@ -3,32 +3,67 @@
 //! shared window.
 //!
 //! Invariants:
-//! * a transfer is in `queue` only while `Queued` and in `active` only while
-//!   `Sending` (stale entries are dropped before each use);
+//! * a transfer is in `queue` exactly while `Queued` (the engine's
+//!   `set_state` takes it out when it leaves that state), and in `active`
+//!   only while `Sending` (stale entries are dropped before each use);
+//! * the cost of a send or a promotion does not grow with the number of
+//!   queued transfers (a queue of thousands of files added at once used to
+//!   be scanned for every frame sent);
 //! * at most `max_active_files` transfers are `Sending`;
 //! * at most `window.cwnd()` requests are unanswered when `poll_transmit`
 //!   appends a frame, counted across all transfers.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
 use super::transfer::Direction;
 use super::types::{FileId, FileState, Transmit};
 use super::Engine;
 
+/// A place in the queue: higher priority first, then earlier arrival.
+type Place = (Reverse<u8>, u64);
+
 #[derive(Debug, Default)]
 pub(super) struct Scheduler {
     /// Sending transfers in round-robin order.
     active: VecDeque<FileId>,
-    /// Transfers waiting for a sending slot, in arrival order.
-    queue: Vec<FileId>,
+    /// Transfers waiting for a sending slot, best first.
+    queue: BTreeMap<Place, FileId>,
+    /// Each queued transfer's place in `queue`.
+    places: HashMap<FileId, Place>,
+    arrivals: u64,
 }
 
 impl Scheduler {
-    pub fn enqueue(&mut self, id: FileId) {
-        if !self.queue.contains(&id) {
-            self.queue.push(id);
+    /// Queues `id` behind the transfers already waiting with its priority
+    /// or a higher one; a transfer already queued keeps its place.
+    pub fn enqueue(&mut self, id: FileId, priority: u8) {
+        if self.places.contains_key(&id) {
+            return;
         }
+        let place = (Reverse(priority), self.arrivals);
+        self.arrivals += 1;
+        self.queue.insert(place, id);
+        self.places.insert(id, place);
+    }
+
+    /// Takes `id` out of the queue (it left `Queued`).
+    pub fn dequeue(&mut self, id: FileId) {
+        if let Some(place) = self.places.remove(&id) {
+            self.queue.remove(&place);
+        }
+    }
+
+    fn pop_best(&mut self) -> Option<FileId> {
+        let (_, id) = self.queue.pop_first()?;
+        self.places.remove(&id);
+        Some(id)
+    }
+
+    #[cfg(test)]
+    pub fn queued(&self) -> usize {
+        self.queue.len()
     }
 }
 
@@ -106,34 +141,22 @@ impl Engine {
                 .is_some_and(|t| t.common.state == FileState::Sending)
         };
         self.scheduler.active.retain(sending);
-        self.scheduler.queue.retain(|id| {
-            transfers
-                .get(id)
-                .is_some_and(|t| t.common.state == FileState::Queued)
-        });
     }
 
     /// Fills free sending slots from the queue, highest priority first.
     pub(super) fn promote(&mut self, now: Instant) {
         self.retain_active();
         let max = self.config.max_active_files.max(1);
-        while self.scheduler.active.len() < max && !self.scheduler.queue.is_empty() {
-            let queue = &self.scheduler.queue;
-            let priority = |i: usize| {
-                self.transfers
-                    .get(&queue[i])
-                    .map_or(0, |t| t.common.priority)
-            };
-            let Some(best) = (0..queue.len()).max_by_key(|&i| (priority(i), std::cmp::Reverse(i)))
-            else {
+        while self.scheduler.active.len() < max {
+            let Some(id) = self.scheduler.pop_best() else {
                 break;
             };
-            let id = self.scheduler.queue.remove(best);
-            self.scheduler.active.push_back(id);
-            if let Some(t) = self.transfers.get_mut(&id) {
+            match self.transfers.get_mut(&id) {
                 // The give-up budget counts from when it may send.
-                t.common.last_progress = now;
+                Some(t) if t.common.state == FileState::Queued => t.common.last_progress = now,
+                _ => continue, // cannot be (see the invariants); never sent
             }
+            self.scheduler.active.push_back(id);
             self.set_state(id, FileState::Sending);
         }
     }

@@ -278,6 +278,44 @@ fn pause_then_resume_before_in_flight_acks_sends_no_duplicate() {
     assert!(!after[0].is_string("trans_size"), "1043 sizes are ints");
 }
 
+/// A paused file's chunks acknowledged after the pause still reach the
+/// app as a (coalesced) progress event: its timer counts though the file
+/// no longer sends. And a file that never sent arms no timer.
+#[test]
+fn a_paused_file_still_reports_the_progress_of_its_last_acks() {
+    let mut p = Pair::new(config(WindowPolicy::Fixed(5), ServerStorage::Positional));
+    p.upload(spec("v"), pattern(20 * CHUNK as usize, 5));
+    let first = p.client_sends();
+    p.server_acks(&first[0]);
+    let burst = p.client_sends();
+    p.events();
+    p.engine.pause("v", p.now).unwrap();
+    for chunk in &burst {
+        p.server_acks(chunk);
+    }
+    let due = p
+        .engine
+        .poll_timeout()
+        .expect("a progress event is pending");
+    p.advance(due - p.now);
+    let acked: Vec<u64> = p
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Progress { acked, .. } => Some(acked),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acked.last(), Some(&(6 * CHUNK as u64)), "{acked:?}");
+
+    let mut idle = Pair::new(config(WindowPolicy::Fixed(5), ServerStorage::Positional));
+    let mut held = spec("h");
+    held.hold = true; // registered at send, never sent
+    held.message_id = 0;
+    idle.upload(held, pattern(CHUNK as usize, 1));
+    assert_eq!(idle.engine.poll_timeout(), None);
+}
+
 #[test]
 fn pause_resume_cycles_against_an_appending_server_keep_the_file_exact() {
     let mut s = sim(WindowPolicy::Fixed(5), ServerStorage::Appending);
@@ -870,6 +908,49 @@ fn queued_files_start_as_active_ones_finish() {
         .statuses()
         .iter()
         .all(|f| f.state == FileState::Completed));
+}
+
+/// Queued files start by priority, then in arrival order; a queued file
+/// paused and resumed goes to the back of its priority, a cancelled one
+/// never starts; the queue holds exactly the queued files throughout.
+#[test]
+fn queued_files_start_by_priority_then_arrival() {
+    let mut cfg = config(WindowPolicy::Fixed(5), ServerStorage::Positional);
+    cfg.max_active_files = 1;
+    let mut s = Sim::new(Engine::new(cfg), SimConfig::default());
+    for (name, priority) in [("a", 0), ("b", 0), ("c", 2), ("d", 0), ("e", 1)] {
+        let mut sp = spec(name);
+        sp.priority = priority;
+        let source = Box::new(MemorySource::new(pattern(2 * CHUNK as usize, priority)));
+        s.engine.add_file_hashing(sp, source, s.now).unwrap();
+    }
+    let queued = |s: &Sim| {
+        s.engine
+            .statuses()
+            .iter()
+            .filter(|f| f.state == FileState::Queued)
+            .count()
+    };
+    assert_eq!((s.engine.scheduler.queued(), queued(&s)), (4, 4));
+    s.engine.pause("b", s.now).unwrap();
+    s.engine.resume("b", s.now).unwrap();
+    s.engine.cancel("d", s.now).unwrap();
+    assert_eq!((s.engine.scheduler.queued(), queued(&s)), (3, 3));
+    s.run(Duration::from_secs(60));
+    let started: Vec<&str> = s
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StateChanged {
+                name,
+                state: FileState::Sending,
+            } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started, ["a", "c", "e", "b"]);
+    assert_eq!(state(&s, "d"), FileState::Cancelled);
+    assert_eq!(s.engine.scheduler.queued(), 0);
 }
 
 /// The adaptive window fills a 40 ms / 200 Mbit/s path; today's fixed window

@@ -4,7 +4,9 @@
 //! nothing for an unknown message id), and the settle delay of size probes.
 //!
 //! Invariant: `poll_timeout` returns the earliest instant at which
-//! `handle_timeout` would change anything, or `None`.
+//! `handle_timeout` would change anything, or `None`. Both look only at the
+//! transfers that have been sending and have not ended (`Engine::live`),
+//! so their cost follows the files in play, not the files added.
 
 use std::time::Instant;
 
@@ -14,6 +16,10 @@ use super::upload::UploadPhase;
 use super::Engine;
 
 impl Engine {
+    fn live_transfers(&self) -> impl Iterator<Item = &super::transfer::Transfer> {
+        self.live.iter().filter_map(|id| self.transfers.get(id))
+    }
+
     /// When [`Engine::handle_timeout`] should next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -27,13 +33,11 @@ impl Engine {
             .map(|r| r.sent_at + self.config.info_timeout)
             .min();
         let progress = self
-            .transfers
-            .values()
+            .live_transfers()
             .filter_map(|t| t.common.progress.due_at(self.config.progress_interval))
             .min();
         let give_up = self.config.give_up_after.and_then(|budget| {
-            self.transfers
-                .values()
+            self.live_transfers()
                 .filter(|t| t.common.state == FileState::Sending)
                 .map(|t| t.common.last_progress + budget)
                 .min()
@@ -42,13 +46,11 @@ impl Engine {
         let paced = self.pacer.ready_at().filter(|_| {
             self.connected
                 && self
-                    .transfers
-                    .values()
+                    .live_transfers()
                     .any(|t| t.common.state == FileState::Sending && t.upload().is_some())
         });
         let probe = self
-            .transfers
-            .values()
+            .live_transfers()
             .filter(|t| !t.common.state.is_terminal())
             .filter_map(|t| match t.upload()?.phase {
                 UploadPhase::Probing(p) | UploadPhase::Verifying(p) => p.due,
@@ -65,8 +67,7 @@ impl Engine {
     pub fn handle_timeout(&mut self, now: Instant) {
         let interval = self.config.progress_interval;
         let due: Vec<FileId> = self
-            .transfers
-            .values()
+            .live_transfers()
             .filter(|t| {
                 t.common
                     .progress
@@ -79,8 +80,8 @@ impl Engine {
             self.emit_progress(id, now);
         }
         // Size probes whose settle delay ended may go (poll_transmit sends them).
-        for t in self.transfers.values_mut() {
-            if let Some(u) = t.upload_mut() {
+        for id in &self.live {
+            if let Some(u) = self.transfers.get_mut(id).and_then(|t| t.upload_mut()) {
                 u.probe_due(now);
             }
         }
@@ -96,8 +97,7 @@ impl Engine {
             return;
         };
         let due: Vec<(FileId, Option<crate::protocol::ErrorCode>)> = self
-            .transfers
-            .values()
+            .live_transfers()
             .filter(|t| {
                 t.common.state == FileState::Sending
                     && now.saturating_duration_since(t.common.last_progress) >= budget
