@@ -1105,17 +1105,21 @@ fn small_files(o: &Opts, inputs: &mut Inputs, rows: &mut Vec<Row>) {
             .map(|(i, (p, m))| (p.clone(), m.clone(), format!("small-r{r}-{i}.bin")))
             .collect();
         small_runs.push(client_upload(&server.addr, w, &files, Some(server.pid())));
-        floor_runs.push(disk_floor(
-            &store.path().join(format!("floor-r{r}")),
-            &small_bytes,
-            count,
-        ));
         let name = run_name("one_file", "adaptive", r);
         one_runs.push(client_upload(
             &server.addr,
             w,
             &[(one.clone(), one_md5.clone(), name)],
             Some(server.pid()),
+        ));
+    }
+    // After the rounds, not between them, so the rows it is compared with
+    // run on the same disk state as before this row existed.
+    for r in 0..o.runs {
+        floor_runs.push(disk_floor(
+            &store.path().join(format!("floor-r{r}")),
+            &small_bytes,
+            count,
         ));
     }
     rows.push(Row {
