@@ -272,42 +272,73 @@ pub struct StoreLimits {
     pub min_free_space: u64,
 }
 
+/// Values by key in the order their keys were last put, the oldest going
+/// first beyond a cap: the store's two bounded memories (open `.part`
+/// descriptors, finished uploads) are this.
+struct Recency<V> {
+    tick: u64,
+    by_key: HashMap<Key, (u64, V)>,
+    order: BTreeMap<u64, Key>,
+}
+
+impl<V> Default for Recency<V> {
+    fn default() -> Self {
+        Recency {
+            tick: 0,
+            by_key: HashMap::new(),
+            order: BTreeMap::new(),
+        }
+    }
+}
+
+impl<V> Recency<V> {
+    /// Puts `value` under `key`, now the newest; returns the oldest entries
+    /// dropped to get back under `cap` (at least 1).
+    fn put(&mut self, key: &Key, value: V, cap: usize) -> Vec<(Key, V)> {
+        self.tick += 1;
+        if let Some((old, _)) = self.by_key.insert(key.clone(), (self.tick, value)) {
+            self.order.remove(&old);
+        }
+        self.order.insert(self.tick, key.clone());
+        let mut dropped = Vec::new();
+        while self.by_key.len() > cap.max(1) {
+            let Some((_, k)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some((_, v)) = self.by_key.remove(&k) {
+                dropped.push((k, v));
+            }
+        }
+        dropped
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<V> {
+        let (tick, value) = self.by_key.remove(key)?;
+        self.order.remove(&tick);
+        Some(value)
+    }
+
+    fn len(&self) -> usize {
+        self.by_key.len()
+    }
+}
+
 /// The open `.part` descriptors, least recently used first. It holds an
 /// entry for every record whose file may be open (a superset: an entry is
 /// added after a chunk used the file and dropped when the record ends), so
 /// `len() <= cap` bounds the descriptors, give or take the records being
 /// written at this instant. Victims are closed outside of any other lock.
 #[derive(Default)]
-struct OpenParts {
-    tick: u64,
-    by_key: HashMap<Key, u64>,
-    order: BTreeMap<u64, (Key, Weak<Mutex<Slot>>)>,
-}
+struct OpenParts(Recency<Weak<Mutex<Slot>>>);
 
 impl OpenParts {
     /// Marks `key` used now; returns the records to close to get back under `cap`.
     fn touch(&mut self, key: &Key, slot: &SlotRef, cap: usize) -> Vec<(Key, Weak<Mutex<Slot>>)> {
-        self.tick += 1;
-        if let Some(old) = self.by_key.insert(key.clone(), self.tick) {
-            self.order.remove(&old);
-        }
-        self.order
-            .insert(self.tick, (key.clone(), Arc::downgrade(slot)));
-        let mut victims = Vec::new();
-        while self.by_key.len() > cap.max(1) {
-            let Some((_, (k, w))) = self.order.pop_first() else {
-                break;
-            };
-            self.by_key.remove(&k);
-            victims.push((k, w));
-        }
-        victims
+        self.0.put(key, Arc::downgrade(slot), cap)
     }
 
     fn forget(&mut self, key: &Key) {
-        if let Some(t) = self.by_key.remove(key) {
-            self.order.remove(&t);
-        }
+        self.0.remove(key);
     }
 }
 
@@ -322,18 +353,14 @@ impl OpenParts {
 /// deployed server's 3600 s Redis record).
 struct Finished {
     cap: usize,
-    tick: u64,
-    by_key: HashMap<Key, (u64, Instant, Rec)>,
-    order: BTreeMap<u64, Key>,
+    kept: Recency<(Instant, Rec)>,
 }
 
 impl Finished {
     fn new(cap: usize) -> Finished {
         Finished {
-            cap: cap.max(1),
-            tick: 0,
-            by_key: HashMap::new(),
-            order: BTreeMap::new(),
+            cap,
+            kept: Recency::default(),
         }
     }
 
@@ -341,32 +368,15 @@ impl Finished {
     /// forgetting the oldest beyond the cap.
     fn keep(&mut self, key: Key, rec: Rec, now: Instant) {
         debug_assert!(matches!(rec, Rec::Done(_) | Rec::Failed(_)));
-        self.tick += 1;
-        if let Some((old, ..)) = self.by_key.insert(key.clone(), (self.tick, now, rec)) {
-            self.order.remove(&old);
-        }
-        self.order.insert(self.tick, key);
-        while self.by_key.len() > self.cap {
-            let Some((_, k)) = self.order.pop_first() else {
-                break;
-            };
-            self.by_key.remove(&k);
-        }
+        self.kept.put(&key, (now, rec), self.cap);
     }
 
     /// What is remembered of `key` and not older than `max_age`; it leaves
     /// this memory (the caller's record holds it from now on).
     fn take(&mut self, key: &Key, now: Instant, max_age: Duration) -> Rec {
-        match self.by_key.remove(key) {
-            Some((tick, at, rec)) => {
-                self.order.remove(&tick);
-                if now.saturating_duration_since(at) <= max_age {
-                    rec
-                } else {
-                    Rec::None
-                }
-            }
-            None => Rec::None,
+        match self.kept.remove(key) {
+            Some((at, rec)) if now.saturating_duration_since(at) <= max_age => rec,
+            _ => Rec::None,
         }
     }
 }
@@ -584,7 +594,7 @@ impl Store {
 
     /// Descriptors of `.part` files the store may hold open now (an upper bound).
     pub fn open_parts(&self) -> usize {
-        lock(&self.open_parts).by_key.len()
+        lock(&self.open_parts).0.len()
     }
 
     /// Unfinished uploads the store knows (in memory or on disk).
@@ -1678,8 +1688,8 @@ mod tests {
             f.keep(key(n), summary(), t0);
         }
         f.keep(key(3), summary(), t0); // kept again: newest now
-        assert_eq!(f.by_key.len(), 3);
-        assert_eq!(f.order.len(), 3);
+        assert_eq!(f.kept.by_key.len(), 3);
+        assert_eq!(f.kept.order.len(), 3);
         assert!(matches!(f.take(&key(0), t0, hour), Rec::None));
         assert!(matches!(f.take(&key(1), t0, hour), Rec::None));
         assert!(matches!(f.take(&key(2), t0, hour), Rec::Done(_)));
@@ -1687,6 +1697,6 @@ mod tests {
         assert!(matches!(f.take(&key(3), t0 + hour, hour), Rec::Done(_)));
         let late = t0 + hour + Duration::from_secs(1);
         assert!(matches!(f.take(&key(4), late, hour), Rec::None), "expired");
-        assert!(f.by_key.is_empty() && f.order.is_empty());
+        assert!(f.kept.by_key.is_empty() && f.kept.order.is_empty());
     }
 }
