@@ -1184,8 +1184,9 @@ fn is_shutdown(shared: &Shared) -> bool {
 
 /// Acknowledges the server's bytes at once instead of after the delayed-ACK
 /// timer (Linux `TCP_QUICKACK`; the kernel leaves quick-ack mode on its own,
-/// so it is set again after every read). Only against the deployed server
-/// ([`crate::engine::ServerStorage::Appending`]).
+/// so it is set again after every read) when `on`: against the deployed
+/// server ([`crate::engine::ServerStorage::Appending`]) unless the
+/// configuration turned it off.
 ///
 /// Why: the deployed server sets no `TCP_NODELAY`, so Nagle holds each of
 /// its small replies until the previous one is acknowledged. While the
@@ -1201,13 +1202,13 @@ fn is_shutdown(shared: &Shared) -> bool {
 /// (`tests/nagle_server.rs`). The reference server sets `TCP_NODELAY`;
 /// there this would only add ACK packets (loopback 5-7 % slower in two
 /// rounds), so it is left off.
-fn quick_ack(stream: &TcpStream, deployed: bool) {
+fn quick_ack(stream: &TcpStream, on: bool) {
     #[cfg(target_os = "linux")]
-    if deployed {
+    if on {
         let _ = socket2::SockRef::from(stream).set_tcp_quickack(true);
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = (stream, deployed);
+    let _ = (stream, on);
 }
 
 fn talks_to_deployed_server(shared: &Shared) -> bool {
@@ -1341,8 +1342,8 @@ async fn run_connection(
     config: &ClientConfig,
     server: &str,
 ) -> (String, bool) {
-    let deployed = config.quick_ack && talks_to_deployed_server(shared);
-    quick_ack(&stream, deployed);
+    let quick = config.quick_ack && talks_to_deployed_server(shared);
+    quick_ack(&stream, quick);
     let (mut rd, mut wr) = stream.into_split();
     let limit = shared.engine().config().max_body_len;
 
@@ -1360,7 +1361,7 @@ async fn run_connection(
                     return;
                 }
                 Ok(n) => {
-                    quick_ack(rd.as_ref(), deployed);
+                    quick_ack(rd.as_ref(), quick);
                     n
                 }
                 Err(e) => {

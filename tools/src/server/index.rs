@@ -103,7 +103,8 @@ impl std::fmt::Display for BindError {
 
 pub(crate) struct MessageIndex {
     path: PathBuf,
-    /// The writer: binds (on the group-commit thread) and replaces.
+    /// The writer: binds (a publish batch's, or this index's own batching
+    /// thread's) and replaces.
     db: Arc<Mutex<Connection>>,
     /// Lookups (the seq-1 owner check, 1045) on a connection of their own:
     /// in WAL mode a reader does not wait for the writer, so a lookup is

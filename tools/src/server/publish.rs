@@ -138,12 +138,14 @@ impl Disk for RealDisk {
 type SyncTask = Box<dyn FnOnce() + Send>;
 
 /// Threads kept for the store's life that sync files for
-/// [`publish_batch`]. Syncs issued together let the block layer merge their
-/// device cache flushes, where one after the other each waits for its own
-/// (on this machine's journal-less ext4, syncing a batch's files in turn
-/// made grouping slower than the lanes' own parallel syncs). Kept rather
-/// than started per batch: with small files a batch is a file or two, and
-/// a thread started and ended per file cost more than its sync (about
+/// [`publish_batch`], and run its index commit beside the directory syncs.
+/// The files of a batch are synced at once in the hope that the block
+/// layer merges their device cache flushes; the evidence is weak: one
+/// noisy set of bench rounds favoured it over syncing in turn (README),
+/// and on this machine's disk a plain loop of parallel `fdatasync`s took
+/// as long per file as the same syncs in turn (321 against 311 µs). Kept
+/// rather than started per batch: with small files a batch is a few files,
+/// and a thread started and ended per file cost more than its sync (about
 /// 950 threads for 1,000 files of 50 KiB).
 pub(crate) struct SyncThreads {
     tx: Option<mpsc::Sender<SyncTask>>,
@@ -180,11 +182,14 @@ impl SyncThreads {
         })
     }
 
-    /// Runs `task` on a sync thread; gives it back if none is left.
-    fn run(&self, task: SyncTask) -> Result<(), SyncTask> {
-        match &self.tx {
-            Some(tx) => tx.send(task).map_err(|e| e.0),
-            None => Err(task),
+    /// Runs `task` on a sync thread, or here, in turn, if none is left.
+    fn run(&self, task: SyncTask) {
+        let unsent = match &self.tx {
+            Some(tx) => tx.send(task).err().map(|e| e.0),
+            None => Some(task),
+        };
+        if let Some(task) = unsent {
+            task();
         }
     }
 }
@@ -215,9 +220,7 @@ fn sync_files<D: Disk + Send + Sync + 'static>(
         let task: SyncTask = Box::new(move || {
             let _ = tx.send((i, sync(&disk, &file)));
         });
-        if let Err(task) = threads.run(task) {
-            task(); // no sync thread left: here, in turn
-        }
+        threads.run(task);
     }
     drop(tx);
     for (i, r) in rx {
@@ -317,9 +320,7 @@ fn start_binds(
     let task: SyncTask = Box::new(move || {
         let _ = tx.send(index.bind_now(&binds));
     });
-    if let Err(task) = threads.run(task) {
-        task();
-    }
+    threads.run(task);
     Some((which, rx))
 }
 
