@@ -96,6 +96,15 @@ pub struct Put {
 /// A completed positional upload's bind result (see [`Put::bound`]).
 type Bound = Option<Result<(), BindError>>;
 
+/// What storing an accepted chunk did.
+enum Stored {
+    /// The bytes are in (or already were); the file is not complete now.
+    Kept,
+    /// This chunk completed the file, with the bind made as it was
+    /// published, if any.
+    Completed(Bound),
+}
+
 /// A record's key. Positional records are per `(uid, name)` because the
 /// file lives under its uid; AppendStrict keys on the name alone, as the
 /// deployed server's Redis key `file_upload_<name>` does.
@@ -632,9 +641,13 @@ impl Store {
         let mut guard = lock(&slot);
         let result = match self.mode {
             Storage::Positional => self.put_positional(&mut guard, c, bind),
-            Storage::AppendStrict => self
-                .put_append(&mut guard, c)
-                .map(|done| done.then_some(None)),
+            Storage::AppendStrict => self.put_append(&mut guard, c).map(|done| {
+                if done {
+                    Stored::Completed(None)
+                } else {
+                    Stored::Kept
+                }
+            }),
         };
         let kept = !matches!(guard.rec, Rec::None);
         // A connection counts once per record, from its first kept chunk.
@@ -655,8 +668,8 @@ impl Store {
             self.forget_if_unused(&key, &slot);
         }
         let (result, completed, bound) = match result {
-            Ok(Some(bound)) => (Ok(()), true, bound),
-            Ok(None) => (Ok(()), false, None),
+            Ok(Stored::Completed(bound)) => (Ok(()), true, bound),
+            Ok(Stored::Kept) => (Ok(()), false, None),
             Err(code) => (Err(code), false, None),
         };
         Put {
@@ -707,13 +720,13 @@ impl Store {
 
     // ------------------------------------------------------------ positional
 
-    /// `Ok(Some(bound))`: this chunk completed (and published) the file.
+    /// `Ok(Stored::Completed(_))`: this chunk completed (and published) the file.
     fn put_positional(
         &self,
         slot: &mut Slot,
         c: &Chunk,
         bind: Option<&(i64, MessageInfo)>,
-    ) -> Result<Option<Bound>, ErrorCode> {
+    ) -> Result<Stored, ErrorCode> {
         if c.seq == 0 {
             return Err(ErrorCode::FileSeqInvalid);
         }
@@ -738,7 +751,9 @@ impl Store {
                 Rec::Failed(s) if md5_eq(&s.md5, &c.md5) => return Err(MD5_MISMATCH),
                 Rec::Failed(_) => return Err(ErrorCode::FileNotExists),
                 // A late duplicate of a published upload: its bytes are there.
-                Rec::Done(s) if md5_eq(&s.md5, &c.md5) => return s.geo.check(c).map(|()| None),
+                Rec::Done(s) if md5_eq(&s.md5, &c.md5) => {
+                    return s.geo.check(c).map(|()| Stored::Kept)
+                }
                 Rec::Done(_) => return Err(ErrorCode::FileNotExists),
                 // A different md5 is a different upload under the same name;
                 // 1012 makes a resuming client start it again from seq 1.
@@ -750,10 +765,10 @@ impl Store {
             }
         }
         let Rec::Active(u) = &mut slot.rec else {
-            return Ok(None); // seq 1 of an already published identical file
+            return Ok(Stored::Kept); // seq 1 of an already published identical file
         };
         if !u.received.covers(u.geo.max_seq) {
-            return Ok(None);
+            return Ok(Stored::Kept);
         }
         let summary = Summary {
             geo: u.geo,
@@ -763,7 +778,7 @@ impl Store {
             Ok(bound) => {
                 lock(&self.unfinished).remove(c.uid, &c.name);
                 slot.rec = Rec::Done(summary);
-                Ok(Some(bound))
+                Ok(Stored::Completed(bound))
             }
             Err(Failure::Mismatch) => {
                 lock(&self.unfinished).remove(c.uid, &c.name);
